@@ -1,0 +1,118 @@
+"""The contract every distillation method follows (one class per method, mdistiller style).
+
+A method owns the student (and the teacher, if any) and turns a batch into student logits plus a
+dict of named loss terms; the trainer sums the terms, logs each by name, and steps the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method available to ``edgekd distill --method NAME``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type["Method"]:
+    if name not in _REGISTRY:
+        raise EdgeKDError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())}")
+    return _REGISTRY[name]
+
+
+def build_method(
+    name: str,
+    student: nn.Module,
+    teacher: nn.Module | None = None,
+    args: dict[str, Any] | None = None,
+    *,
+    num_classes: int,
+    rectify: bool = False,
+) -> "Method":
+    """Instantiate a registered method; unknown names, unknown options and a missing teacher are user errors."""
+    cls = method_class(name)
+    if cls.needs_teacher and teacher is None:
+        raise EdgeKDError(f"method {name!r} needs a teacher: pass --teacher RUN_DIR (or a checkpoint with --teacher-arch)")
+    if rectify and not cls.uses_teacher:
+        raise EdgeKDError(f"--rectify needs a teacher-based method; {name!r} has no teacher")
+    return cls(student, teacher, args or {}, num_classes=num_classes, rectify=rectify)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``defaults`` (their options) and implement ``forward_train``.
+
+    The teacher, when there is one, is frozen and kept in eval mode whatever ``train()`` is called with.
+    """
+
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False  # the user must supply a teacher
+    uses_teacher: ClassVar[bool] = False  # the method distils from a teacher (supplied or made by itself)
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        args: dict[str, Any],
+        *,
+        num_classes: int,
+        rectify: bool = False,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(args) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise EdgeKDError(f"method {self.name!r} has no option(s) {', '.join(unknown)}; its options are: {known}")
+        self.args = {**self.defaults, **args}
+        self.student = student
+        self.teacher = teacher
+        self.num_classes = num_classes
+        self.rectify = rectify
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def learnable_parameters(self):
+        """What the optimizer updates: the student only."""
+        return self.student.parameters()
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for a batch, rectified against the labels when ``--rectify`` is on."""
+        z = self.teacher(x)
+        if self.rectify:
+            from edgekd.losses import drkd_rectify
+
+            z = drkd_rectify(z, y)
+        return z
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook run before each epoch (0-based); DR-KD takes its teacher snapshot here."""
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)

@@ -1,0 +1,134 @@
+"""The run directory contract (DESIGN §3): weights in safetensors plus a JSON description.
+
+``model.json`` carries everything needed to rebuild the network without the training code's state:
+architecture name, classes, input size, normalisation, the dataset spec, and, for pruned models, the
+shape of every resized layer so the smaller channel counts survive a save/load round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+from edgekd.fsutil import atomic_path, write_json
+
+WEIGHTS = "model.safetensors"
+DESCRIPTION = "model.json"
+
+
+def model_description(arch: str, bundle, **extra: Any) -> dict[str, Any]:
+    """The ``model.json`` content for a model of ``arch`` trained on the data ``bundle``."""
+    from edgekd import __version__
+
+    return {
+        "arch": arch,
+        "num_classes": bundle.num_classes,
+        "input_size": list(bundle.input_size),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "class_names": list(bundle.class_names),
+        "dataset": bundle.spec,
+        "dataset_options": bundle.options,
+        "edgekd_version": __version__,
+        **extra,
+    }
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Channel/feature counts of every Conv2d, BatchNorm2d and Linear (what structured pruning changes)."""
+    shapes: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.BatchNorm2d):
+            shapes[name] = {"features": m.num_features}
+        elif isinstance(m, nn.Linear):
+            shapes[name] = {"in": m.in_features, "out": m.out_features}
+    return shapes
+
+
+def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
+    """Resize layers in place to recorded shapes; the weights are then loaded over them."""
+    modules = dict(model.named_modules())
+    for name, s in shapes.items():
+        m = modules.get(name)
+        if m is None:
+            raise EdgeKDError(f"model.json names layer {name!r}, which {type(model).__name__} does not have")
+        if isinstance(m, nn.Conv2d):
+            m.in_channels, m.out_channels, m.groups = s["in"], s["out"], s["groups"]
+            m.weight = nn.Parameter(m.weight.new_empty(s["out"], s["in"] // s["groups"], *m.kernel_size))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(s["out"]))
+        elif isinstance(m, nn.BatchNorm2d):
+            n = s["features"]
+            m.num_features = n
+            if m.affine:
+                m.weight = nn.Parameter(m.weight.new_empty(n))
+                m.bias = nn.Parameter(m.bias.new_empty(n))
+            if m.track_running_stats:
+                m.running_mean = m.running_mean.new_zeros(n)
+                m.running_var = m.running_var.new_ones(n)
+        elif isinstance(m, nn.Linear):
+            m.in_features, m.out_features = s["in"], s["out"]
+            m.weight = nn.Parameter(m.weight.new_empty(s["out"], s["in"]))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(s["out"]))
+    return model
+
+
+def save_model(run_dir: str | Path, model: nn.Module, description: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``model.json`` atomically (a pruned model also records its layer shapes)."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"arch": description["arch"]})
+    write_json(run_dir / DESCRIPTION, description)
+
+
+def read_description(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / DESCRIPTION
+    if not run_dir.is_dir():
+        raise EdgeKDError(f"run dir {run_dir} does not exist; pass the --out folder of `edgekd train` or `edgekd distill`")
+    if not path.is_file() or not (run_dir / WEIGHTS).is_file():
+        raise EdgeKDError(f"{run_dir} is not an edgekd run dir: it needs {WEIGHTS} and {DESCRIPTION}")
+    try:
+        desc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeKDError(f"{path} is not valid JSON ({e}); the run dir is corrupt") from None
+    missing = [k for k in ("arch", "num_classes", "input_size", "mean", "std", "class_names", "dataset") if k not in desc]
+    if missing:
+        raise EdgeKDError(f"{path} lacks {', '.join(missing)}; the run dir is corrupt")
+    return desc
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run dir in eval mode, with its description."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from edgekd.models import create_model
+
+    run_dir = Path(run_dir)
+    desc = read_description(run_dir)
+    model = create_model(desc["arch"], desc["num_classes"])
+    if desc.get("layer_shapes"):
+        apply_layer_shapes(model, desc["layer_shapes"])
+    try:
+        state = load_file(str(run_dir / WEIGHTS), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EdgeKDError(f"{run_dir / WEIGHTS} cannot be read ({e}); the run dir is corrupt") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise EdgeKDError(f"{run_dir / WEIGHTS} does not match {desc['arch']}: {first}") from None
+    return model.to(device).eval(), desc

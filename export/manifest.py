@@ -1,0 +1,87 @@
+"""The export dir contract (DESIGN §3): ``manifest.json`` is all the server and the benchmark read.
+
+Torch-free: this module runs on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgeKDError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+# artifact key -> (format, precision); the runtime that executes each format
+ARTIFACT_KINDS = {
+    "onnx-fp32": ("onnx", "fp32"),
+    "onnx-int8": ("onnx", "int8"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-fp16": ("openvino", "fp16"),
+    "openvino-int8": ("openvino", "int8"),
+}
+RUNTIME_OF_FORMAT = {"onnx": "ort", "openvino": "openvino"}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_entry(export_dir: Path, files: list[str], **fields: Any) -> dict[str, Any]:
+    """A manifest entry for ``files`` (relative to ``export_dir``) with their sha256 and total size."""
+    sha = {f: sha256_file(export_dir / f) for f in files}
+    size = sum((export_dir / f).stat().st_size for f in files)
+    return {"files": files, "sha256": sha, "size_bytes": size, **fields}
+
+
+def load_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """Read and sanity-check ``manifest.json``; errors say what the user should pass instead."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST
+    if not path.is_file():
+        raise EdgeKDError(f"{export_dir} has no {MANIFEST}; pass a folder written by `edgekd export`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeKDError(f"{path} is not valid JSON ({e}); re-run `edgekd export`") from None
+    for key in ("artifacts", "input", "preprocessing", "class_names"):
+        if key not in manifest:
+            raise EdgeKDError(f"{path} lacks {key!r}; re-run `edgekd export`")
+    if not manifest["artifacts"]:
+        raise EdgeKDError(f"{path} lists no artifacts; re-run `edgekd export`")
+    return manifest
+
+
+def select_artifact(manifest: dict[str, Any], runtime: str | None = None, precision: str | None = None) -> str:
+    """The artifact key for a runtime/precision pair; with ``None`` the preferred available one (INT8 first)."""
+    keys = [
+        k
+        for k, a in manifest["artifacts"].items()
+        if (runtime is None or RUNTIME_OF_FORMAT[a["format"]] == runtime) and (precision is None or a["precision"] == precision)
+    ]
+    if not keys:
+        have = ", ".join(manifest["artifacts"])
+        raise EdgeKDError(f"no artifact for runtime={runtime or 'any'} precision={precision or 'any'}; this export has: {have}")
+    order = {"int8": 0, "fp16": 1, "fp32": 2}
+    return min(keys, key=lambda k: (order.get(manifest["artifacts"][k]["precision"], 9), manifest["artifacts"][k]["format"] != "onnx"))
+
+
+def verify_artifact(export_dir: str | Path, manifest: dict[str, Any], key: str) -> list[Path]:
+    """Check every file of an artifact against its recorded sha256; return the paths."""
+    export_dir = Path(export_dir)
+    entry = manifest["artifacts"][key]
+    paths = []
+    for rel in entry["files"]:
+        p = export_dir / rel
+        if not p.is_file():
+            raise EdgeKDError(f"artifact {key}: {p} is missing; re-run `edgekd export`")
+        if sha256_file(p) != entry["sha256"][rel]:
+            raise EdgeKDError(f"artifact {key}: {p} does not match its sha256 in {MANIFEST}; the file was changed or corrupted")
+        paths.append(p)
+    return paths
