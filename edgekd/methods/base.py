@@ -66,6 +66,11 @@ class Method(nn.Module):
     uses_teacher: ClassVar[bool] = False  # the method distils from a teacher (supplied or made by itself)
     defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
+        """True when the teacher is a CE-trained copy of the student, which the trainer trains first if none is given."""
+        return False
+
     def __init__(
         self,
         student: nn.Module,
@@ -114,5 +119,12 @@ class Method(nn.Module):
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, epoch: int = 0):
+        """Student logits for inference; with labels, a training step's ``(logits, losses)``.
+
+        Routing training through ``forward`` lets DistributedDataParallel wrap the whole method and
+        synchronise the student's gradients.
+        """
+        if y is None:
+            return self.student(x)
+        return self.forward_train(x, y, epoch)

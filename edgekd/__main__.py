@@ -1,0 +1,5 @@
+"""`python -m edgekd` (what torchrun launches for --nproc)."""
+
+from edgekd.cli import main
+
+main()

@@ -1,0 +1,260 @@
+"""The `edgekd` command line. Each command imports what it needs when it runs, so the device-side
+commands (`bench`, `serve`) start without torch installed."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekd.errors import EdgeKDError
+
+app = typer.Typer(
+    help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+# ------------------------------------------------------------------ options shared by train and distill
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.")
+DataOpt = typer.Option(None, help="Dataset: digits (default, embedded), synthetic, cifar10:ROOT, cifar100:ROOT, imagefolder:PATH, tiny-imagenet:PATH.")
+EpochsOpt = typer.Option(None, help="Training epochs.")
+BatchOpt = typer.Option(None, "--batch-size", "-b", help="Batch size per process.")
+LrOpt = typer.Option(None, help="Peak learning rate.")
+OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.")
+ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay x0.1 at --milestones).")
+WarmupOpt = typer.Option(None, help="Linear warm-up epochs.")
+WdOpt = typer.Option(None, help="Weight decay.")
+SeedOpt = typer.Option(None, help="Random seed (model init, data order, augmentation).")
+DeviceOpt = typer.Option(None, help="auto (GPU if there is one), cpu or cuda.")
+OutOpt = typer.Option(None, "--out", "-o", help="Run dir to write (default runs/<method>-<model>-<data>-s<seed>).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+WorkersOpt = typer.Option(None, help="DataLoader worker processes.")
+AmpOpt = typer.Option(None, help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")
+CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the student.")
+NprocOpt = typer.Option(1, "--nproc", help="Processes to launch with torchrun (DDP; gloo on CPU, NCCL on GPUs).")
+ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the dataset's own).")
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """Run this same command under torchrun with ``nproc`` processes (the --nproc shortcut)."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    rest: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "edgekd", *rest]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def _parse_args(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise EdgeKDError(f"--arg takes KEY=VALUE (e.g. --arg alpha=0.9), got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int) -> None:
+    if nproc < 1:
+        raise EdgeKDError(f"--nproc must be >= 1, got {nproc}")
+    from edgekd.config import load_config
+
+    cfg = load_config(config, overrides)  # validate before launching anything
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_with_torchrun(nproc)
+    from edgekd.train import run_training
+
+    summary = run_training(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(
+            f"[green]done[/]: {summary['method']} {summary['model']} on {summary['dataset']}: "
+            f"best held-out acc {summary['best_acc']:.4f}, final {summary['final_acc']:.4f}, "
+            f"{summary['seconds']:.1f} s -> {summary['out']}"
+        )
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt,
+    data: Optional[str] = DataOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see `edgekd models`)."),
+    epochs: Optional[int] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    optimizer: Optional[str] = OptimOpt,
+    schedule: Optional[str] = ScheduleOpt,
+    warmup_epochs: Optional[int] = WarmupOpt,
+    weight_decay: Optional[float] = WdOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    amp: Optional[str] = AmpOpt,
+    compile: Optional[bool] = CompileOpt,
+    workers: Optional[int] = WorkersOpt,
+    out: Optional[str] = OutOpt,
+    resume: bool = ResumeOpt,
+    nproc: int = NprocOpt,
+) -> None:
+    """Train a model with plain cross-entropy (teachers and baselines)."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
+    overrides["method"] = "ce"
+    overrides["resume"] = resume or None
+    _run_training(overrides, config, nproc)
+
+
+@app.command()
+def distill(
+    config: Optional[Path] = ConfigOpt,
+    method: Optional[str] = typer.Option(None, help="kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, r2kd or ce."),
+    student: Optional[str] = typer.Option(None, "--student", "-s", help="Student architecture (see `edgekd models`)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
+    teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4)."),
+    rectify: Optional[bool] = typer.Option(None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
+    arg: list[str] = typer.Option([], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4)."),
+    data: Optional[str] = DataOpt,
+    epochs: Optional[int] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    optimizer: Optional[str] = OptimOpt,
+    schedule: Optional[str] = ScheduleOpt,
+    warmup_epochs: Optional[int] = WarmupOpt,
+    weight_decay: Optional[float] = WdOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    amp: Optional[str] = AmpOpt,
+    compile: Optional[bool] = CompileOpt,
+    workers: Optional[int] = WorkersOpt,
+    out: Optional[str] = OutOpt,
+    resume: bool = ResumeOpt,
+    nproc: int = NprocOpt,
+) -> None:
+    """Distil a student from a teacher (or from itself: drkd, tfkd-self) with a registered method."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc", "student", "arg")}
+    overrides["model"] = student
+    overrides["resume"] = resume or None
+    if arg:
+        overrides["method_args"] = _parse_args(arg)
+    _run_training(overrides, config, nproc)
+
+
+@app.command()
+def models(
+    num_classes: int = typer.Option(100, help="Classes for the parameter/MAC count."),
+    tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, counted at 224x224)."),
+) -> None:
+    """List the model registry with parameters and MACs."""
+    from edgekd.models import list_models, model_summary
+
+    table = Table(title=f"models ({num_classes} classes)")
+    for col in ("name", "input", "params (M)", "MACs (M)"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    names = list_models()
+    hidden = [n for n in names if n.startswith("tv/")]
+    for name in names:
+        if name.startswith("tv/") and not tv:
+            continue
+        size = (3, 224, 224) if name.startswith("tv/") else (3, 32, 32)
+        info = model_summary(name, num_classes, input_size=size)
+        table.add_row(name, f"{size[1]}x{size[2]}", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e6:.1f}")
+    console.print(table)
+    if not tv:
+        console.print(f"plus {len(hidden)} torchvision models as tv/<name> (e.g. tv/resnet18); --tv lists them")
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets and the files each expects (nothing is ever downloaded)."""
+    from edgekd.data import list_datasets
+
+    table = Table(title="datasets")
+    rows = list_datasets()
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def prune(
+    run: Path = typer.Argument(..., help="Run dir of the model to prune."),
+    ratio: float = typer.Option(0.3, help="Channel ratio to remove (structured) or weight rate (l1-unstructured)."),
+    method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned model to."),
+) -> None:
+    """Prune a trained model once (no fine-tuning) into a new run dir that later stages load."""
+    if not 0.0 < ratio < 1.0:
+        raise EdgeKDError(f"--ratio must be between 0 and 1, got {ratio}")
+    from edgekd.prune import prune_run
+
+    result = prune_run(run, out, ratio=ratio, method=method)
+    table = Table(title=f"pruned {run} ({method}, ratio {ratio})")
+    for col in ("", "MACs (M)", "params (M)", "held-out acc"):
+        table.add_column(col, justify="right")
+    for when in ("before", "after"):
+        r = result[when]
+        table.add_row(when, f"{r['macs'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['accuracy']:.4f}")
+    console.print(table)
+    console.print(f"[green]wrote[/] {out}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run dir from `edgekd train`, `distill` or `prune`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export dir to write (manifest.json + artifacts)."),
+    int8: bool = typer.Option(False, "--int8", help="Also quantize to INT8 (ORT static QDQ, OpenVINO NNCF)."),
+    formats: str = typer.Option("onnx,openvino", help="Comma-separated: onnx, openvino."),
+    calib_samples: int = typer.Option(300, help="Training images used to calibrate INT8."),
+    calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
+    max_drop: Optional[float] = typer.Option(None, help="Largest top-1 drop (points) an INT8 artifact may have; with OpenVINO, accuracy-controlled quantization."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an OpenVINO FP16-compressed IR."),
+) -> None:
+    """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
+    from edgekd.export import export_run, manifest_table_rows
+
+    manifest = export_run(
+        run, out, formats=tuple(f.strip() for f in formats.split(",") if f.strip()), int8=int8,
+        calib_samples=calib_samples, calib_method=calib_method, max_drop=max_drop, fp16=fp16,
+    )
+    rows = manifest_table_rows(manifest)
+    table = Table(title=f"export of {run} -> {out}")
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in ("format", "status") else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user mistakes end in one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(prog_name="edgekd")
+    except EdgeKDError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        sys.exit(130)

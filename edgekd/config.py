@@ -1,0 +1,118 @@
+"""Training configuration: a YAML file, then command-line flags on top, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekd.errors import EdgeKDError
+
+CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("multistep", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a `train` or `distill` run needs; written back as the run's ``config.yaml``."""
+
+    data: str = "digits"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    model: str = "resnet20"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0
+    method: str = "ce"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    rectify: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 0
+    out: str | None = None
+    resume: bool = False
+
+    def validate(self) -> "TrainConfig":
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise EdgeKDError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise EdgeKDError(f"{name} must be > 0, got {value}")
+        for name in ("weight_decay", "momentum", "warmup_epochs", "workers"):
+            if getattr(self, name) < 0:
+                raise EdgeKDError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise EdgeKDError(f"image_size must be > 0, got {self.image_size}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise EdgeKDError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        if any(m <= 0 or m >= self.epochs for m in self.milestones):
+            raise EdgeKDError(f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _check_type(name: str, value: Any) -> Any:
+    annotation = str(_FIELDS[name].type)
+    if value is None:
+        if "None" not in annotation:
+            raise EdgeKDError(f"config key {name!r} cannot be empty")
+        return None
+    base = annotation.split("|")[0].strip().split("[")[0]
+    expected = {"dict": dict, "list": list}.get(base, _TYPES.get(base))
+    if expected is None or (isinstance(value, bool) and base in ("int", "float")) or not isinstance(value, expected):
+        raise EdgeKDError(f"config key {name!r} must be of type {annotation}, got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then explicit overrides (flags); unknown keys and bad values are errors."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise EdgeKDError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise EdgeKDError(f"{path} must hold a mapping of config keys, not {type(loaded).__name__}")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise EdgeKDError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(_FIELDS)}")
+    return TrainConfig(**{k: _check_type(k, v) for k, v in values.items()}).validate()
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    from edgekd.fsutil import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,359 @@
+"""The training loop behind `edgekd train` (method ``ce``) and `edgekd distill` (any registered method).
+
+One process or many (torchrun/DDP); CPU or CUDA (AMP, channels_last). Every epoch ends with a held-out
+evaluation, a line in ``metrics.jsonl`` and an atomic ``checkpoint.pt``, so a killed run resumes where it
+stopped. The random state is re-derived from the seed at each epoch, so a resumed CPU run reproduces an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.config import TrainConfig, save_config
+from edgekd.distributed import DistInfo, all_reduce_sum, barrier, init_from_env, shutdown
+from edgekd.errors import EdgeKDError
+from edgekd.fsutil import atomic_path, write_json
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EdgeKDError("--device cuda was asked for, but no CUDA GPU is visible; use --device auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    data = cfg.data.split(":")[0]
+    return Path("runs") / f"{cfg.method}-{cfg.model}-{data}-s{cfg.seed}"
+
+
+def lr_factor(cfg: TrainConfig, progress_epochs: float) -> float:
+    """Learning-rate multiplier at a fractional epoch: linear warm-up, then cosine or step decay."""
+    if cfg.warmup_epochs and progress_epochs < cfg.warmup_epochs:
+        return (progress_epochs + 1e-8) / cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+        return 0.5 * (1.0 + math.cos(math.pi * (progress_epochs - cfg.warmup_epochs) / span))
+    milestones = cfg.milestones or [round(cfg.epochs * f) for f in (0.625, 0.75, 0.875)]
+    return cfg.lr_decay ** sum(progress_epochs >= m for m in milestones)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_teacher(cfg: TrainConfig, num_classes: int) -> nn.Module | None:
+    """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``."""
+    if cfg.teacher is None:
+        return None
+    from edgekd.models import create_model, load_checkpoint_file
+    from edgekd.rundir import load_model
+
+    path = Path(cfg.teacher)
+    if path.is_dir():
+        teacher, desc = load_model(path)
+    elif path.is_file():
+        if not cfg.teacher_arch:
+            raise EdgeKDError(f"{path} is a checkpoint file: also pass --teacher-arch (e.g. resnet32x4) to say what it holds")
+        teacher = create_model(cfg.teacher_arch, num_classes)
+        load_checkpoint_file(teacher, path)
+        desc = {"num_classes": num_classes}
+    else:
+        raise EdgeKDError(f"teacher {path} does not exist; pass an edgekd run dir or a checkpoint file")
+    if desc["num_classes"] != num_classes:
+        raise EdgeKDError(f"teacher {path} has {desc['num_classes']} classes but the data has {num_classes}")
+    return teacher
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, device: torch.device, info: DistInfo, show_progress: bool) -> None:
+        from edgekd.data import build_data, make_loader
+        from edgekd.methods import build_method, method_class
+        from edgekd.models import create_model
+
+        self.cfg, self.device, self.info = cfg, device, info
+        self.show_progress = show_progress and info.is_main
+        self.out = Path(cfg.out) if cfg.out else default_out(cfg)
+        self._check_out_dir()
+        seed_everything(cfg.seed)
+        self.bundle = build_data(cfg.data, image_size=cfg.image_size, options=cfg.data_options)
+        student = create_model(cfg.model, self.bundle.num_classes)
+        cls = method_class(cfg.method)
+        teacher = load_teacher(cfg, self.bundle.num_classes)
+        if teacher is None and cls.wants_self_teacher(cfg.method_args):
+            teacher = self._train_self_teacher()
+            seed_everything(cfg.seed)
+            student = create_model(cfg.model, self.bundle.num_classes)
+        self.method = build_method(
+            cfg.method, student, teacher, cfg.method_args, num_classes=self.bundle.num_classes, rectify=cfg.rectify
+        ).to(device)
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            student.compile()
+        self.engine: nn.Module = self.method
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.engine = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+        self.optimizer = self._make_optimizer()
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        pin = device.type == "cuda"
+        self.train_loader = make_loader(
+            self.bundle.train_set(), cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers,
+            distributed=info.enabled, drop_last=True, pin_memory=pin,
+        )
+        val = self.bundle.val_set()
+        if info.enabled:  # each rank scores its own slice; sums are reduced, so the accuracy is exact
+            val = torch.utils.data.Subset(val, range(info.rank, len(val), info.world_size))
+        self.val_loader = make_loader(val, max(cfg.batch_size, 256), shuffle=False, seed=cfg.seed, workers=cfg.workers, pin_memory=pin)
+        if len(self.train_loader) == 0:
+            raise EdgeKDError(
+                f"batch_size {cfg.batch_size} is larger than the training split ({len(self.bundle.raw_train)} images); lower --batch-size"
+            )
+        self.start_epoch, self.best_acc, self.history = 0, 0.0, []
+        if cfg.resume:
+            self._load_checkpoint()
+
+    # ----------------------------------------------------------------- set-up
+    def _check_out_dir(self) -> None:
+        ckpt = self.out / CHECKPOINT
+        if self.cfg.resume and not ckpt.is_file():
+            raise EdgeKDError(f"--resume: {ckpt} does not exist; start without --resume")
+        if not self.cfg.resume and (ckpt.exists() or (self.out / "model.safetensors").exists()):
+            raise EdgeKDError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+
+    def _train_self_teacher(self) -> nn.Module:
+        """Train the CE copy of the student that self-distillation methods distil from, inside this run dir."""
+        from edgekd.rundir import load_model
+
+        teacher_dir = self.out / "teacher"
+        if not (teacher_dir / "model.safetensors").is_file():
+            sub = dataclasses.replace(
+                self.cfg, method="ce", method_args={}, teacher=None, teacher_arch=None, rectify=False,
+                out=str(teacher_dir), resume=(teacher_dir / CHECKPOINT).is_file(),
+            )
+            _Run(sub, self.device, self.info, self.show_progress).fit()
+        barrier(self.info)
+        teacher, _ = load_model(teacher_dir)
+        return teacher
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = list(self.method.learnable_parameters())
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay, nesterov=False)
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.cfg.amp == "off" or (self.device.type != "cuda" and self.cfg.amp == "auto"):
+            return None
+        if self.cfg.amp == "fp16":
+            return torch.float16
+        if self.cfg.amp == "bf16":
+            return torch.bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    # ------------------------------------------------------------- checkpoint
+    def _save_checkpoint(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "student": self.method.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_acc": self.best_acc,
+            "history": self.history,
+        }
+        with atomic_path(self.out / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.method.student.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, EOFError, ValueError, OSError) as e:
+            raise EdgeKDError(f"{path} cannot be resumed ({str(e).splitlines()[0]}); it is corrupt or from another model") from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.best_acc, self.history = state["epoch"], state["best_acc"], list(state["history"])
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        from edgekd.rundir import model_description, save_model
+
+        cfg = self.cfg
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        started = time.perf_counter()
+        with self._progress() as progress:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                row = self._train_epoch(epoch, progress)
+                row["val_acc"] = self._evaluate()
+                self.best_acc = max(self.best_acc, row["val_acc"])
+                self.history.append(row)
+                if self.info.is_main:
+                    write_json_lines(self.out / METRICS, self.history)
+                    self._save_checkpoint(epoch + 1)
+                    if progress is not None:
+                        progress.console.print(_epoch_line(row, cfg.epochs))
+        final = self.history[-1]
+        teacher = cfg.teacher or ("self (previous-epoch snapshot)" if cfg.method == "drkd" and self.method.teacher is None else None)
+        if self.method.teacher is not None and cfg.teacher is None:
+            teacher = str(self.out / "teacher")
+        summary = {
+            "best_acc": self.best_acc,
+            "final_acc": final["val_acc"],
+            "epochs": cfg.epochs,
+            "method": cfg.method,
+            "model": cfg.model,
+            "teacher": teacher,
+            "dataset": self.bundle.spec,
+            "params": sum(p.numel() for p in self.method.student.parameters()),
+            "seconds": sum(r["seconds"] for r in self.history),
+            "images_per_s": final["images_per_s"],
+            "world_size": self.info.world_size,
+            "device": str(self.device),
+        }
+        if self.info.is_main:
+            description = model_description(cfg.model, self.bundle, method=cfg.method, teacher=teacher)
+            save_model(self.out, self.method.student, description)
+            write_json(self.out / "summary.json", summary)
+            from edgekd.plots import plot_curves
+
+            plot_curves(self.history, self.out / "curves.png", title=f"{cfg.method}: {cfg.model} on {self.bundle.name}")
+        barrier(self.info)
+        summary["wall_seconds"] = time.perf_counter() - started
+        summary["out"] = str(self.out)
+        return summary
+
+    def _progress(self):
+        import contextlib
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if not self.show_progress:
+            return contextlib.nullcontext(None)
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), transient=True,
+        )
+
+    def _train_epoch(self, epoch: int, progress) -> dict[str, Any]:
+        cfg, device = self.cfg, self.device
+        # the epoch's randomness depends only on (seed, epoch, rank): resuming reproduces it exactly
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + self.info.rank)
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        elif self.train_loader.generator is not None:
+            self.train_loader.generator.manual_seed(cfg.seed + epoch)
+        self.method.on_epoch_start(epoch)
+        self.engine.train()
+        steps = len(self.train_loader)
+        task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, stats="") if progress is not None else None
+        loss_sums: dict[str, float] = {}
+        correct = seen = 0
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(self.train_loader):
+            lr = cfg.lr * lr_factor(cfg, epoch + i / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                logits, losses = self.engine(x, y, epoch)
+                loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise EdgeKDError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged; lower --lr "
+                    f"or check the data. The last good checkpoint ({self.out / CHECKPOINT}, epoch {epoch}) is intact."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = y.shape[0]
+            for name, value in losses.items():
+                loss_sums[name] = loss_sums.get(name, 0.0) + value.item() * n
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += n
+            if task is not None:
+                rate = seen / (time.perf_counter() - start)
+                progress.update(task, advance=1, stats=f"loss {loss.item():.3f}  acc {correct / seen:.3f}  {rate:,.0f} img/s")
+        seconds = time.perf_counter() - start
+        names = sorted(loss_sums)
+        totals = all_reduce_sum([loss_sums[k] for k in names] + [correct, seen, seconds], device, self.info)
+        seen_all = totals[-2]
+        if task is not None:
+            progress.remove_task(task)
+        return {
+            "epoch": epoch + 1,
+            "losses": {k: totals[j] / seen_all for j, k in enumerate(names)},
+            "train_acc": totals[-3] / seen_all,
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_s": seen_all / seconds,
+        }
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        self.method.eval()
+        correct = total = 0
+        for x, y in self.val_loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                logits = self.method.student(x)
+            correct += (logits.argmax(1) == y).sum().item()
+            total += y.shape[0]
+        correct, total = all_reduce_sum([correct, total], self.device, self.info)
+        return correct / total
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in row["losses"].items())
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  {losses}  train {row['train_acc']:.3f}  val {row['val_acc']:.3f}  "
+        f"lr {row['lr']:.4f}  {row['images_per_s']:,.0f} img/s"
+    )
+
+
+def write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` whole, so a resumed run never keeps lines of epochs it redoes."""
+    from edgekd.fsutil import write_text
+
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_training(cfg: TrainConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Train or distil as ``cfg`` says and return the run's summary (also written to ``summary.json``)."""
+    device = resolve_device(cfg.device)
+    info = init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        return _Run(cfg, device, info, show_progress).fit()
+    finally:
+        shutdown()

@@ -1,0 +1,66 @@
+"""The command line: help texts, and one-line errors (exit 2, no traceback) for user mistakes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgekd.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["edgekd", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_help_lists_every_command(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    for command in ("train", "distill", "models", "datasets", "prune", "export", "bench", "serve", "demo", "report"):
+        assert command in out
+
+
+def test_distill_help_explains_methods(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "distill", "--help")
+    assert code == 0 and "drkd" in out and "r2kd" in out and "--teacher-arch" in out and "--rectify" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "resnet9000", "--epochs", "1"], "unknown model"),
+        (["train", "--epochs", "-3"], "epochs must be > 0"),
+        (["train", "--data", "imagefolder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
+        (["train", "--data", "mnist", "--epochs", "1"], "unknown dataset"),
+        (["distill", "--method", "nope", "--epochs", "1"], "unknown method"),
+        (["distill", "--teacher", "/no/teacher", "--method", "kd", "--epochs", "1"], "does not exist"),
+        (["export", "/no/run", "--out", "/tmp/never-written"], "does not exist"),
+        (["train", "--config", "/no/recipe.yaml"], "does not exist"),
+        (["distill", "--arg", "alpha"], "KEY=VALUE"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(monkeypatch, capsys, tmp_path, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err + out
+    assert len(err.strip().splitlines()) <= 2  # one message (Rich may wrap a long line once)
+
+
+def test_corrupt_checkpoint_via_cli(monkeypatch, capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "resnet8", "--epochs", "1", "--out", str(run), "--resume")
+    assert code == 2 and "cannot be resumed" in err
+
+
+def test_entry_point_runs_as_module():
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "train", "--epochs", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "epochs must be > 0" in proc.stderr and "Traceback" not in proc.stderr

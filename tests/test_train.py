@@ -1,0 +1,108 @@
+"""The trainer: run-dir contract, resume equivalence, divergence handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgekd.config import load_config
+from edgekd.errors import EdgeKDError
+from edgekd.methods.base import _REGISTRY, Method, register_method
+from edgekd.train import CHECKPOINT, _Run, lr_factor, run_training
+
+FAST = {"data": "digits", "model": "resnet8", "batch_size": 128, "lr": 0.1, "workers": 0}
+
+
+def _cfg(tmp_path, name, **kw):
+    return load_config(overrides={**FAST, "out": str(tmp_path / name), **kw})
+
+
+def test_run_dir_contract(tmp_path):
+    summary = run_training(_cfg(tmp_path, "run", epochs=2), show_progress=False)
+    out = tmp_path / "run"
+    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT, "curves.png"):
+        assert (out / name).is_file(), name
+    desc = json.loads((out / "model.json").read_text())
+    assert desc["arch"] == "resnet8" and desc["num_classes"] == 10 and desc["input_size"] == [3, 32, 32]
+    assert desc["dataset"] == "digits" and len(desc["mean"]) == 3 and desc["class_names"][3] == "3"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"losses", "train_acc", "val_acc", "lr", "seconds", "images_per_s"}
+    assert rows[0]["losses"]["ce"] > rows[1]["losses"]["ce"]  # it learns
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["final_acc"] == rows[-1]["val_acc"] == summary["final_acc"]
+    assert saved["best_acc"] == max(r["val_acc"] for r in rows)
+    assert set(load_file(str(out / "model.safetensors"))) >= {"conv1.weight", "fc.weight"}
+    # a second run into the same dir without --resume is refused, and changes nothing
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(EdgeKDError, match="already holds a run"):
+        run_training(_cfg(tmp_path, "run", epochs=2), show_progress=False)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    full = run_training(_cfg(tmp_path, "full", epochs=3), show_progress=False)
+
+    original = _Run._train_epoch
+
+    def crash_in_third_epoch(self, epoch, progress):
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if killed mid-run, after the epoch-2 checkpoint
+        return original(self, epoch, progress)
+
+    monkeypatch.setattr(_Run, "_train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_cfg(tmp_path, "killed", epochs=3), show_progress=False)
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(_Run, "_train_epoch", original)
+    resumed = run_training(_cfg(tmp_path, "killed", epochs=3, resume=True), show_progress=False)
+
+    assert resumed["final_acc"] == full["final_acc"]
+    a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["losses"] for r in a] == [r["losses"] for r in b]
+    assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]
+    wa = load_file(str(tmp_path / "full" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture
+def diverging_method():
+    @register_method("test-diverge")
+    class Diverge(Method):
+        def forward_train(self, x, y, epoch):
+            logits = self.student(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            return logits, {"ce": loss * (float("nan") if epoch == 1 else 1.0)}
+
+    yield
+    del _REGISTRY["test-diverge"]
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, diverging_method):
+    cfg = _cfg(tmp_path, "nan", epochs=3, method="test-diverge")
+    with pytest.raises(EdgeKDError, match=r"loss became nan at epoch 2.*last good checkpoint.*epoch 1\) is intact"):
+        run_training(cfg, show_progress=False)
+    state = torch.load(tmp_path / "nan" / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_lr_schedules():
+    cos = load_config(overrides={"epochs": 10, "schedule": "cosine", "warmup_epochs": 2})
+    assert lr_factor(cos, 1.0) == pytest.approx(0.5, abs=1e-6)
+    assert lr_factor(cos, 2.0) == pytest.approx(1.0)
+    assert lr_factor(cos, 6.0) == pytest.approx(0.5)
+    step = load_config(overrides={"epochs": 240, "schedule": "multistep", "milestones": [150, 180, 210]})
+    assert [lr_factor(step, e) for e in (0, 149.9, 150, 180, 239)] == pytest.approx([1, 1, 0.1, 0.01, 0.001])
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    run_training(_cfg(tmp_path, "c", epochs=1), show_progress=False)
+    (tmp_path / "c" / CHECKPOINT).write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(EdgeKDError, match="cannot be resumed"):
+        run_training(_cfg(tmp_path, "c", epochs=2, resume=True), show_progress=False)
