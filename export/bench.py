@@ -1,0 +1,426 @@
+"""Latency benchmark of an export dir: each runtime x precision x batch x threads, timed on this machine.
+
+Torch-free: this is what runs on the device (also as ``python -m edgekd.export.bench`` over SSH). The
+PyTorch eager baseline lives in ``edgekd.export.torch_baseline`` and is imported only when the torch row
+is asked for, so a device without torch gets a "skipped" row instead of an ImportError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+from edgekd.export.manifest import ARTIFACT_KINDS, RUNTIME_OF_FORMAT, load_manifest
+from edgekd.serve.runtime import Runtime, open_artifact
+
+RUNTIMES = ("ort", "openvino", "torch")
+PRECISIONS = tuple(dict.fromkeys(p for _, p in ARTIFACT_KINDS.values()))
+OV_HINTS = ("LATENCY", "THROUGHPUT")
+# the Python package each runtime needs, for "skipped: X not installed" rows and the machine's versions
+PACKAGES = {"ort": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+MIN_TIMED_ITERS = 10  # a time-boxed run still gets enough samples for a p90
+
+
+def latency_stats(samples_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """p50/p90/p99 (linear interpolation between order statistics) and the mean of latencies in ms."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(a, [50, 90, 99], method="linear")
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(a.mean())}
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int | None, seconds: float) -> np.ndarray:
+    """Latency in ms of each call of ``fn`` after ``warmup`` untimed calls.
+
+    ``iters`` calls if given, else as many as fit in ``seconds`` (at least ``MIN_TIMED_ITERS``).
+    """
+    for _ in range(warmup):
+        fn()
+    samples: list[int] = []
+    deadline = time.perf_counter_ns() + int(seconds * 1e9)
+    while (len(samples) < iters) if iters else (len(samples) < MIN_TIMED_ITERS or time.perf_counter_ns() < deadline):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t0)
+    return np.asarray(samples, dtype=np.float64) / 1e6
+
+
+def _cpu_model() -> str:
+    """A human name for the CPU: /proc/cpuinfo on Linux (x86 and ARM boards), sysctl on macOS."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in cpuinfo.read_text(errors="replace").splitlines())
+        )
+        for key in ("model name", "Model", "Hardware", "cpu model"):
+            if fields.get(key):
+                return fields[key]
+        board = Path("/sys/firmware/devicetree/base/model")
+        if board.is_file():
+            return board.read_text(errors="replace").strip("\x00\n ")
+    if sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+    return platform.processor() or platform.machine()
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, architecture, usable cores, OS and runtime versions."""
+    from edgekd import __version__
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = {"edgekd": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for runtime in ("ort", "openvino"):
+        v = _installed_version(PACKAGES[runtime])
+        if v:
+            versions[PACKAGES[runtime]] = v
+    return {
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "arch": platform.machine(),
+        "cores": usable,
+        "os": f"{platform.system()} {platform.release()}",
+        "versions": versions,
+    }
+
+
+def machine_key(machine: Mapping[str, Any]) -> tuple:
+    """Rows measured on the same machine share this key (rows merged from several machines are compared within one)."""
+    return (machine.get("target"), machine.get("host"), machine.get("cpu"), machine.get("arch"))
+
+
+def fastest(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The measured (ok, not emulated) row with the lowest p50 for each batch size; p99 breaks ties."""
+    best: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["status"] != "ok" or r.get("emulated"):
+            continue
+        cur = best.get(r["batch"])
+        if cur is None or (r["p50_ms"], r["p99_ms"]) < (cur["p50_ms"], cur["p99_ms"]):
+            best[r["batch"]] = dict(r)
+    return dict(sorted(best.items()))
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set ``speedup`` (baseline p50 / row p50) and ``baseline`` on each row, within one machine, batch and threads.
+
+    The baseline is PyTorch eager FP32 when it was measured, else ONNX Runtime FP32.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((machine_key(r["machine"]), r["batch"], r["threads"]), []).append(r)
+    for group in groups.values():
+        ok = {(r["runtime"], r["precision"]): r for r in group if r["status"] == "ok"}
+        base = ok.get(("torch", "fp32")) or ok.get(("ort", "fp32"))
+        for r in group:
+            measured = base is not None and r["status"] == "ok"
+            r["baseline"] = f"{base['runtime']} {base['precision']}" if base is not None else None
+            r["speedup"] = round(base["p50_ms"] / r["p50_ms"], 3) if measured else None
+    return rows
+
+
+def _row(runtime: str, precision: str, batch: int, threads: int | None, status: str, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "runtime": runtime,
+        "precision": precision,
+        "batch": batch,
+        "threads": threads,
+        "status": status,
+        "p50_ms": None,
+        "p90_ms": None,
+        "p99_ms": None,
+        "mean_ms": None,
+        "iters": None,
+        "throughput_ips": None,
+        "size_mb": None,
+        "accuracy": None,
+        "speedup": None,
+        "baseline": None,
+        "artifact": None,
+        "options": {},
+        "machine": None,
+        "emulated": False,
+    }
+    row.update(fields)
+    return row
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, EdgeKDError):
+        return f"error: {e}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"error: {type(e).__name__}: {first}" if first else f"error: {type(e).__name__}"
+
+
+def _source_run(export_dir: Path, manifest: Mapping[str, Any]) -> tuple[Path | None, str | None]:
+    """The run dir the export came from (absolute, or relative to the export dir or cwd), or why it cannot be used."""
+    if not manifest.get("source_run"):
+        return None, "skipped: the manifest names no source run to load the PyTorch model from"
+    p = Path(manifest["source_run"])
+    for cand in ([p] if p.is_absolute() else [export_dir / p, p]):
+        if (cand / "model.safetensors").is_file():
+            return cand, None
+    return None, f"skipped: source run {p} is not on this machine"
+
+
+@contextlib.contextmanager
+def _open(export_dir: Path, manifest: dict[str, Any], runtime: str, key: str | None, run_dir: Path | None,
+          threads: int | None, verify: bool, ov_options: dict[str, Any]) -> Iterator[Runtime]:
+    """The loaded model for one configuration (torch: the source run); ImportError: the runtime is not installed."""
+    if runtime == "torch":
+        from edgekd.export import torch_baseline  # needs torch; ImportError when it is not installed
+
+        with torch_baseline.torch_runtime(run_dir, threads=threads) as rt:
+            yield rt
+        return
+    opts = ov_options if runtime == "openvino" else {}
+    yield open_artifact(export_dir, manifest, key, verify=verify, threads=threads, **opts)
+
+
+def _kind(entry: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(runtime, precision) of a manifest entry, written or dropped (None for a format no runtime here reads)."""
+    return RUNTIME_OF_FORMAT.get(entry.get("format")), entry.get("precision")
+
+
+def _plan(manifest: Mapping[str, Any], runtimes: Sequence[str], precisions: Sequence[str]) -> list[tuple[str, str, str | None, str | None]]:
+    """(runtime, precision, artifact key, skip reason) to measure; torch has no key: it loads the source run."""
+    dropped = manifest.get("dropped") or {}
+    plan = []
+    for runtime in runtimes:
+        for precision in precisions:
+            if runtime == "torch":
+                if precision == "fp32":  # the eager baseline is FP32 only
+                    plan.append((runtime, precision, None, None))
+                continue
+            keys = [k for k, a in manifest["artifacts"].items() if _kind(a) == (runtime, precision)]
+            plan.extend((runtime, precision, k, None) for k in keys)
+            if not keys:
+                why = [f"{k} was dropped at export: {a.get('reason', 'no reason given')}" for k, a in dropped.items()
+                       if _kind(a) == (runtime, precision)]
+                plan.append((runtime, precision, None, "skipped: " + ("; ".join(why) or f"no {runtime} {precision} artifact in this export")))
+    return plan
+
+
+def _check_options(runtimes, precisions, batches, threads, warmup, iters, seconds, ov_hint, ov_streams) -> None:
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad or not runtimes:
+        raise EdgeKDError(f"unknown runtime {', '.join(bad) or '(none given)'}; choose from {', '.join(RUNTIMES)}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise EdgeKDError(f"unknown precision {', '.join(bad) or '(none given)'}; choose from {', '.join(PRECISIONS)}")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise EdgeKDError(f"batch sizes must be integers >= 1, got {list(batches)}")
+    if not threads or any(t is not None and (not isinstance(t, int) or t < 1) for t in threads):
+        raise EdgeKDError(f"threads must be integers >= 1 or None (the runtime's default), got {list(threads)}")
+    if warmup < 0 or (iters is not None and iters < 1) or seconds <= 0:
+        raise EdgeKDError(f"need warmup >= 0, iters >= 1 (or None) and seconds > 0; got {warmup}, {iters}, {seconds}")
+    if ov_hint.upper() not in OV_HINTS:
+        raise EdgeKDError(f"unknown OpenVINO hint {ov_hint!r}; choose from {', '.join(OV_HINTS)}")
+    if ov_streams is not None and ov_streams < 1:
+        raise EdgeKDError(f"OpenVINO streams must be >= 1, got {ov_streams}")
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=False,
+    )
+
+
+def run_bench(
+    export_dir: str | Path,
+    *,
+    runtimes: Sequence[str] = ("ort", "openvino", "torch"),
+    precisions: Sequence[str] = ("fp32", "int8"),
+    batches: Sequence[int] = (1,),
+    threads: Sequence[int | None] = (None,),
+    warmup: int = 20,
+    iters: int | None = None,
+    seconds: float = 2.0,
+    ov_hint: str = "LATENCY",
+    ov_streams: int | None = None,
+    progress: bool = True,
+    emulated: bool = False,
+) -> list[dict[str, Any]]:
+    """Time every requested configuration of an export dir on random input of the manifest's shape.
+
+    Returns one row per (runtime, precision, threads, batch): latency percentiles, throughput, size, accuracy,
+    speed-up over the baseline, the machine, and a status ("ok", "skipped: why", "error: what"). ``emulated``
+    marks rows measured under an emulator (e.g. QEMU), which report that the artifact runs, not device speed.
+    """
+    runtimes, precisions, batches, threads = list(runtimes), list(precisions), list(batches), list(threads)
+    _check_options(runtimes, precisions, batches, threads, warmup, iters, seconds, ov_hint, ov_streams)
+    export_dir = Path(export_dir)
+    manifest = load_manifest(export_dir)
+    shape = manifest["input"]["shape"]
+    if any(not isinstance(d, int) for d in shape[1:]):
+        raise EdgeKDError(f"{export_dir}/manifest.json input shape {shape} is not fixed apart from the batch; re-run `edgekd export`")
+    machine = machine_info()
+    ov_options = {"hint": ov_hint.upper(), "streams": ov_streams}
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, *shape[1:]), dtype=np.float32) for b in batches}
+    plan = _plan(manifest, runtimes, precisions)
+    rows: list[dict[str, Any]] = []
+    verified: set[str] = set()
+    with _progress(progress) as bar:
+        task = bar.add_task("bench", total=len(plan) * len(threads) * len(batches))
+        for runtime, precision, key, skip in plan:
+            entry = manifest["artifacts"].get(key, {}) if key else {}
+            run_dir = None
+            if runtime == "torch":
+                run_dir, skip = _source_run(export_dir, manifest)
+            fields = {
+                "artifact": key,
+                "size_mb": round(entry["size_bytes"] / 1e6, 6) if "size_bytes" in entry else None,
+                "accuracy": entry.get("accuracy"),
+                "options": dict(ov_options) if runtime == "openvino" else {},
+                "machine": machine,
+                "emulated": emulated,
+            }
+            if run_dir is not None:
+                fields["size_mb"] = round((run_dir / "model.safetensors").stat().st_size / 1e6, 6)
+                fields["accuracy"] = (manifest.get("eval") or {}).get("torch_accuracy")
+            for n_threads in threads:
+                with contextlib.ExitStack() as stack:
+                    rt, status = None, skip
+                    if status is None:
+                        try:
+                            rt = stack.enter_context(
+                                _open(export_dir, manifest, runtime, key, run_dir, n_threads, key not in verified, ov_options)
+                            )
+                        except ImportError as e:
+                            hint = "" if runtime == "torch" else " (pip install 'edgekd[device]')"
+                            status = f"skipped: {e.name or PACKAGES[runtime]} not installed{hint}"
+                        except Exception as e:  # a broken artifact or runtime fails this configuration, not the bench
+                            status = _error_text(e)
+                    if rt is not None:
+                        verified.add(key)
+                        if run_dir is not None:
+                            fields["machine"] = {**machine, "versions": {**machine["versions"], "torch": rt.version()}}
+                    for batch in batches:
+                        bar.update(task, description=f"{runtime} {precision} batch {batch} threads {n_threads or 'auto'}")
+                        row = _row(runtime, precision, batch, n_threads, status or "ok", **fields)
+                        if rt is not None:
+                            _measure(row, rt, inputs[batch], warmup=warmup, iters=iters, seconds=seconds)
+                        rows.append(row)
+                        bar.advance(task)
+    return add_speedups(rows)
+
+
+def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, iters: int | None, seconds: float) -> None:
+    """Fill a row's latency fields, or its error status when the runtime rejects the input (e.g. a fixed batch)."""
+    try:
+        ms = time_calls(lambda: rt.run(x), warmup=warmup, iters=iters, seconds=seconds)
+    except Exception as e:  # the runtime's own error types; the other configurations still run
+        row["status"] = _error_text(e)
+        return
+    stats = latency_stats(ms)
+    row.update({k: round(v, 4) for k, v in stats.items()})
+    row["iters"] = int(ms.size)
+    row["throughput_ips"] = round(len(x) * 1000.0 / stats["mean_ms"], 2)
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma-separated list of {kind.__name__}: {text!r}") from None
+
+    return parse
+
+
+def _threads(item: str) -> int | None:
+    return None if item.lower() == "auto" else int(item)
+
+
+def bench_argv(options: Mapping[str, Any]) -> list[str]:
+    """Command-line arguments of ``python -m edgekd.export.bench`` for ``run_bench`` keyword ``options``."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name in ("runtimes", "precisions", "batches"):
+            argv += [flag, ",".join(str(v) for v in value)]
+        elif name == "threads":
+            argv += [flag, ",".join("auto" if t is None else str(t) for t in value)]
+        elif name in ("progress", "emulated"):
+            if bool(value) != (name == "progress"):
+                argv.append("--no-progress" if name == "progress" else "--emulated")
+        elif name in ("warmup", "iters", "seconds", "ov_hint", "ov_streams"):
+            if value is not None:
+                argv += [flag, str(value)]
+        else:
+            raise EdgeKDError(f"unknown bench option {name!r}")
+    return argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m edgekd.export.bench",
+        description="Benchmark an edgekd export dir on this machine (no torch needed).",
+    )
+    p.add_argument("export_dir", type=Path)
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="write bench.json, bench.md and bench.png into this folder")
+    out.add_argument("--json", type=Path, help="write only bench.json, at this path")
+    p.add_argument("--title", default=None)
+    p.add_argument("--runtimes", type=_csv(str), default=["ort", "openvino", "torch"])
+    p.add_argument("--precisions", type=_csv(str), default=["fp32", "int8"])
+    p.add_argument("--batches", type=_csv(int), default=[1])
+    p.add_argument("--threads", type=_csv(_threads), default=[None], help="comma-separated; 'auto' is the runtime's default")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--ov-hint", default="LATENCY")
+    p.add_argument("--ov-streams", type=int, default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--emulated", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m edgekd.export.bench`` (what ``edgekd bench --remote`` runs on the device)."""
+    from edgekd.export import bench_report
+
+    args = vars(build_parser().parse_args(argv))
+    export_dir, out, json_path = args.pop("export_dir"), args.pop("out"), args.pop("json")
+    title = args.pop("title") or f"edgekd bench: {export_dir.resolve().name}"
+    try:
+        rows = run_bench(export_dir, **args)
+        if out is not None:
+            bench_report.write_report(rows, out, title)
+        else:
+            bench_report.write_json(rows, json_path, title)
+    except EdgeKDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Benchmark an export dir on another machine over SSH: copy it there, run the bench, bring bench.json back.
+
+Uses the system ``ssh``/``scp`` binaries in batch mode (keys or an agent, never a password prompt), so the
+user's ``~/.ssh/config``, jump hosts and agents work as they do in a terminal. The device needs only
+``pip install 'edgekd[device]'``: it runs ``python -m edgekd.export.bench``, which does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgeKDError
+from edgekd.export.bench import bench_argv
+from edgekd.export.bench_report import read_rows
+from edgekd.export.manifest import load_manifest
+
+INSTALL_HINT = "pip install 'edgekd[device]'"
+
+
+def parse_target(target: str) -> tuple[str, str | None]:
+    """``user@host[:path]`` -> (``user@host``, path or None)."""
+    dest, sep, path = target.partition(":")
+    if not dest or dest.startswith("-") or (sep and not path):
+        raise EdgeKDError(f"bad SSH target {target!r}; write it as user@host or user@host:/remote/folder")
+    return dest, path or None
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no message"])[-1]
+
+
+class _Ssh:
+    """ssh/scp command lines for one destination, with the same port, key and options for both."""
+
+    def __init__(self, dest: str, port: int | None, identity: str | Path | None, ssh_options: Sequence[str]) -> None:
+        self.dest = dest
+        self.host = dest.rpartition("@")[2]
+        self.common = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        for opt in ssh_options:
+            self.common += ["-o", opt]
+        if identity is not None:
+            self.common += ["-i", str(identity)]
+        self.port = port
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise EdgeKDError(f"`{argv[0]}` is not installed on this machine; install the OpenSSH client") from None
+
+    def _unreachable(self, r: subprocess.CompletedProcess) -> EdgeKDError:
+        return EdgeKDError(
+            f"cannot reach {self.host} over ssh ({_last_line(r.stderr)}); check the host, port and key (batch mode: no password prompts)"
+        )
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        port = ["-p", str(self.port)] if self.port else []
+        r = self._run(["ssh", *self.common, *port, self.dest, command])
+        if r.returncode == 255:
+            raise self._unreachable(r)
+        return r
+
+    def copy(self, src: str, dst: str) -> None:
+        port = ["-P", str(self.port)] if self.port else []
+        r = self._run(["scp", "-q", "-r", *self.common, *port, src, dst])
+        if r.returncode != 0:
+            if r.returncode == 255:
+                raise self._unreachable(r)
+            raise EdgeKDError(f"copying {src} to {dst} failed ({_last_line(r.stderr)})")
+
+
+def run_remote(
+    target: str,
+    export_dir: str | Path,
+    bench_args: Mapping[str, Any] | None = None,
+    *,
+    port: int | None = None,
+    identity: str | Path | None = None,
+    ssh_options: Sequence[str] = (),
+    remote_python: str = "python3",
+) -> list[dict[str, Any]]:
+    """Run the bench of ``export_dir`` on ``target`` (``user@host[:path]``) and return its rows.
+
+    ``bench_args`` are ``run_bench`` keyword arguments; ``ssh_options`` are ``-o Key=Value`` settings;
+    ``remote_python`` is the interpreter on the device that has edgekd (a shell word, e.g. ``~/venv/bin/python``).
+    Without a path the export is copied to a temporary folder that is removed afterwards. Each returned row's
+    machine is the device's, with ``target`` set to ``user@host``.
+    """
+    export_dir = Path(export_dir).resolve()
+    load_manifest(export_dir)  # a bad export dir fails here, before anything is copied
+    dest, path = parse_target(target)
+    ssh = _Ssh(dest, port, identity, ssh_options)
+    make_dir = f"mkdir -p {shlex.quote(path)} && echo {shlex.quote(path)}" if path else "mktemp -d"
+    r = ssh.run(f"{remote_python} -c 'import edgekd.export.bench' && {make_dir}")
+    if r.returncode != 0:
+        if "No module named" in r.stderr:
+            raise EdgeKDError(f"edgekd is not installed on {ssh.host}: {INSTALL_HINT}")
+        if r.returncode == 127:
+            raise EdgeKDError(f"{remote_python} was not found on {ssh.host}; pass the Python that has edgekd ({INSTALL_HINT})")
+        raise EdgeKDError(f"preparing {ssh.host} failed (exit {r.returncode}: {_last_line(r.stderr)})")
+    workdir = _last_line(r.stdout)
+    remote_export = f"{workdir}/{export_dir.name}"
+    remote_json = f"{workdir}/bench.json"
+    try:
+        ssh.copy(str(export_dir), f"{dest}:{workdir}/")
+        argv = [remote_export, "--json", remote_json, *bench_argv({**(bench_args or {}), "progress": False})]
+        r = ssh.run(f"{remote_python} -m edgekd.export.bench " + " ".join(shlex.quote(a) for a in argv))
+        if r.returncode != 0:
+            raise EdgeKDError(f"the benchmark failed on {ssh.host} (exit {r.returncode}): {_last_line(r.stderr)}")
+        with tempfile.TemporaryDirectory(prefix="edgekd-remote-") as tmp:
+            ssh.copy(f"{dest}:{remote_json}", tmp)
+            rows = read_rows(Path(tmp) / "bench.json")
+    finally:
+        if not path:
+            with contextlib.suppress(EdgeKDError):  # a failed clean-up must not hide the bench's own error
+                ssh.run(f"rm -rf {shlex.quote(workdir)}")
+    for row in rows:
+        row["machine"] = {**row["machine"], "target": dest}
+    return rows
