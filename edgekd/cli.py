@@ -248,6 +248,114 @@ def export(
     console.print(table)
 
 
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise EdgeKDError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise EdgeKDError(f"{flag} values must be >= 1, got {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export` (reads only its manifest and artifacts)."),
+    runtimes: str = typer.Option("ort,openvino,torch", help="Comma-separated: ort, openvino, torch (baseline; only where torch is installed)."),
+    precisions: str = typer.Option("fp32,int8", help="Comma-separated: fp32, int8, fp16."),
+    batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8,32."),
+    threads: str = typer.Option("auto", help="Comma-separated thread counts; auto = the runtime's default."),
+    warmup: int = typer.Option(20, help="Warm-up calls before timing."),
+    iters: Optional[int] = typer.Option(None, help="Timed calls per configuration (default: as many as fit in --seconds)."),
+    seconds: float = typer.Option(2.0, help="Time budget per configuration when --iters is not given."),
+    ov_hint: str = typer.Option("LATENCY", help="OpenVINO performance hint: LATENCY or THROUGHPUT."),
+    ov_streams: Optional[int] = typer.Option(None, help="OpenVINO inference streams."),
+    remote: Optional[str] = typer.Option(None, help="Also run on user@host[:path] over SSH (edgekd[device] installed there)."),
+    remote_python: str = typer.Option("python3", help="Python on the remote machine."),
+    ssh_port: Optional[int] = typer.Option(None, help="SSH port of --remote."),
+    identity: Optional[Path] = typer.Option(None, help="SSH private key for --remote."),
+    out: Path = typer.Option(Path("bench"), "--out", "-o", help="Folder for bench.json, bench.md and bench.png."),
+) -> None:
+    """Measure latency and throughput of every artifact (p50/p90/p99), write a report, and name the fastest."""
+    from edgekd.export.bench import run_bench
+    from edgekd.export.bench_report import merge_reports, render_markdown, write_report
+
+    options = {
+        "runtimes": _csv(runtimes),
+        "precisions": _csv(precisions),
+        "batches": _int_list(batch, "--batch"),
+        "threads": [None if t == "auto" else _int_list(t, "--threads")[0] for t in _csv(threads)],
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "ov_hint": ov_hint,
+        "ov_streams": ov_streams,
+    }
+    rows = run_bench(export_dir, **options)
+    if remote:
+        from edgekd.export.remote import run_remote
+
+        console.print(f"benchmarking on {remote} ...")
+        remote_rows = run_remote(remote, export_dir, options, port=ssh_port, identity=identity, remote_python=remote_python)
+        rows = merge_reports(rows, remote_rows)
+    title = f"edgekd bench: {export_dir}"
+    paths = write_report(rows, out, title)
+    from rich.markdown import Markdown
+
+    console.print(Markdown(render_markdown(rows, title)))
+    console.print(f"[green]wrote[/] {paths['json']}, {paths['md']}, {paths['png']}")
+
+
+@app.command()
+def serve(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    runtime: Optional[str] = typer.Option(None, help="ort or openvino (default: the fastest available artifact)."),
+    precision: Optional[str] = typer.Option(None, help="int8 or fp32 (default: int8 when exported)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
+    batch_timeout_ms: float = typer.Option(2.0, help="Longest wait for a micro-batch to fill."),
+    api_key: Optional[str] = typer.Option(None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's)."),
+) -> None:
+    """Serve an exported model over HTTP: POST /predict, KServe v2 endpoints, /metrics. No torch needed."""
+    from edgekd.serve.server import run_server
+
+    run_server(
+        export_dir, host=host, port=port, runtime=runtime, precision=precision, max_batch=max_batch,
+        batch_timeout_ms=batch_timeout_ms, api_key=api_key, max_upload_mb=max_upload_mb, threads=threads,
+    )
+
+
+@app.command()
+def report(
+    root: Path = typer.Argument(..., help="A run dir, export dir, or `edgekd demo` dir."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default ROOT/report.html)."),
+) -> None:
+    """Write a self-contained HTML report (curves, accuracy, latency; opens with no network)."""
+    from edgekd.report import build_report
+
+    path = build_report(root, out)
+    console.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("edgekd-demo"), "--out", "-o", help="Folder for everything the demo makes."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer epochs and shorter timings (under 2 minutes on 2 CPU cores)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """From nothing to a served INT8 model on the embedded digits data: train, distil, prune, export, bench, serve."""
+    from edgekd.demo import run_demo
+
+    run_demo(out, quick=quick, device=device, console=console)
+
+
 def main() -> None:
     """Entry point: user mistakes end in one line on stderr and exit code 2, never a traceback."""
     try:
