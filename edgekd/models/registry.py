@@ -1,0 +1,118 @@
+"""Name -> model constructor registry (timm style), so configs and the CLI pick architectures by name.
+
+Lookup is case-insensitive because the CIFAR names people copy from RepDistiller/mdistiller configs
+mix cases (``resnet8x4``, ``ResNet50``, ``MobileNetV2``). torchvision's ~80 models are registered on
+first need only: importing torchvision costs seconds and most runs never ask for an ImageNet model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+
+TORCHVISION_PREFIX = "tv/"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered constructor and the input size it was designed for (used by model_summary)."""
+
+    name: str
+    build: Callable[[int], nn.Module]
+    input_size: tuple[int, int, int]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_torchvision_loaded = False
+
+
+def register_model(
+    name: str | None = None, *, input_size: tuple[int, int, int] = (3, 32, 32)
+) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+    """Decorator: make ``fn(num_classes) -> nn.Module`` available to create_model under ``name``.
+
+    Without a name the function's own name is used. Names must stay unique regardless of case.
+    """
+
+    def wrap(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+        key = (name or fn.__name__).lower()
+        if key in _REGISTRY:
+            raise ValueError(f"model name {name or fn.__name__!r} is already registered")
+        _REGISTRY[key] = ModelEntry(name or fn.__name__, fn, input_size)
+        return fn
+
+    return wrap
+
+
+def _load_torchvision() -> None:
+    global _torchvision_loaded
+    if not _torchvision_loaded:
+        from edgekd.models import torchvision_models
+
+        torchvision_models.register_all()
+        _torchvision_loaded = True
+
+
+def _entry(name: str) -> ModelEntry:
+    key = name.strip().lower()
+    if key not in _REGISTRY:
+        _load_torchvision()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(_REGISTRY[c].name for c in close)}?" if close else "none is close"
+    raise EdgeKDError(f"unknown model {name!r} ({hint}); run `edgekd models` to list the available names")
+
+
+def list_models() -> list[str]:
+    """All registered names: the CIFAR family first, then torchvision's ``tv/...`` models."""
+    _load_torchvision()
+    return [e.name for e in _REGISTRY.values()]
+
+
+def create_model(name: str, num_classes: int) -> nn.Module:
+    """Build a freshly initialised model by name; no weights are ever downloaded.
+
+    The canonical name is kept on the model as ``arch_name`` so later stages and error messages can
+    refer to it.
+    """
+    entry = _entry(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise EdgeKDError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = entry.build(num_classes)
+    model.arch_name = entry.name
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (shared parameters counted once), the figure papers report."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_summary(
+    name: str, num_classes: int, input_size: tuple[int, int, int] | None = None
+) -> dict[str, object]:
+    """Parameters and MACs of a model for one image, counted by torch-pruning.
+
+    ``input_size`` (C, H, W) defaults to the size the architecture was designed for: 32x32 for the
+    CIFAR family, the evaluation crop of torchvision's published weights (224 for most) for ``tv/``.
+    """
+    entry = _entry(name)
+    size = tuple(input_size) if input_size is not None else entry.input_size
+    model = create_model(name, num_classes).eval()
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *size))
+    except (RuntimeError, ValueError, AssertionError) as e:  # what conv/pool/ViT checks raise on too-small inputs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeKDError(
+            f"{entry.name} cannot run on input size {size}: {first}; pass an input size it accepts "
+            f"(it was designed for {entry.input_size})"
+        ) from e
+    return {"name": entry.name, "params": int(params), "macs": int(macs), "input_size": size}
