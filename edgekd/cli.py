@@ -119,7 +119,7 @@ def train(
 ) -> None:
     """Train a model with plain cross-entropy (teachers and baselines)."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
-    overrides["method"] = "ce"
+    overrides.update(method="ce", method_args={}, rectify=False)  # a recipe's distillation keys do not apply
     overrides["resume"] = resume or None
     _run_training(overrides, config, nproc)
 
@@ -163,7 +163,7 @@ def distill(
 @app.command()
 def models(
     num_classes: int = typer.Option(100, help="Classes for the parameter/MAC count."),
-    tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, counted at 224x224)."),
+    tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, at their own input size; slow: builds every one).")),
 ) -> None:
     """List the model registry with parameters and MACs."""
     from edgekd.models import list_models, model_summary
@@ -176,8 +176,8 @@ def models(
     for name in names:
         if name.startswith("tv/") and not tv:
             continue
-        size = (3, 224, 224) if name.startswith("tv/") else (3, 32, 32)
-        info = model_summary(name, num_classes, input_size=size)
+        info = model_summary(name, num_classes)
+        size = info["input_size"]
         table.add_row(name, f"{size[1]}x{size[2]}", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e6:.1f}")
     console.print(table)
     if not tv:

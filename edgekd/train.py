@@ -96,7 +96,7 @@ class _Run:
         self.bundle = build_data(cfg.data, image_size=cfg.image_size, options=cfg.data_options)
         student = create_model(cfg.model, self.bundle.num_classes)
         cls = method_class(cfg.method)
-        teacher = load_teacher(cfg, self.bundle.num_classes)
+        teacher = load_teacher(cfg, self.bundle.num_classes) if cls.uses_teacher else None
         if teacher is None and cls.wants_self_teacher(cfg.method_args):
             teacher = self._train_self_teacher()
             seed_everything(cfg.seed)

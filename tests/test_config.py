@@ -39,3 +39,15 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(EdgeKDError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_every_shipped_recipe_is_valid():
+    from pathlib import Path
+
+    from edgekd.methods import method_class
+
+    recipes = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        cfg = load_config(path)
+        assert set(cfg.method_args) <= set(method_class(cfg.method).defaults), path
