@@ -163,7 +163,7 @@ def distill(
 @app.command()
 def models(
     num_classes: int = typer.Option(100, help="Classes for the parameter/MAC count."),
-    tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, at their own input size; slow: builds every one).")),
+    tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, at their own input size; slow: builds every one)."),
 ) -> None:
     """List the model registry with parameters and MACs."""
     from edgekd.models import list_models, model_summary
