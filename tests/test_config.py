@@ -7,8 +7,8 @@ from edgekd.errors import EdgeKDError
 def test_yaml_then_flags(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: resnet8x4\nepochs: 240\nlr: 0.05\nmilestones: [150, 180, 210]\nschedule: multistep\n")
-    cfg = load_config(path, {"epochs": 200, "lr": None})
-    assert (cfg.model, cfg.epochs, cfg.lr, cfg.milestones) == ("resnet8x4", 200, 0.05, [150, 180, 210])
+    cfg = load_config(path, {"epochs": 230, "lr": None})
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.milestones) == ("resnet8x4", 230, 0.05, [150, 180, 210])
     save_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
 
