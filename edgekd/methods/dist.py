@@ -1,0 +1,25 @@
+"""DIST (Huang et al. 2022): match Pearson correlations of the softened outputs rather than exact values."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.losses import dist_loss
+from edgekd.methods.base import Method, register_method
+
+
+@register_method("dist")
+class DIST(Method):
+    needs_teacher = True
+    uses_teacher = True
+    defaults = {"beta": 1.0, "gamma": 1.0, "tau": 4.0, "ce_weight": 1.0, "kd_weight": 2.0}
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
+        a = self.args
+        logits = self.student(x)
+        z_t = self.teacher_logits(x, y)
+        return logits, {
+            "ce": a["ce_weight"] * F.cross_entropy(logits, y),
+            "kd": a["kd_weight"] * dist_loss(logits, z_t, a["tau"], a["beta"], a["gamma"]),
+        }

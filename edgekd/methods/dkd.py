@@ -1,0 +1,28 @@
+"""Decoupled KD (Zhao et al. 2022), with mdistiller's linear warm-up of the distillation term."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.losses import dkd_loss
+from edgekd.methods.base import Method, register_method
+
+
+@register_method("dkd")
+class DKD(Method):
+    needs_teacher = True
+    uses_teacher = True
+    defaults = {"alpha": 1.0, "beta": 8.0, "T": 4.0, "ce_weight": 1.0, "warmup": 20}
+
+    def warmup_factor(self, epoch: int) -> float:
+        """min((epoch + 1) / warmup, 1): mdistiller counts epochs from 1, edgekd from 0, so epoch 0 gets 1/warmup."""
+        warmup = self.args["warmup"]
+        return 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
+        a = self.args
+        logits = self.student(x)
+        z_t = self.teacher_logits(x, y)
+        kd = dkd_loss(logits, z_t, y, a["alpha"], a["beta"], a["T"])
+        return logits, {"ce": a["ce_weight"] * F.cross_entropy(logits, y), "kd": self.warmup_factor(epoch) * kd}

@@ -1,0 +1,68 @@
+"""DR-KD (Amik et al. 2022): the student distils from itself, through rectified teacher logits.
+
+Rectification swaps the teacher's wrong top logit with the true class's, so the true class leads and the
+rest of the distribution keeps its shape; it is always on here. Teacher modes:
+
+- ``dynamic`` (default): before each epoch e >= 1 the teacher becomes a frozen, eval-mode snapshot of the
+  student as it ended epoch e - 1; epoch 0 trains with CE alone. No extra training run.
+- ``pretrained``: a CE-trained copy of the student's architecture, supplied (or trained first) by the trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.errors import EdgeKDError
+from edgekd.losses import drkd_rectify, kd_loss
+from edgekd.methods.base import Method, register_method
+from edgekd.methods.tfkd import check_self_teacher
+
+TEACHER_MODES = ("dynamic", "pretrained")
+
+
+@register_method("drkd")
+class DRKD(Method):
+    needs_teacher = False  # depends on the mode; checked in __init__
+    uses_teacher = True
+    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "dynamic"}
+
+    @classmethod
+    def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
+        return args.get("teacher", cls.defaults["teacher"]) == "pretrained"
+
+    def __init__(self, student, teacher, args, *, num_classes, rectify=False) -> None:
+        super().__init__(student, teacher, args, num_classes=num_classes, rectify=rectify)
+        mode = self.args["teacher"]
+        if mode not in TEACHER_MODES:
+            raise EdgeKDError(f"drkd teacher must be one of {', '.join(TEACHER_MODES)}, got {mode!r}")
+        if mode == "pretrained":
+            if teacher is None:
+                raise EdgeKDError("drkd with teacher: pretrained needs a CE-trained student: pass --teacher RUN_DIR")
+            check_self_teacher(self.name, student, teacher)
+        elif teacher is not None:
+            raise EdgeKDError("drkd with teacher: dynamic makes its own teacher from the student; drop --teacher, "
+                              "or set method_args teacher: pretrained to distil from the given run")
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Dynamic mode: refresh the snapshot from the student as it is now, i.e. at the end of epoch - 1."""
+        if self.args["teacher"] != "dynamic" or epoch < 1:
+            return
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(self.student)
+        else:
+            self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.eval().requires_grad_(False)
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
+        logits = self.student(x)
+        ce = F.cross_entropy(logits, y)
+        if self.teacher is None:
+            return logits, {"ce": ce}
+        a, T = self.args["alpha"], self.args["T"]
+        with torch.no_grad():
+            z_t = drkd_rectify(self.teacher(x), y)
+        return logits, {"ce": (1 - a) * ce, "kd": a * kd_loss(logits, z_t, T)}

@@ -1,0 +1,22 @@
+"""Hinton et al. 2015 knowledge distillation: (1 - a)·CE + a·T²·KL(p_t ‖ p_s)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.losses import kd_loss
+from edgekd.methods.base import Method, register_method
+
+
+@register_method("kd")
+class KD(Method):
+    needs_teacher = True
+    uses_teacher = True
+    defaults = {"alpha": 0.9, "T": 4.0}
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
+        a, T = self.args["alpha"], self.args["T"]
+        logits = self.student(x)
+        z_t = self.teacher_logits(x, y)
+        return logits, {"ce": (1 - a) * F.cross_entropy(logits, y), "kd": a * kd_loss(logits, z_t, T)}

@@ -1,0 +1,140 @@
+"""R2KD (Kim et al., TKDE 2024): correlation-distance KD from a teacher ensembled with its own pruned copy,
+on the clean batch and an augmented view of it.
+
+Target logits z_T' = w·z_T + (1 - w)·z_Pr. The loss is CE(z_s(x), y) + Σ over views v in {x, x'} of
+w_v·L_val(v) + w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, on the first batch (whose
+shape and device the structured pruner needs to trace the network), then kept frozen in eval mode and never
+fine-tuned. For speed the student, the teacher and the pruned teacher each run once on cat([x, x']) instead
+of twice per view as the authors' release does; the student's BatchNorm therefore normalises over both views.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+from edgekd.losses import drkd_rectify, rank_from_logprobs, value_from_probs
+from edgekd.methods.base import Method, register_method
+from edgekd.prune import PRUNE_METHODS, prune_model
+
+AUGMENTATIONS = ("cutmix", "mixup", "cutout", "autoaugment", "none")
+AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")  # torchvision's AutoAugmentPolicy, by lower-case name
+
+
+class BatchAutoAugment(nn.Module):
+    """torchvision AutoAugment on a batch that is already normalised float.
+
+    AutoAugment works on uint8 pixels, so each channel is mapped affinely to [0, 255] with the batch's own
+    per-channel minimum and maximum, quantised, augmented, and mapped back by the exact inverse. For a batch
+    of 8-bit images that spans black to white in every channel (nearly any real batch) this is exactly
+    undoing (pixel / 255 - mean) / std, with no need to know the dataset's mean and std. One sub-policy is
+    drawn per call and applied to the whole batch, as in the authors' release.
+    """
+
+    def __init__(self, policy: str = "cifar10") -> None:
+        from torchvision.transforms import v2
+
+        super().__init__()
+        self.augment = v2.AutoAugment(v2.AutoAugmentPolicy[policy.upper()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo = x.amin(dim=(0, 2, 3), keepdim=True)
+        span = (x.amax(dim=(0, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
+        pixels = ((x - lo) / span * 255).round().to(torch.uint8)
+        return self.augment(pixels).to(x.dtype) / 255 * span + lo
+
+
+@register_method("r2kd")
+class R2KD(Method):
+    needs_teacher = True
+    uses_teacher = True
+    defaults = {
+        "teacher_weight": 0.7,  # w
+        "T": 4.0,
+        "value_weight": 2.0,  # w_v
+        "rank_weight": 2.0,  # w_r
+        "rank": "soft",
+        "rank_tau": 0.1,
+        "augment": "cutmix",
+        "autoaugment_policy": "cifar10",
+        "prune": "structured",
+        "prune_ratio": 0.1,
+    }
+
+    def __init__(self, student, teacher, args, *, num_classes, rectify=False) -> None:
+        super().__init__(student, teacher, args, num_classes=num_classes, rectify=rectify)
+        a = self.args
+        if a["rank"] not in ("soft", "hard"):
+            raise EdgeKDError(f"r2kd rank must be 'soft' or 'hard', got {a['rank']!r}")
+        if a["prune"] not in PRUNE_METHODS:
+            raise EdgeKDError(f"r2kd prune must be one of {', '.join(PRUNE_METHODS)}, got {a['prune']!r}")
+        if not 0.0 <= a["prune_ratio"] < 1.0:
+            raise EdgeKDError(f"r2kd prune_ratio must be in [0, 1), got {a['prune_ratio']}")
+        self.augment = self._make_augment(a["augment"], a["autoaugment_policy"], num_classes)
+        self.pruned_teacher: nn.Module | None = None
+
+    @staticmethod
+    def _make_augment(kind: str, policy: str, num_classes: int):
+        from torchvision.transforms import v2  # imported on use: it costs seconds and only r2kd needs it
+
+        if kind == "cutmix":
+            return v2.CutMix(num_classes=num_classes, alpha=1.0)
+        if kind == "mixup":
+            return v2.MixUp(num_classes=num_classes, alpha=0.2)  # the release's mixup alpha
+        if kind == "cutout":
+            # One square hole a quarter of the side (8 px at 32 px, as the release), zero = the mean colour.
+            return v2.RandomErasing(p=1.0, scale=(1 / 16, 1 / 16), ratio=(1.0, 1.0), value=0.0)
+        if kind == "autoaugment":
+            if policy not in AUTOAUGMENT_POLICIES:
+                raise EdgeKDError(f"r2kd autoaugment_policy must be one of {', '.join(AUTOAUGMENT_POLICIES)}, "
+                                  f"got {policy!r}")
+            return BatchAutoAugment(policy)
+        if kind == "none":
+            return None
+        raise EdgeKDError(f"r2kd augment must be one of {', '.join(AUGMENTATIONS)}, got {kind!r}")
+
+    def train(self, mode: bool = True) -> "R2KD":
+        super().train(mode)
+        if self.pruned_teacher is not None:
+            self.pruned_teacher.eval()
+        return self
+
+    def _pruned(self, x: torch.Tensor) -> nn.Module:
+        if self.pruned_teacher is None:
+            pruned = prune_model(self.teacher, self.args["prune_ratio"], self.args["prune"], x[:1])
+            self.pruned_teacher = pruned.eval().requires_grad_(False)
+        return self.pruned_teacher
+
+    def _views(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.augment is None:
+            return x
+        if self.args["augment"] in ("cutmix", "mixup"):  # batch mixers take the labels and mix them too
+            return torch.cat([x, self.augment(x, y)[0]])
+        return torch.cat([x, self.augment(x)])
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
+        a = self.args
+        b, T, w = x.shape[0], a["T"], a["teacher_weight"]
+        pruned = self._pruned(x)
+        with torch.no_grad():
+            views = self._views(x, y)
+            target = w * self.teacher(views) + (1 - w) * pruned(views)
+            if self.rectify:  # only the clean half has a label to rectify against
+                target[:b] = drkd_rectify(target[:b], y)
+            logp_t = F.log_softmax(target / T, dim=1)
+            p_t = logp_t.exp()
+        z = self.student(views)
+        logp_s = F.log_softmax(z / T, dim=1)
+        p_s = logp_s.exp()
+        value = rank = z.new_zeros(())
+        for v in range(0, z.shape[0], b):
+            sl = slice(v, v + b)
+            value = value + value_from_probs(p_s[sl], p_t[sl], T)
+            rank = rank + rank_from_logprobs(logp_s[sl], logp_t[sl], a["rank"], a["rank_tau"])
+        return z[:b], {
+            "ce": F.cross_entropy(z[:b], y),
+            "value": a["value_weight"] * value,
+            "rank": a["rank_weight"] * rank,
+        }

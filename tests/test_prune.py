@@ -1,0 +1,130 @@
+"""prune_model (structured DepGraph and L1 unstructured) and prune_run on a real run dir."""
+
+import json
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+from edgekd.models import create_model
+from edgekd.prune import prune_model, prune_run
+from edgekd.rundir import layer_shapes, load_model, save_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models: one thread is fastest and immune to other processes on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 7),
+    )
+
+
+def snapshot(m: nn.Module) -> dict:
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_structured_prune_is_smaller_and_leaves_input_untouched():
+    model = tiny_cnn().train()
+    model[0].weight.requires_grad_(False)
+    before = snapshot(model)
+    x = torch.randn(2, 3, 12, 12)
+    pruned = prune_model(model, 0.25, "structured", x[:1])
+
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert model.training and not model[0].weight.requires_grad and model[3].weight.requires_grad
+    assert pruned.training  # the copy keeps the input's mode and requires_grad flags
+    assert not pruned[0].weight.requires_grad and pruned[3].weight.requires_grad
+
+    assert (pruned[0].out_channels, pruned[3].out_channels) == (12, 24)
+    assert pruned[-1].out_features == 7  # the classifier keeps every class
+    macs, params = tp.utils.count_ops_and_params(model, x[:1])
+    macs_p, params_p = tp.utils.count_ops_and_params(pruned, x[:1])
+    assert macs_p < macs and params_p < params
+    assert pruned.eval()(x).shape == (2, 7)
+
+
+def test_l1_unstructured_zeroes_ten_percent_of_every_layer():
+    model = tiny_cnn()
+    pruned = prune_model(model, 0.1, "l1-unstructured")
+    for m, orig in zip(pruned.modules(), model.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            zeros = m.weight == 0
+            assert zeros.sum().item() == round(0.1 * m.weight.numel())
+            # the zeroed weights are the smallest in magnitude of their layer
+            assert orig.weight[zeros].abs().max() <= orig.weight[~zeros].abs().min()
+            assert not hasattr(m, "weight_mask") and not hasattr(m, "weight_orig")
+            assert (orig.weight != 0).all()
+
+
+def test_bad_arguments_are_user_errors():
+    with pytest.raises(EdgeKDError, match="unknown pruning method"):
+        prune_model(tiny_cnn(), 0.1, "random")
+    with pytest.raises(EdgeKDError, match=r"\[0, 1\)"):
+        prune_model(tiny_cnn(), 1.5, "structured", torch.randn(1, 3, 8, 8))
+    with pytest.raises(EdgeKDError, match="example input"):
+        prune_model(tiny_cnn(), 0.1, "structured")
+    with pytest.raises(EdgeKDError, match="l1-unstructured"):
+        prune_model(create_model("ShuffleV2", 10), 0.1, "structured", torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("arch", ["resnet8x4", "vgg8", "wrn_16_2"])
+def test_structured_prune_of_cifar_models(arch):
+    model = create_model(arch, 100).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pruned = prune_model(model, 0.2, "structured", x[:1])
+    macs, params = tp.utils.count_ops_and_params(model, x[:1])
+    macs_p, params_p = tp.utils.count_ops_and_params(pruned, x[:1])
+    assert macs_p < 0.9 * macs and params_p < 0.9 * params
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 100)
+
+
+def description(arch: str, num_classes: int, size: int, dataset: str, options: dict) -> dict:
+    return {
+        "arch": arch, "num_classes": num_classes, "input_size": [3, size, size], "mean": [0.5] * 3,
+        "std": [0.25] * 3, "class_names": [f"class{i}" for i in range(num_classes)], "dataset": dataset,
+        "dataset_options": options,
+    }
+
+
+def test_pruned_model_round_trips_through_a_run_dir(tmp_path):
+    model = create_model("resnet8", 10).eval()
+    x = torch.randn(3, 3, 32, 32)
+    pruned = prune_model(model, 0.3, "structured", x[:1])
+    desc = description("resnet8", 10, 32, "synthetic", {})
+    save_model(tmp_path, pruned, {**desc, "layer_shapes": layer_shapes(pruned)})
+    loaded, _ = load_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+
+
+def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
+    options = {"classes": 4, "size": 16, "count": 40, "val_count": 40, "seed": 0}
+    model = create_model("resnet8", 4).eval()
+    save_model(tmp_path / "run", model, description("resnet8", 4, 16, "synthetic", options))
+    result = prune_run(tmp_path / "run", tmp_path / "pruned", 0.3, "structured")
+
+    assert result["macs_after"] < result["macs_before"] and result["params_after"] < result["params_before"]
+    assert 0.0 <= result["acc_after"] <= 1.0 and 0.0 <= result["acc_before"] <= 1.0
+    # 40 held-out images: accuracy is a multiple of 1/40
+    assert round(result["acc_before"] * 40, 6) == round(result["acc_before"] * 40)
+    loaded, desc = load_model(tmp_path / "pruned")
+    assert desc["pruned"] == {"ratio": 0.3, "method": "structured", "source": str(tmp_path / "run")}
+    assert sum(p.numel() for p in loaded.parameters()) == result["params_after"]
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["arch"] == "resnet8"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    with pytest.raises(EdgeKDError, match="already exists"):
+        prune_run(tmp_path / "run", tmp_path / "pruned", 0.3, "structured")
