@@ -215,8 +215,9 @@ def prune(
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right")
     for when in ("before", "after"):
-        r = result[when]
-        table.add_row(when, f"{r['macs'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['accuracy']:.4f}")
+        table.add_row(
+            when, f"{result[f'macs_{when}'] / 1e6:.2f}", f"{result[f'params_{when}'] / 1e6:.3f}", f"{result[f'acc_{when}']:.4f}"
+        )
     console.print(table)
     console.print(f"[green]wrote[/] {out}")
 
@@ -361,7 +362,9 @@ def main() -> None:
     try:
         app(prog_name="edgekd")
     except EdgeKDError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # raised in a DataLoader worker, the message carries the worker's traceback; its last line is ours
+        message = str(e).strip().splitlines()[-1] if "DataLoader worker" in str(e) else str(e)
+        Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
