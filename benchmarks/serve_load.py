@@ -1,0 +1,338 @@
+"""Load test of `edgekd serve` on loopback, side by side with the raw runtime and a naive FastAPI handler.
+
+    python benchmarks/serve_load.py EXPORT_DIR [--seconds 10] [--soak-seconds 60] [--out benchmarks/results/serve.md]
+
+Measures, for 1, 4 and 16 closed-loop clients (each with one keep-alive connection, posting digit PNGs):
+(a) the runtime called in-process (batch 1, one thread per client), (b) a naive FastAPI app that runs one
+inference per request in FastAPI's thread pool with the same preprocessing, (c) our batching server.
+Then cold start to ready, RSS, and RSS growth over a soak run at 16 clients. Every phase is bounded in
+time and request count and the servers are stopped at the end, so the script always finishes by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, UploadFile  # module level: the naive handler's annotations are resolved here
+
+LEVELS = (1, 4, 16)
+MAX_REQUESTS = 200_000  # per phase, on top of the time bound
+BOUNDARY = "edgekd-bench-boundary"
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def digit_pngs(count: int = 64) -> list[bytes]:
+    """Held-out-like digit images as PNG files (scikit-learn's bundled digits; random images without it)."""
+    from PIL import Image
+
+    try:
+        from sklearn.datasets import load_digits
+
+        images = np.round(load_digits().images[-count:] * (255.0 / 16.0)).astype(np.uint8)
+    except ImportError:
+        images = np.random.default_rng(0).integers(0, 256, (count, 8, 8), dtype=np.uint8)
+    out = []
+    for a in images:
+        buf = io.BytesIO()
+        Image.fromarray(a).convert("RGB").save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def multipart(png: bytes) -> bytes:
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+    return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+# ------------------------------------------------------------------------------------ measurement
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except ImportError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: a cost per request that a busy shared machine does not distort."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, clients: int, seconds: float, call) -> dict[str, float]:
+    """``closed_loop`` plus the server's CPU milliseconds per answered request."""
+    before = cpu_seconds(pid)
+    row = closed_loop(clients, seconds, call)
+    row["cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / max(row["requests"], 1)
+    return row
+
+
+def summarize(latencies: list[float], errors: int, seconds: float) -> dict[str, float]:
+    ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput": len(latencies) / seconds,
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+def closed_loop(clients: int, seconds: float, call) -> dict[str, float]:
+    """``clients`` threads each calling ``call(worker_state, i)`` back to back until time or count runs out."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+    budget = MAX_REQUESTS // clients
+
+    def worker(k: int) -> None:
+        state: dict = {}
+        i = k
+        while time.perf_counter() < stop and len(latencies[k]) < budget:
+            t0 = time.perf_counter()
+            try:
+                ok = call(state, i)
+            except Exception:  # a failed request is counted, the load goes on
+                ok = False
+                state.clear()
+            if ok:
+                latencies[k].append(time.perf_counter() - t0)
+            else:
+                errors[k] += 1
+            i += clients
+        if "conn" in state:
+            state["conn"].close()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarize([x for lat in latencies for x in lat], sum(errors), time.perf_counter() - start)
+
+
+def http_caller(port: int, bodies: list[bytes]):
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+    def call(state: dict, i: int) -> bool:
+        if "conn" not in state:
+            state["conn"] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = state["conn"]
+        conn.request("POST", "/predict", body=bodies[i % len(bodies)], headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+
+    return call
+
+
+# ------------------------------------------------------------------------------------ servers
+
+
+def naive_app(export_dir: str, threads: int | None = None):
+    """One inference per request, run in FastAPI's thread pool: the baseline dynamic batching must beat."""
+    from edgekd.export.manifest import load_manifest, select_artifact
+    from edgekd.serve.preprocess import Preprocessor
+    from edgekd.serve.runtime import open_artifact
+
+    manifest = load_manifest(export_dir)
+    runtime = open_artifact(export_dir, manifest, select_artifact(manifest), threads=threads)
+    pre = Preprocessor.from_manifest(manifest)
+    app = FastAPI()
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict:
+        return {"ready": True}
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict:
+        logits = runtime.run(pre(file.file.read())[None])[0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = np.argsort(-p)[:5]
+        return {"predictions": [{"index": int(i), "label": manifest["class_names"][i], "score": float(p[i])} for i in top]}
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, timeout: float = 60.0) -> tuple[subprocess.Popen, float]:
+    """Start a server process; return it and the seconds until /v2/health/ready answered 200."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return proc, time.perf_counter() - start
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("server did not become ready in time")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if os.name == "posix" else "n/a"
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.machine()}, Python {platform.python_version()}; `uptime`: {load}"
+
+
+def run(args: argparse.Namespace) -> str:
+    from edgekd.export.manifest import load_manifest, select_artifact
+    from edgekd.serve.preprocess import Preprocessor
+    from edgekd.serve.runtime import open_artifact
+
+    export_dir = args.export_dir
+    manifest = load_manifest(export_dir)
+    key = select_artifact(manifest)
+    pngs = digit_pngs()
+    bodies = [multipart(p) for p in pngs]
+    before = machine()
+    rows: dict[str, dict[int, dict[str, float]]] = {"runtime (in-process)": {}, "naive FastAPI": {}, "edgekd serve": {}}
+
+    runtime = open_artifact(export_dir, manifest, key, threads=args.threads)
+    pre = Preprocessor.from_manifest(manifest)
+    xs = [pre(p)[None] for p in pngs]
+    for _ in range(50):
+        runtime.run(xs[0])
+    for clients in LEVELS:
+        rows["runtime (in-process)"][clients] = closed_loop(clients, args.seconds, lambda state, i: runtime.run(xs[i % len(xs)]) is not None)
+
+    py = sys.executable
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    port = free_port()
+    naive, _ = start_server([py, __file__, "--naive-server", export_dir, "--port", str(port), *threads], port)
+    try:
+        caller = http_caller(port, bodies)
+        closed_loop(4, 1.0, caller)  # warm-up
+        for clients in LEVELS:
+            rows["naive FastAPI"][clients] = measured(naive.pid, clients, args.seconds, caller)
+        naive_rss = rss_mb(naive.pid)
+    finally:
+        stop(naive)
+
+    port = free_port()
+    ours, cold = start_server([py, "-m", "edgekd.serve", export_dir, "--port", str(port), "--log-level", "warning", *threads], port)
+    try:
+        idle_rss = rss_mb(ours.pid)
+        cold_cpu = cpu_seconds(ours.pid)
+        caller = http_caller(port, bodies)
+        closed_loop(4, 1.0, caller)
+        for clients in LEVELS:
+            rows["edgekd serve"][clients] = measured(ours.pid, clients, args.seconds, caller)
+        soak_start_rss = rss_mb(ours.pid)
+        soak = closed_loop(16, args.soak_seconds, caller)
+        soak_end_rss = rss_mb(ours.pid)
+    finally:
+        stop(ours)
+
+    raw1 = rows["runtime (in-process)"][1]["p50_ms"]
+    ours1 = rows["edgekd serve"][1]["p50_ms"]
+    speedup = rows["edgekd serve"][16]["throughput"] / rows["naive FastAPI"][16]["throughput"]
+    growth = (soak_end_rss - soak_start_rss) / soak_start_rss * 100
+    errors = sum(r["errors"] for r in rows["edgekd serve"].values()) + soak["errors"]
+    checks = [
+        ("p50 at 1 client <= runtime + 3 ms", f"{ours1:.2f} ms vs {raw1:.2f} + 3 ms", ours1 <= raw1 + 3),
+        ("throughput at 16 clients >= 1.5x naive", f"{speedup:.2f}x", speedup >= 1.5),
+        ("errors", f"{errors}", errors == 0),
+        (f"RSS growth over {args.soak_seconds:g} s at 16 clients <= 10 %", f"{growth:+.1f} % ({soak_start_rss:.0f} -> {soak_end_rss:.0f} MB)", growth <= 10),
+        ("cold start to ready <= 2 s", f"{cold:.2f} s wall, {cold_cpu:.2f} s CPU", cold <= 2),
+        ("RSS <= 250 MB", f"{max(idle_rss, soak_end_rss):.0f} MB (idle {idle_rss:.0f} MB)", max(idle_rss, soak_end_rss) <= 250),
+    ]
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"`python benchmarks/serve_load.py EXPORT_DIR --seconds {args.seconds:g} --soak-seconds {args.soak_seconds:g}"
+        f"{f' --threads {args.threads}' if args.threads else ''}`, "
+        f"model `{manifest['model']}`, artifact `{key}`, runtime threads {args.threads or 'ORT default'}, digit PNGs posted as multipart over loopback "
+        "(closed loop: each client sends its next request when the previous answer arrives).",
+        "",
+        f"Machine before: {before}",
+        "",
+        f"Machine after: {machine()}",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *[f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in checks],
+        "",
+        "| server | clients | p50 ms | p99 ms | requests/s | requests | errors | server CPU ms/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, by_level in rows.items():
+        for clients, r in by_level.items():
+            lines.append(f"| {name} | {clients} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | {r['requests']} | {r['errors']} | {r.get('cpu_ms', float('nan')):.2f} |")
+    lines.append(f"| edgekd serve, soak {args.soak_seconds:g} s | 16 | {soak['p50_ms']:.2f} | {soak['p99_ms']:.2f} | {soak['throughput']:.0f} | {soak['requests']} | {soak['errors']} | |")
+    lines += ["", f"Naive server RSS after its runs: {naive_rss:.0f} MB.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("export_dir")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each load level")
+    p.add_argument("--soak-seconds", type=float, default=60.0, help="duration of the RSS-growth run")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.md")
+    p.add_argument("--threads", type=int, default=None, help="runtime intra-op threads, same for all three (default: ORT's)")
+    p.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.naive_server:
+        import uvicorn
+
+        uvicorn.run(naive_app(args.export_dir, args.threads), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        return
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

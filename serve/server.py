@@ -1,0 +1,44 @@
+"""Run the app under uvicorn: one worker (the batcher needs every request in one process), logs readiness."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgeKDError
+from edgekd.export.manifest import load_manifest, select_artifact, verify_artifact
+
+
+def check_export(export_dir: str | Path, runtime: str | None = None, precision: str | None = None) -> str:
+    """Fail fast with a one-line EdgeKDError (before uvicorn starts) when the export cannot be served."""
+    manifest = load_manifest(export_dir)
+    key = select_artifact(manifest, runtime, precision)
+    verify_artifact(export_dir, manifest, key)
+    return key
+
+
+def run_server(
+    export_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    access_log: bool = False,
+    **app_options: Any,
+) -> None:
+    """Serve ``export_dir`` on ``host:port`` until interrupted; options go to ``create_app``."""
+    import uvicorn
+
+    from edgekd.serve.app import create_app
+
+    check_export(export_dir, app_options.get("runtime"), app_options.get("precision"))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(export_dir, **app_options)
+    config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=access_log)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        reason = app.state.serve.error or "see the log above"
+        raise EdgeKDError(f"the server did not start: {reason}")

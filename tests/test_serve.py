@@ -1,0 +1,479 @@
+"""The HTTP server end to end: a real uvicorn on 127.0.0.1, a real HTTP client, the session's real export."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from edgekd.errors import EdgeKDError
+from edgekd.export.manifest import load_manifest, select_artifact
+from edgekd.serve.app import create_app
+from edgekd.serve.batching import MicroBatcher, QueueFull
+from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, decode_image, to_rgb
+from edgekd.serve.server import check_export
+
+
+class LiveServer:
+    """A uvicorn server on a free loopback port, in a background thread, for as long as the ``with`` lasts."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+def png(img: Image.Image, **opts) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **opts)
+    return buf.getvalue()
+
+
+def jpeg(img: Image.Image, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus exposition text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + want + "}" if want else " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    """The digits held-out split as (RGB PIL image, label) pairs: what the export scored its artifacts on."""
+    from edgekd.data import build_data
+
+    bundle = build_data("digits")
+    return [bundle.raw_val[i] for i in range(len(bundle.raw_val))]
+
+
+@pytest.fixture(scope="module")
+def server(export_dir: Path):
+    with LiveServer(create_app(export_dir, max_batch=8, batch_timeout_ms=5.0)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def strict_server(export_dir: Path):
+    """API key, 50 kB upload limit, 100k pixel limit, one-slot queue: the limits' failure paths."""
+    app = create_app(export_dir, api_key="s3cret-key", max_upload_mb=0.05, max_pixels=100_000, queue_size=1, max_batch=1)
+    with LiveServer(app) as live:
+        yield live
+
+
+KEY = {"X-API-Key": "s3cret-key"}
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+
+
+def test_preprocess_matches_the_torchvision_eval_transform(export_dir: Path):
+    from edgekd.data import make_eval_transform
+
+    manifest = load_manifest(export_dir)
+    pre = Preprocessor.from_manifest(manifest)
+    p = manifest["preprocessing"]
+    reference = make_eval_transform(tuple(p["resize"]), p["mean"], p["std"])
+    rng = np.random.default_rng(0)
+    for h, w in [(8, 8), (32, 32), (45, 19), (300, 200)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ours = pre(png(img))
+        assert ours.dtype == np.float32 and ours.shape == (3, *p["resize"])
+        np.testing.assert_array_equal(ours, reference(img).numpy())
+
+
+def test_every_image_mode_becomes_the_rgb_training_would_see():
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    as_rgb = np.asarray(Image.fromarray(grey).convert("RGB"))
+    # 16-bit greyscale is scaled (v / 257), not clipped at 255 as Pillow's convert does
+    sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(to_rgb(decode_image(png(sixteen)))), as_rgb)
+    np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(grey.astype(np.int32) * 257, "I"))), as_rgb)
+    np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(grey.astype(np.float32) / 255, "F"))), as_rgb)
+    for mode in ("L", "1", "P", "CMYK"):
+        img = Image.fromarray(grey).convert(mode)
+        np.testing.assert_array_equal(np.asarray(to_rgb(img)), np.asarray(img.convert("RGB")))
+    # transparency is composited on white: a fully transparent pixel is white whatever colour it holds
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 0)
+    rgba[0, 1] = (10, 20, 30, 255)
+    rgba[1, 0] = (0, 0, 0, 128)
+    out = np.asarray(to_rgb(decode_image(png(Image.fromarray(rgba, "RGBA")))))
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [10, 20, 30]
+    assert 125 <= out[1, 0, 0] <= 129
+    assert np.asarray(to_rgb(Image.fromarray(rgba, "RGBA").convert("LA")))[0, 0].tolist() == [255, 255, 255]
+    palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    palette.putpalette([0, 0, 0, 200, 0, 0])
+    palette.info["transparency"] = 0
+    assert np.asarray(to_rgb(decode_image(png(palette)))).tolist() == [[[255, 255, 255], [200, 0, 0]]]
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue()).size == (10, 40)
+
+
+def test_decoding_rejects_empty_corrupt_truncated_and_bombs():
+    good = png(Image.new("RGB", (64, 64), (1, 2, 3)))
+    for bad in (b"", b"not an image at all", good[: len(good) // 2], b"\x89PNG\r\n\x1a\n" + b"\0" * 50):
+        with pytest.raises(ImageError) as err:
+            decode_image(bad)
+        assert err.value.status_code == 400
+    with pytest.raises(ImageTooLarge) as err:
+        decode_image(png(Image.new("L", (2000, 2000))), max_pixels=1_000_000)
+    assert err.value.status_code == 413
+
+
+# ------------------------------------------------------------------------------------ predictions
+
+
+def test_heldout_accuracy_over_http_equals_the_manifest(server: LiveServer, export_dir: Path, heldout):
+    manifest = load_manifest(export_dir)
+    key = select_artifact(manifest)
+    bodies = [png(img) for img, _ in heldout]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+
+        def top1(body: bytes) -> int:
+            r = client.post("/predict", params={"top_k": 1}, files={"file": ("digit.png", body, "image/png")})
+            assert r.status_code == 200, r.text
+            return r.json()["predictions"][0]["index"]
+
+        with ThreadPoolExecutor(4) as pool:
+            predicted = list(pool.map(top1, bodies))
+        accuracy = float(np.mean([p == label for p, (_, label) in zip(predicted, heldout)]))
+        assert accuracy == manifest["artifacts"][key]["accuracy"]
+
+        r = client.post("/predict", files={"file": ("digit.jpg", jpeg(heldout[0][0].resize((64, 64))), "image/jpeg")})
+        body = r.json()
+        assert r.status_code == 200 and body["model"] == manifest["model"] and len(body["predictions"]) == 5
+        scores = [p["score"] for p in body["predictions"]]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-9
+        assert all(p["label"] == manifest["class_names"][p["index"]] for p in body["predictions"])
+        assert body["latency_ms"] > 0
+
+
+def test_png_and_jpeg_digits_are_classified_correctly(server: LiveServer, export_dir: Path, heldout):
+    manifest = load_manifest(export_dir)
+    accuracy = manifest["artifacts"][select_artifact(manifest)]["accuracy"]
+    sample = heldout[:60]
+    answers = {}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for encode, kind in ((png, "image/png"), (jpeg, "image/jpeg")):
+            answers[kind] = []
+            for img, _ in sample:
+                r = client.post("/predict", files={"file": ("d", encode(img), kind)})
+                answers[kind].append(r.json()["predictions"][0]["index"])
+    labels = [label for _, label in sample]
+    right = {kind: float(np.mean([a == y for a, y in zip(found, labels)])) for kind, found in answers.items()}
+    assert right["image/png"] >= max(0.5, accuracy - 0.15), right
+    assert right["image/jpeg"] >= max(0.5, accuracy - 0.2), right
+    agree = np.mean([a == b for a, b in zip(answers["image/png"], answers["image/jpeg"])])
+    assert agree >= 0.8, agree
+
+
+def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, heldout):
+    manifest = load_manifest(export_dir)
+    name, key = manifest["model"], select_artifact(manifest)
+    pre = Preprocessor.from_manifest(manifest)
+    x = np.stack([pre(png(img)) for img, _ in heldout[:3]])
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        meta = client.get(f"/v2/models/{name}").json()
+        assert meta["name"] == name and meta["versions"] == [key] and meta["platform"] == "onnxruntime_onnx"
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+        assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, manifest["num_classes"]]}]
+        request = {"id": "r1", "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        r = client.post(f"/v2/models/{name}/infer", json=request)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["model_name"] == name and out["id"] == "r1"
+        logits = np.asarray(out["outputs"][0]["data"], np.float32).reshape(out["outputs"][0]["shape"])
+        assert logits.shape == (3, manifest["num_classes"])
+        single = [client.post("/predict", params={"top_k": 1}, files={"file": ("d.png", png(img), "image/png")}).json() for img, _ in heldout[:3]]
+        assert logits.argmax(1).tolist() == [s["predictions"][0]["index"] for s in single]
+
+        def infer(**change):
+            tensor = {**request["inputs"][0], **change}
+            return client.post(f"/v2/models/{name}/infer", json={"inputs": [tensor]})
+
+        for r in (infer(name="pixels"), infer(datatype="INT8"), infer(shape=[3, 3, 32, 31]), infer(data=[0.0] * 10), infer(shape=[3, 3, 32])):
+            assert r.status_code == 400 and isinstance(r.json()["detail"], str), r.text
+        assert infer(data="zeros").status_code == 422
+        assert client.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 422
+        assert client.post(f"/v2/models/{name}/infer", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+        assert client.post("/v2/models/other/infer", json=request).status_code == 404
+        assert client.get("/v2/models/other").status_code == 404
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert client.get("/docs").status_code == 200
+        spec = client.get("/openapi.json").json()
+        assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_input_gets_the_right_status_never_a_500(server: LiveServer, heldout):
+    good = png(heldout[0][0])
+    truncated_jpeg = jpeg(Image.new("RGB", (300, 300), (30, 60, 90)))[:400]
+    cases = [
+        ({"files": {"file": ("a.png", b"", "image/png")}}, 400),
+        ({"files": {"file": ("a.png", b"GIF89a but not really", "image/png")}}, 400),
+        ({"files": {"file": ("a.png", good[: len(good) // 2], "image/png")}}, 400),
+        ({"files": {"file": ("a.jpg", truncated_jpeg, "image/jpeg")}}, 400),
+        ({"files": {"file": ("a.bin", b"\x00" * 1000, "application/octet-stream")}}, 400),
+        ({"files": {"file": ("notes.txt", b"hello", "text/plain")}}, 415),
+        ({"files": {"other": ("a.png", good, "image/png")}}, 422),
+        ({"data": {"file": "just text"}, "files": {"other": ("a.png", good, "image/png")}}, 422),
+        ({"data": {"file": "url-encoded form"}}, 415),
+        ({"json": {"file": "x"}}, 415),
+        ({"content": good, "headers": {"content-type": "image/png"}}, 415),
+        ({"files": {"file": ("a.png", good, "image/png")}, "params": {"top_k": 0}}, 422),
+        ({"files": {"file": ("a.png", good, "image/png")}, "params": {"top_k": 11}}, 422),
+        ({"files": {"file": ("a.png", good, "image/png")}, "params": {"top_k": "many"}}, 422),
+        ({"content": b"--x\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nno closing", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
+    ]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for kwargs, status in cases:
+            r = client.post("/predict", **kwargs)
+            assert r.status_code == status, (kwargs.get("files") or kwargs, r.status_code, r.text)
+            assert "detail" in r.json()
+        assert client.post("/predict", files={"file": ("a.png", good, "image/png")}).status_code == 200
+        assert metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="500") == 0
+
+
+def test_size_limits_answer_413_while_reading(strict_server: LiveServer):
+    big_noise = png(Image.fromarray(np.random.default_rng(2).integers(0, 256, (160, 160, 3), dtype=np.uint8)))
+    assert len(big_noise) > 50_000 * 1.05
+    bomb = png(Image.new("L", (1000, 1000)))  # 1 MP of zeros: a few kB on the wire
+    assert len(bomb) < 10_000
+    with httpx.Client(base_url=strict_server.url, timeout=60, headers=KEY) as client:
+        r = client.post("/predict", files={"file": ("big.png", big_noise, "image/png")})
+        assert r.status_code == 413 and "detail" in r.json()
+        r = client.post("/predict", files={"file": ("bomb.png", bomb, "image/png")})
+        assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the server must stop at the cap while the body streams in
+            yield b'--abc\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+            for _ in range(40):
+                yield b"\0" * 4096
+
+        r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=abc"})
+        assert r.status_code == 413
+        small = png(Image.new("RGB", (20, 20), (9, 9, 9)))
+        assert client.post("/predict", files={"file": ("ok.png", small, "image/png")}).status_code == 200
+
+
+def test_api_key(strict_server: LiveServer):
+    body = {"file": ("d.png", png(Image.new("L", (8, 8), 50)), "image/png")}
+    with httpx.Client(base_url=strict_server.url, timeout=60) as client:
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            r = client.post("/predict", files=body, headers=headers)
+            assert r.status_code == 401 and "API key" in r.json()["detail"]
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/v2/models/x").status_code == 401
+        assert client.post("/predict", files=body, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert client.post("/predict", files=body, headers=KEY).status_code == 200
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/metrics", headers=KEY).status_code == 200
+
+
+def test_full_queue_answers_503_with_retry_after(strict_server: LiveServer):
+    runtime = strict_server.app.state.serve.runtime
+    real_run = runtime.run
+    runtime.run = lambda batch: (time.sleep(0.3), real_run(batch))[1]
+    body = png(Image.new("L", (8, 8), 50))
+    try:
+        with httpx.Client(base_url=strict_server.url, timeout=60, headers=KEY) as client:
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda _: client.post("/predict", files={"file": ("d.png", body, "image/png")}), range(6)))
+    finally:
+        del runtime.run
+    codes = sorted(r.status_code for r in answers)
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------ metrics and batching
+
+
+def test_concurrent_requests_are_batched_and_counted(server: LiveServer, heldout):
+    bodies = [png(img) for img, _ in heldout[:48]]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        before = client.get("/metrics").text
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda b: client.post("/predict", files={"file": ("d.png", b, "image/png")}).status_code, bodies))
+        after = client.get("/metrics").text
+    assert codes == [200] * len(bodies)
+    ok = dict(endpoint="/predict", method="POST", status="200")
+    assert metric(after, "edgekd_requests_total", **ok) - metric(before, "edgekd_requests_total", **ok) == len(bodies)
+    calls = metric(after, "edgekd_batch_size_count") - metric(before, "edgekd_batch_size_count")
+    samples = metric(after, "edgekd_batch_size_sum") - metric(before, "edgekd_batch_size_sum")
+    singles = metric(after, "edgekd_batch_size_bucket", le="1.0") - metric(before, "edgekd_batch_size_bucket", le="1.0")
+    assert samples == len(bodies) and calls < len(bodies) and singles < calls  # some call held more than one image
+    for name in ("edgekd_queue_wait_seconds_count", "edgekd_inference_latency_seconds_count"):
+        assert metric(after, name) > metric(before, name)
+    assert metric(after, "edgekd_request_latency_seconds_count", endpoint="/predict") >= len(bodies)
+    assert metric(after, "edgekd_ready") == 1
+
+
+def test_batcher_fills_batches_and_bounds_its_queue():
+    calls: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        time.sleep(0.05)
+        return batch.reshape(len(batch), -1)[:, :2] * 2
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(run, max_batch=4, batch_timeout_ms=50, queue_size=8)
+        batcher.start()
+        try:
+            xs = [np.full((1, 1, 1, 2), i, np.float32) for i in range(8)]
+            outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+            assert [o.tolist() for o in outs] == [[[2 * i, 2 * i]] for i in range(8)]
+            assert sum(calls) == 8 and max(calls) == 4
+            results = await asyncio.gather(*(batcher.submit(x) for x in xs * 2), return_exceptions=True)
+            assert sum(isinstance(r, QueueFull) for r in results) >= 1
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------------------------ start-up
+
+
+def test_not_ready_until_loaded_and_load_errors_are_one_line(export_dir: Path, tmp_path: Path):
+    app = create_app(export_dir)
+
+    async def before_startup() -> tuple[int, int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            ready = await client.get("/v2/health/ready")
+            predict = await client.post("/predict", files={"file": ("a.png", png(Image.new("L", (8, 8))), "image/png")})
+            return ready.status_code, predict.status_code
+
+    assert asyncio.run(before_startup()) == (503, 503)
+    tampered = tmp_path / "export"
+    shutil.copytree(export_dir, tampered)
+    manifest = load_manifest(tampered)
+    target = tampered / manifest["artifacts"][select_artifact(manifest)]["files"][0]
+    target.write_bytes(target.read_bytes()[:-1] + b"\0")
+    with pytest.raises(EdgeKDError, match="sha256"):
+        check_export(tampered)
+    with pytest.raises(EdgeKDError, match="no manifest.json"):
+        check_export(tmp_path)
+    with pytest.raises(EdgeKDError, match="no artifact"):
+        check_export(export_dir, runtime="ort", precision="fp16")
+    with pytest.raises(EdgeKDError, match="unknown runtime"):
+        create_app(export_dir, runtime="tensorrt")
+
+
+def test_openvino_artifact_serves_the_same_answers(export_dir: Path, heldout):
+    manifest = load_manifest(export_dir)
+    if "openvino-fp32" not in manifest["artifacts"]:
+        pytest.fail("the session export has no openvino-fp32 artifact")
+    answers = {}
+    for runtime in ("ort", "openvino"):
+        with LiveServer(create_app(export_dir, runtime=runtime, precision="fp32")) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+            answers[runtime] = [
+                client.post("/predict", params={"top_k": 1}, files={"file": ("d.png", png(img), "image/png")}).json()["predictions"][0]["index"]
+                for img, _ in heldout[:20]
+            ]
+            platform = client.get(f"/v2/models/{manifest['model']}").json()["platform"]
+            assert platform == {"ort": "onnxruntime_onnx", "openvino": "openvino_ir"}[runtime]
+    assert answers["ort"] == answers["openvino"]
+
+
+TORCH_BLOCKER = """
+import importlib.abc, sys
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name == "torchvision" or name.startswith("torchvision."):
+            raise ImportError(f"torch is blocked in this test: {name}")
+sys.meta_path.insert(0, BlockTorch())
+sys.argv = ["edgekd.serve", *sys.argv[1:]]
+import runpy
+runpy.run_module("edgekd.serve", run_name="__main__")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_starts_and_answers_with_torch_unimportable(export_dir: Path, tmp_path: Path):
+    port = free_port()
+    script = tmp_path / "no_torch.py"
+    script.write_text(TORCH_BLOCKER)
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(export_dir), "--port", str(port), "--api-key", "k"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/predict", files={"file": ("d.png", png(Image.new("L", (8, 8), 80)), "image/png")}, headers={"X-API-Key": "k"}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 5
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log.read_text()
+    assert "torch is blocked" not in text and re.search(r"ready: .* in \d+\.\d+ s", text), text
