@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import random
 import time
 from pathlib import Path
@@ -190,7 +191,7 @@ class _Run:
             state = torch.load(path, map_location=self.device, weights_only=True)
             self.method.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, EOFError, ValueError, OSError) as e:
+        except (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
             raise EdgeKDError(f"{path} cannot be resumed ({str(e).splitlines()[0]}); it is corrupt or from another model") from None
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best_acc, self.history = state["epoch"], state["best_acc"], list(state["history"])
