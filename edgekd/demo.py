@@ -35,11 +35,10 @@ class DemoPlan:
     prune_ratio: float = 0.3
     calib_samples: int = 300
     bench_seconds: float = 1.5
-    http_images: int = 360
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(teacher_epochs=3, student_epochs=3, calib_samples=128, bench_seconds=0.4, http_images=120)
+        return cls(teacher_epochs=3, student_epochs=3, calib_samples=128, bench_seconds=0.4)
 
 
 METHODS = ("kd", "drkd", "r2kd")
@@ -52,7 +51,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(export_dir: Path, log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
+def running_server(export_dir: Path, log_path: Path, *args: str, timeout_s: float = 60.0) -> Iterator[str]:
     """Start ``python -m edgekd.serve`` on a free loopback port; yield its URL once ready; always stop it."""
     import httpx
 
@@ -60,7 +59,7 @@ def running_server(export_dir: Path, log_path: Path, timeout_s: float = 60.0) ->
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgekd.serve", str(export_dir), "--port", str(port)],
+            [sys.executable, "-m", "edgekd.serve", str(export_dir), "--port", str(port), *args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
@@ -151,11 +150,14 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
 
     _stage(console, 7, total, "serving the INT8 model and classifying held-out digits over HTTP")
     bundle = build_data("digits")
-    images = [bundle.raw_val[i] for i in range(min(plan.http_images, len(bundle.raw_val)))]
-    with running_server(export_dir, out / "serve.log") as url:
+    images = [bundle.raw_val[i] for i in range(len(bundle.raw_val))]  # the whole held-out split, as PNGs
+    served = next(k for k in ("onnx-int8", "openvino-int8", "onnx-fp32") if k in manifest["artifacts"])
+    entry = manifest["artifacts"][served]
+    runtime = "ort" if entry["format"] == "onnx" else "openvino"
+    with running_server(export_dir, out / "serve.log", "--runtime", runtime, "--precision", entry["precision"]) as url:
         http = classify_over_http(url, images)
 
-    summary = _summary_rows(runs, pruned, manifest, rows, http, best)
+    summary = _summary_rows(runs, pruned, manifest, rows, http, best, served)
     write_json(out / "demo-summary.json", summary)
     _stage(console, 8, total, "writing the report")
     report = build_report(out)
@@ -163,7 +165,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     return summary
 
 
-def _summary_rows(runs, pruned, manifest, bench_rows, http, best) -> list[dict[str, Any]]:
+def _summary_rows(runs, pruned, manifest, bench_rows, http, best, key) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name, s in runs.items():
         size = (Path(s["out"]) / "model.safetensors").stat().st_size / 1e6
@@ -175,7 +177,6 @@ def _summary_rows(runs, pruned, manifest, bench_rows, http, best) -> list[dict[s
         if r["status"] == "ok" and r["batch"] == 1:
             rows.append({"stage": f"{best}: {r['runtime']} {r['precision']}", "accuracy": r["accuracy"], "size_mb": r["size_mb"],
                          "p50_ms": r["p50_ms"], "speedup": r.get("speedup")})
-    key = next(k for k in ("onnx-int8", "openvino-int8", "onnx-fp32") if k in manifest["artifacts"])
     rows.append({"stage": f"{best}: served over HTTP ({key})", "accuracy": http["accuracy"],
                  "size_mb": manifest["artifacts"][key]["size_bytes"] / 1e6, "p50_ms": http["p50_ms"], "speedup": None,
                  "requests": http["requests"]})

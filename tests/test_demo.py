@@ -1,0 +1,43 @@
+"""`edgekd demo --quick` end to end, as a new user runs it: every stage, the summary, the report, HTTP answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.timeout(900)
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "160"}
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=880, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "edgekd demo summary" in proc.stdout and "report:" in proc.stdout
+
+    rows = {r["stage"]: r for r in json.loads((out / "demo-summary.json").read_text())}
+    for method in ("teacher (ce)", "kd", "drkd", "r2kd"):
+        assert 0.1 < rows[method]["accuracy"] <= 1.0, method
+        assert (out / ("teacher" if method.startswith("teacher") else f"students/{method}") / "model.safetensors").is_file()
+
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    assert {"onnx-fp32", "onnx-int8", "openvino-fp32"} <= set(manifest["artifacts"])
+    served = next(r for s, r in rows.items() if "served over HTTP" in s)
+    key = served["stage"].split("(")[-1].rstrip(")")
+    # every held-out digit went through POST /predict; preprocessing equals training's, so the HTTP accuracy
+    # is exactly the artifact's accuracy in the manifest
+    assert served["requests"] == manifest["eval"]["samples"]
+    assert served["accuracy"] == pytest.approx(manifest["artifacts"][key]["accuracy"], abs=1e-9)
+    assert served["p50_ms"] > 0
+
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    ok = [r for r in bench["rows"] if r["status"] == "ok"]
+    assert {(r["runtime"], r["precision"]) for r in ok} >= {("ort", "fp32"), ("ort", "int8")}
+    assert any(r["stage"].endswith("ort int8") and r["p50_ms"] > 0 for r in rows.values())
+
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "r2kd" in html and "drkd" in html
