@@ -1,0 +1,280 @@
+"""edgekd export: artifacts that load without edgekd, agree with PyTorch, and a manifest that tells the truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.errors import EdgeKDError
+from edgekd.export.manifest import ARTIFACT_KINDS, load_manifest, sha256_file
+
+pytestmark = pytest.mark.slow
+ALL = {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"}
+
+
+@pytest.fixture(scope="module")
+def manifest(export_dir: Path) -> dict:
+    return load_manifest(export_dir)
+
+
+@pytest.fixture(scope="module")
+def val_data(manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    from edgekd.data import build_data
+
+    bundle = build_data(manifest["eval"]["dataset"], options=manifest["eval"]["options"])
+    xs, ys = zip(*(bundle.val_set()[i] for i in range(len(bundle.raw_val))))
+    return np.stack([x.numpy() for x in xs]), np.asarray(ys)
+
+
+@pytest.fixture(scope="module")
+def torch_logits(digits_run_dir: Path, val_data) -> np.ndarray:
+    import torch
+
+    from edgekd.rundir import load_model
+
+    model, _ = load_model(digits_run_dir)
+    with torch.inference_mode():
+        return model(torch.from_numpy(val_data[0])).numpy()
+
+
+def _plain_runner(export_dir: Path, key: str, entry: dict):
+    """Run an artifact with the bare runtime APIs, as a user without edgekd would."""
+    path = str(export_dir / entry["files"][0])
+    if entry["format"] == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["logits"], {"input": x})[0]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU")
+    return lambda x: np.asarray(compiled(x)[0])
+
+
+def test_every_artifact_written_and_verified(manifest: dict) -> None:
+    assert set(manifest["artifacts"]) == ALL
+    assert manifest["dropped"] == {} and manifest["notes"] == []
+    assert manifest["eval"]["torch_accuracy"] > 0.85  # the fixture's model is a real classifier
+    for key, a in manifest["artifacts"].items():
+        assert (a["format"], a["precision"]) == ARTIFACT_KINDS[key]
+        assert a["agreement"] == 1.0 if a["precision"] == "fp32" else a["agreement"] >= 0.98, key
+        assert abs(a["accuracy"] - manifest["eval"]["torch_accuracy"]) <= (0 if a["precision"] == "fp32" else 0.02), key
+        assert a["export_seconds"] > 0
+
+
+def test_manifest_contract(manifest: dict, export_dir: Path, digits_run_dir: Path) -> None:
+    assert manifest["format_version"] == 1
+    assert manifest["model"] == "resnet8-digits"
+    assert manifest["arch"] == "resnet8" and manifest["num_classes"] == 10
+    assert manifest["source_run"] == str(digits_run_dir.resolve())
+    assert manifest["class_names"] == [str(d) for d in range(10)]
+    assert manifest["input"] == {"name": "input", "shape": [None, 3, 32, 32], "dtype": "float32"}
+    assert manifest["output"] == {"name": "logits", "shape": [None, 10]}
+    pre = manifest["preprocessing"]
+    desc = json.loads((digits_run_dir / "model.json").read_text())
+    assert pre["resize"] == [32, 32] and pre["mean"] == desc["mean"] and pre["std"] == desc["std"]
+    assert (pre["channel_order"], pre["layout"], pre["interpolation"]) == ("RGB", "NCHW", "bilinear")
+    assert pre["scale"] == pytest.approx(1 / 255)
+    assert manifest["eval"]["split"] == "val" and manifest["eval"]["samples"] == 360
+    assert json.loads((export_dir / "manifest.json").read_text()) == manifest
+
+
+def test_sha256_and_sizes_match_files(manifest: dict, export_dir: Path) -> None:
+    listed = set()
+    for a in manifest["artifacts"].values():
+        assert a["size_bytes"] == sum((export_dir / f).stat().st_size for f in a["files"]) > 0
+        for f in a["files"]:
+            assert a["sha256"][f] == sha256_file(export_dir / f)
+            listed.add(f)
+    on_disk = {p.relative_to(export_dir).as_posix() for p in export_dir.rglob("*") if p.is_file()}
+    assert on_disk == listed | {"manifest.json"}  # nothing unlisted, no temp files, no external data
+    assert manifest["artifacts"]["onnx-int8"]["size_bytes"] < 0.5 * manifest["artifacts"]["onnx-fp32"]["size_bytes"]
+
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_round_trip_in_plain_runtimes(key, manifest, export_dir, val_data, torch_logits) -> None:
+    images, labels = val_data
+    run = _plain_runner(export_dir, key, manifest["artifacts"][key])
+    logits = np.concatenate([run(images[i : i + 64]) for i in range(0, len(images), 64)])
+    agreement = float((logits.argmax(1) == torch_logits.argmax(1)).mean())
+    entry = manifest["artifacts"][key]
+    assert agreement == pytest.approx(entry["agreement"])
+    assert float((logits.argmax(1) == labels).mean()) == pytest.approx(entry["accuracy"])
+    if entry["precision"] == "fp32":
+        assert agreement == 1.0
+        assert np.abs(logits - torch_logits).max() < 1e-3
+    else:
+        assert agreement >= 0.98
+
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_dynamic_batch(key, manifest, export_dir, val_data) -> None:
+    run = _plain_runner(export_dir, key, manifest["artifacts"][key])
+    images = val_data[0]
+    seven = run(images[:7])
+    one = run(images[:1])
+    assert seven.shape == (7, 10) and one.shape == (1, 10)
+    np.testing.assert_allclose(one[0], seven[0], rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_metadata(manifest: dict, export_dir: Path) -> None:
+    import onnx
+
+    for key in ("onnx-fp32", "onnx-int8"):
+        proto = onnx.load(str(export_dir / manifest["artifacts"][key]["files"][0]))
+        props = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(props["class_names"]) == manifest["class_names"]
+        assert json.loads(props["preprocessing"]) == manifest["preprocessing"]
+        assert props["model"] == "resnet8-digits"
+        assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        inp = proto.graph.input[0]
+        assert inp.name == "input" and inp.type.tensor_type.shape.dim[0].dim_param
+        assert proto.graph.output[0].name == "logits"
+    ops = {n.op_type for n in onnx.load(str(export_dir / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_openvino_ir_carries_metadata(manifest: dict, export_dir: Path) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(export_dir / manifest["artifacts"]["openvino-fp32"]["files"][0]))
+    assert json.loads(model.get_rt_info(["edgekd", "class_names"]).astype(str)) == manifest["class_names"]
+
+
+def test_table_rows(manifest: dict) -> None:
+    from edgekd.export import manifest_table_rows
+
+    rows = manifest_table_rows(manifest)
+    assert [r["format"] for r in rows] == ["pytorch", *manifest["artifacts"]]
+    assert all(r["status"] == "ok" for r in rows[1:])
+    assert rows[1]["accuracy"] == f"{manifest['artifacts'][rows[1]['format']]['accuracy']:.4f}"
+
+
+def test_package_import_is_torch_free() -> None:
+    code = "import sys, edgekd.export; edgekd.export.manifest_table_rows; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _no_export_left(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_missing_run_dir(tmp_path: Path) -> None:
+    from edgekd.export import export_run
+
+    out = tmp_path / "exp"
+    with pytest.raises(EdgeKDError, match="does not exist"):
+        export_run(tmp_path / "nope", out, progress=False)
+    _no_export_left(out)
+
+
+def test_corrupt_weights(tmp_path: Path, digits_run_dir: Path) -> None:
+    from edgekd.export import export_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text((digits_run_dir / "model.json").read_text())
+    (run / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    out = tmp_path / "exp"
+    with pytest.raises(EdgeKDError, match="corrupt"):
+        export_run(run, out, progress=False)
+    _no_export_left(out)
+
+
+@pytest.mark.parametrize("formats", [("tflite",), ("onnx", "coreml"), ()])
+def test_unsupported_format(tmp_path: Path, digits_run_dir: Path, formats) -> None:
+    from edgekd.export import export_run
+
+    out = tmp_path / "exp"
+    with pytest.raises(EdgeKDError, match="unsupported export format"):
+        export_run(digits_run_dir, out, formats=formats, progress=False)
+    _no_export_left(out)
+
+
+def test_failure_midway_leaves_nothing(tmp_path: Path, digits_run_dir: Path, monkeypatch) -> None:
+    from edgekd.export import export_run, openvino_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter exploded\nsecond line")
+
+    monkeypatch.setattr(openvino_export, "read_onnx", broken)
+    out = tmp_path / "exp"
+    with pytest.raises(EdgeKDError, match="^OpenVINO conversion failed: RuntimeError: converter exploded$"):
+        export_run(digits_run_dir, out, progress=False)
+    _no_export_left(out)
+
+
+def test_existing_export_dir_is_not_clobbered(export_dir: Path, digits_run_dir: Path) -> None:
+    from edgekd.export import export_run
+
+    before = (export_dir / "manifest.json").read_bytes()
+    with pytest.raises(EdgeKDError, match="already exists"):
+        export_run(digits_run_dir, export_dir, progress=False)
+    assert (export_dir / "manifest.json").read_bytes() == before
+
+
+def test_impossible_max_drop_drops_int8_keeps_fp32(tmp_path: Path, digits_run_dir: Path) -> None:
+    from edgekd.export import export_run, manifest_table_rows
+
+    out = tmp_path / "exp"
+    manifest = export_run(digits_run_dir, out, int8=True, calib_samples=64, max_drop=-1, progress=False)
+    assert set(manifest["artifacts"]) == {"onnx-fp32", "openvino-fp32"}
+    assert set(manifest["dropped"]) == {"onnx-int8", "openvino-int8"}
+    assert manifest["dropped"]["openvino-int8"]["quantization"]["accuracy_control"] is True
+    for key, dropped in manifest["dropped"].items():
+        assert "max_drop -1" in dropped["reason"]
+        assert dropped["accuracy"] > 0.85 and "files" not in dropped
+    assert len(manifest["notes"]) == 2 and all("not written" in n for n in manifest["notes"])
+    assert not (out / "model.int8.onnx").exists() and not (out / "openvino-int8").exists()
+    assert load_manifest(out)["artifacts"].keys() == {"onnx-fp32", "openvino-fp32"}
+    statuses = [r["status"].split(":")[0] for r in manifest_table_rows(manifest)]
+    assert statuses == ["reference", "ok", "ok", "dropped", "dropped"]
+
+
+def test_pruned_model_exports(tmp_path: Path, digits_run_dir: Path, manifest: dict) -> None:
+    import onnxruntime as ort
+
+    from edgekd.export import export_run
+    from edgekd.prune import prune_run
+
+    pruned_run = tmp_path / "pruned"
+    prune_run(digits_run_dir, pruned_run, ratio=0.5, method="structured")
+    out = tmp_path / "exp"
+    pruned = export_run(pruned_run, out, formats=("onnx",), int8=True, calib_samples=64, progress=False)
+    fp32 = pruned["artifacts"]["onnx-fp32"]
+    assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-3
+    assert pruned["artifacts"]["onnx-int8"]["agreement"] >= 0.95
+    assert fp32["size_bytes"] < 0.5 * manifest["artifacts"]["onnx-fp32"]["size_bytes"]  # the channels really went
+    session = ort.InferenceSession(str(out / fp32["files"][0]), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0].shape == (3, 10)
+
+
+def test_openvino_only_with_fp16(tmp_path: Path, digits_run_dir: Path, val_data, torch_logits) -> None:
+    from edgekd.export import export_run
+
+    out = tmp_path / "exp"
+    manifest = export_run(digits_run_dir, out, formats=("openvino",), fp16=True, progress=False)
+    assert set(manifest["artifacts"]) == {"openvino-fp32", "openvino-fp16"}
+    assert not (out / "model.onnx").exists()  # the intermediate ONNX file stayed in scratch space
+    fp16 = manifest["artifacts"]["openvino-fp16"]
+    assert fp16["size_bytes"] < 0.6 * manifest["artifacts"]["openvino-fp32"]["size_bytes"]
+    assert fp16["agreement"] >= 0.99 and 0 < fp16["max_abs_diff"] < 0.1
+
+
+def test_bad_options(tmp_path: Path, digits_run_dir: Path) -> None:
+    from edgekd.export import export_run
+
+    for kwargs, match in [
+        ({"calib_method": "kl"}, "unknown calibration method"),
+        ({"calib_samples": 0}, "calib_samples"),
+        ({"formats": ("onnx",), "fp16": True}, "fp16"),
+    ]:
+        with pytest.raises(EdgeKDError, match=match):
+            export_run(digits_run_dir, tmp_path / "exp", progress=False, **kwargs)
+    _no_export_left(tmp_path / "exp")
