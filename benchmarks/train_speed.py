@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     device = resolve_device(args.device)
-    options = {"count": args.batch * args.steps, "val_count": args.batch, "classes": 100}
+    options = {"count": max(args.batch * args.steps, 100), "val_count": 100, "classes": 100}
     bundle = build_data("synthetic", options=options)
     with tempfile.TemporaryDirectory(prefix="edgekd-speed-") as tmp:
         teacher_dir = Path(tmp) / "teacher"

@@ -38,7 +38,7 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(teacher_epochs=3, student_epochs=3, calib_samples=128, bench_seconds=0.4)
+        return cls(teacher_epochs=2, student_epochs=2, calib_samples=64, bench_seconds=0.3)
 
 
 METHODS = ("kd", "drkd", "r2kd")
