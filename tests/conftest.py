@@ -6,6 +6,8 @@ of later stages (export, bench, serve) do not depend on the training code they a
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,20 @@ def export_dir(digits_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("exports") / "digits-resnet8"
     export_run(digits_run_dir, out, formats=("onnx", "openvino"), int8=True, progress=False)
     return out
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Poll a server subprocess's /v2/health/ready; fail with its log if it dies or stays unready."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+

@@ -11,10 +11,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -121,16 +121,7 @@ def test_device_venv_without_torch(export_dir: Path, tmp_path: Path):
         proc = subprocess.Popen([str(python), "-m", "edgekd.serve", str(export_dir), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_until_ready(proc, url, log, 120)
         buf = io.BytesIO()
         Image.new("L", (8, 8), 90).save(buf, "PNG")
         r = httpx.post(f"{url}/predict", files={"file": ("d.png", buf.getvalue(), "image/png")}, timeout=30)

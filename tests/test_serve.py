@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_until_ready
 import uvicorn
 from PIL import Image
 
@@ -460,16 +461,7 @@ def test_server_starts_and_answers_with_torch_unimportable(export_dir: Path, tmp
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until_ready(proc, url, log, 90)
         r = httpx.post(f"{url}/predict", files={"file": ("d.png", png(Image.new("L", (8, 8), 80)), "image/png")}, headers={"X-API-Key": "k"}, timeout=30)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 5
     finally:
