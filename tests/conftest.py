@@ -6,8 +6,10 @@ of later stages (export, bench, serve) do not depend on the training code they a
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,7 @@ def train_digits_run(run_dir: Path, arch: str = "resnet8", epochs: int = DIGITS_
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     order = make_loader(list(range(len(labels))), 64, shuffle=True, seed=seed)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=epochs * len(order), pct_start=0.15)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_torch_thread():
         model.train()
         for _ in range(epochs):
             for idx in order:
@@ -48,8 +48,6 @@ def train_digits_run(run_dir: Path, arch: str = "resnet8", epochs: int = DIGITS_
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-    finally:
-        torch.set_num_threads(threads)
     model.eval()
     save_model(run_dir, model, model_description(arch, bundle))
     return run_dir
@@ -85,4 +83,24 @@ def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: flo
             pass
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Small models and batches: extra intra-op threads only spin-wait, which costs several times on a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """For modules of tiny tensors: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with single_torch_thread():
+        yield
 

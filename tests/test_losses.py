@@ -14,13 +14,7 @@ Z_T = np.array([[0.2, 3.0, -0.5, 0.1], [1.0, 0.5, 1.5, -2.0], [0.0, -1.0, 0.5, 2
 Y = np.array([1, 0, 3])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest and immune to other processes on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def t(a):

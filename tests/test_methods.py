@@ -16,13 +16,7 @@ from edgekd.methods.r2kd import AUGMENTATIONS, BatchAutoAugment
 C, B = 5, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest and immune to other processes on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cnn(width: int = 8, seed: int = 0) -> nn.Module:

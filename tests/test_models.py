@@ -39,13 +39,7 @@ def _randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batches here are tiny: extra intra-op threads only spin-wait, which costs 5x on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -13,13 +13,7 @@ from edgekd.prune import prune_model, prune_run
 from edgekd.rundir import layer_shapes, load_model, save_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one thread is fastest and immune to other processes on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cnn() -> nn.Module:
