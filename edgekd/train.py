@@ -103,7 +103,8 @@ class _Run:
             seed_everything(cfg.seed)
             student = create_model(cfg.model, self.bundle.num_classes)
         self.method = build_method(
-            cfg.method, student, teacher, cfg.method_args, num_classes=self.bundle.num_classes, rectify=cfg.rectify
+            cfg.method, student, teacher, cfg.method_args, num_classes=self.bundle.num_classes, rectify=cfg.rectify,
+            input_shape=self.bundle.input_size,
         ).to(device)
         self.channels_last = cfg.channels_last and device.type == "cuda"
         if self.channels_last:

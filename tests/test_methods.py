@@ -12,6 +12,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.losses import dkd_loss, drkd_rectify, kd_loss, r2kd_rank_loss, r2kd_value_loss
 from edgekd.methods import build_method, list_methods, method_class
 from edgekd.methods.r2kd import AUGMENTATIONS, BatchAutoAugment
+from edgekd.prune import prune_model
 
 C, B = 5, 6
 
@@ -43,7 +44,7 @@ def make(name: str, args=None, rectify=False):
         teacher = tiny_cnn(16, seed=2)
     else:
         teacher = None
-    return build_method(name, student, teacher, args, num_classes=C, rectify=rectify)
+    return build_method(name, student, teacher, args, num_classes=C, rectify=rectify, input_shape=(3, 16, 16))
 
 
 def state(module: nn.Module) -> dict:
@@ -71,7 +72,7 @@ def test_step_trains_the_student_only(name):
     method.on_epoch_start(0)
     method.on_epoch_start(1)  # drkd dynamic takes its snapshot here
     x, y = batch()
-    logits, terms = method.forward_train(x, y, epoch=1)  # r2kd makes its pruned teacher on the first batch
+    logits, terms = method.forward_train(x, y, epoch=1)
     teachers = {"teacher": method.teacher, "pruned": getattr(method, "pruned_teacher", None)}
     frozen = {n: state(m) for n, m in teachers.items() if m is not None}
     student_before = state(method.student)
@@ -95,6 +96,7 @@ def test_step_trains_the_student_only(name):
         assert all(p.grad is None for p in m.parameters()), n
     if name in ("kd", "dist", "dkd", "r2kd", "tfkd-self", "drkd"):
         assert method.teacher is not None
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in method.teacher.modules())  # conv-bn folded
 
 
 def test_teacher_requirements_and_flags():
@@ -177,8 +179,10 @@ def test_drkd_dynamic_snapshot():
     opt.step()
     method.on_epoch_start(1)
     snapshot = state(method.student)
-    assert same(state(method.teacher), snapshot)
+    student_logits = eval_logits(method.student, x)
+    assert torch.allclose(method.teacher(x), student_logits, atol=1e-5)  # folded, but the same function
     assert not method.teacher.training
+    teacher_state = state(method.teacher)
 
     logits, terms = method.forward_train(x, y, epoch=1)
     with torch.no_grad():
@@ -188,10 +192,11 @@ def test_drkd_dynamic_snapshot():
     sum(terms.values()).backward()
     opt.step()
     assert not same(state(method.student), snapshot)
-    assert same(state(method.teacher), snapshot)  # the snapshot does not follow later updates
+    assert same(state(method.teacher), teacher_state)  # the snapshot does not follow later updates
 
     method.on_epoch_start(2)
-    assert same(state(method.teacher), state(method.student))
+    assert torch.allclose(method.teacher(x), eval_logits(method.student, x), atol=1e-5)
+    assert not torch.allclose(method.teacher(x), student_logits, atol=1e-3)
 
 
 def test_drkd_teacher_modes_are_validated():
@@ -209,6 +214,15 @@ def test_drkd_teacher_modes_are_validated():
     assert set(terms) == {"ce", "kd"}
 
 
+def eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits in eval mode, leaving its mode as it was."""
+    mode = model.training
+    with torch.no_grad():
+        z = model.eval()(x)
+    model.train(mode)
+    return z
+
+
 class CountCalls:
     def __init__(self, module: nn.Module) -> None:
         self.sizes: list[int] = []
@@ -221,7 +235,6 @@ def test_r2kd_step_each_augmentation_and_rank_mode(augment, rank):
     method = make("r2kd", {"augment": augment, "rank": rank})
     method.train()
     x, y = batch()
-    method.forward_train(x, y, epoch=0)  # makes the pruned teacher
     calls = {n: CountCalls(getattr(method, n)) for n in ("student", "teacher", "pruned_teacher")}
     logits, terms = method.forward_train(x, y, epoch=0)
     views = 1 if augment == "none" else 2
@@ -236,23 +249,26 @@ def test_r2kd_step_each_augmentation_and_rank_mode(augment, rank):
 def test_r2kd_pruned_teacher_is_smaller_frozen_and_made_once():
     method = make("r2kd")
     x, y = batch()
-    assert method.pruned_teacher is None
-    method.forward_train(x, y, epoch=0)
-    pruned = method.pruned_teacher
+    pruned = method.pruned_teacher  # made when the method is built
     n_pruned = sum(p.numel() for p in pruned.parameters())
     n_teacher = sum(p.numel() for p in method.teacher.parameters())
     assert n_pruned < n_teacher
     assert not any(p.requires_grad for p in pruned.parameters())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in pruned.modules())
+    # pruned from the teacher as trained (importance of the unfolded conv weights), then folded
+    expected = prune_model(tiny_cnn(16, seed=2).eval(), 0.1, "structured", torch.zeros(1, 3, 16, 16))
+    assert torch.allclose(pruned(x), eval_logits(expected, x), atol=1e-5)
     method.train()
     assert not pruned.training
+    method.forward_train(x, y, epoch=0)
     method.forward_train(x, y, epoch=1)
     assert method.pruned_teacher is pruned
+    with pytest.raises(EdgeKDError, match="input_shape"):
+        build_method("r2kd", tiny_cnn(8), tiny_cnn(16), num_classes=C)
 
 
 def test_r2kd_l1_unstructured_pruned_teacher():
     method = make("r2kd", {"prune": "l1-unstructured"})
-    x, y = batch()
-    method.forward_train(x, y, epoch=0)
     for m, t in zip(method.pruned_teacher.modules(), method.teacher.modules()):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             assert (m.weight == 0).sum().item() == round(0.1 * m.weight.numel())

@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from edgekd.errors import EdgeKDError
+from edgekd.models.freeze import freeze_for_inference
 from edgekd.models import (
     count_params,
     create_model,
@@ -226,3 +227,39 @@ def test_wrong_architecture_is_rejected_without_touching_the_model(tmp_path):
     assert "missing keys (layer1.0.downsample.0.weight" in message
     assert "\n" not in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+
+@pytest.mark.parametrize(("name", "side", "bn_left"), [("resnet8x4", 32, 0), ("vgg8", 32, 0), ("vgg8", 64, 0), ("wrn_16_1", 32, 7)])
+def test_freeze_for_inference_folds_conv_bn_and_keeps_the_logits(name: str, side: int, bn_left: int):
+    model = _randomize_bn(create_model(name, 10)).train()
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
+    frozen = freeze_for_inference(model)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # the original is untouched
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    # wrn is pre-activation (BN before conv): only the BNs that follow a conv can fold
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules()) == bn_left
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+class _DataDependent(torch.nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+def test_freeze_for_inference_keeps_untraceable_models_unfolded_but_frozen():
+    model = _randomize_bn(_DataDependent())
+    frozen = freeze_for_inference(model)
+    assert isinstance(frozen.bn, torch.nn.BatchNorm2d) and not frozen.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model.eval()(x))

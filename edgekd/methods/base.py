@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError
+from edgekd.models.freeze import freeze_for_inference
 
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -45,20 +46,32 @@ def build_method(
     *,
     num_classes: int,
     rectify: bool = False,
+    input_shape: tuple[int, int, int] | None = None,
 ) -> "Method":
-    """Instantiate a registered method; unknown names, unknown options and a missing teacher are user errors."""
+    """Instantiate a registered method; unknown names, unknown options and a missing teacher are user errors.
+
+    ``input_shape`` is one sample's (C, H, W); methods that build a network from the teacher (r2kd) need it.
+    """
     cls = method_class(name)
     if cls.needs_teacher and teacher is None:
         raise EdgeKDError(f"method {name!r} needs a teacher: pass --teacher RUN_DIR (or a checkpoint with --teacher-arch)")
     if rectify and not cls.uses_teacher:
         raise EdgeKDError(f"--rectify needs a teacher-based method; {name!r} has no teacher")
-    return cls(student, teacher, args or {}, num_classes=num_classes, rectify=rectify)
+    return cls(student, teacher, args or {}, num_classes=num_classes, rectify=rectify, input_shape=input_shape)
+
+
+def frozen_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` under ``torch.inference_mode``, returned as an ordinary tensor the losses can save for backward."""
+    with torch.inference_mode():
+        z = model(x)
+    return z.clone()
 
 
 class Method(nn.Module):
     """Base class. Subclasses set ``defaults`` (their options) and implement ``forward_train``.
 
-    The teacher, when there is one, is frozen and kept in eval mode whatever ``train()`` is called with.
+    The teacher, when there is one, is a frozen inference copy (conv-bn folded, ``freeze_for_inference``) kept
+    in eval mode whatever ``train()`` is called with; it runs under ``torch.inference_mode``.
     """
 
     name: ClassVar[str] = ""
@@ -79,6 +92,7 @@ class Method(nn.Module):
         *,
         num_classes: int,
         rectify: bool = False,
+        input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         unknown = sorted(set(args) - set(self.defaults))
@@ -87,11 +101,10 @@ class Method(nn.Module):
             raise EdgeKDError(f"method {self.name!r} has no option(s) {', '.join(unknown)}; its options are: {known}")
         self.args = {**self.defaults, **args}
         self.student = student
-        self.teacher = teacher
+        self.teacher = freeze_for_inference(teacher) if teacher is not None else None
         self.num_classes = num_classes
         self.rectify = rectify
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
+        self.input_shape = input_shape
 
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
@@ -103,10 +116,9 @@ class Method(nn.Module):
         """What the optimizer updates: the student only."""
         return self.student.parameters()
 
-    @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Teacher logits for a batch, rectified against the labels when ``--rectify`` is on."""
-        z = self.teacher(x)
+        z = frozen_forward(self.teacher, x)
         if self.rectify:
             from edgekd.losses import drkd_rectify
 

@@ -10,7 +10,6 @@ rest of the distribution keeps its shape; it is always on here. Teacher modes:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -18,8 +17,9 @@ import torch.nn.functional as F
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, kd_loss
-from edgekd.methods.base import Method, register_method
+from edgekd.methods.base import Method, frozen_forward, register_method
 from edgekd.methods.tfkd import check_self_teacher
+from edgekd.models.freeze import freeze_for_inference
 
 TEACHER_MODES = ("dynamic", "pretrained")
 
@@ -34,8 +34,8 @@ class DRKD(Method):
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
         return args.get("teacher", cls.defaults["teacher"]) == "pretrained"
 
-    def __init__(self, student, teacher, args, *, num_classes, rectify=False) -> None:
-        super().__init__(student, teacher, args, num_classes=num_classes, rectify=rectify)
+    def __init__(self, student, teacher, args, **options) -> None:
+        super().__init__(student, teacher, args, **options)
         mode = self.args["teacher"]
         if mode not in TEACHER_MODES:
             raise EdgeKDError(f"drkd teacher must be one of {', '.join(TEACHER_MODES)}, got {mode!r}")
@@ -51,11 +51,7 @@ class DRKD(Method):
         """Dynamic mode: refresh the snapshot from the student as it is now, i.e. at the end of epoch - 1."""
         if self.args["teacher"] != "dynamic" or epoch < 1:
             return
-        if self.teacher is None:
-            self.teacher = copy.deepcopy(self.student)
-        else:
-            self.teacher.load_state_dict(self.student.state_dict())
-        self.teacher.eval().requires_grad_(False)
+        self.teacher = freeze_for_inference(self.student)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         logits = self.student(x)
@@ -63,6 +59,5 @@ class DRKD(Method):
         if self.teacher is None:
             return logits, {"ce": ce}
         a, T = self.args["alpha"], self.args["T"]
-        with torch.no_grad():
-            z_t = drkd_rectify(self.teacher(x), y)
+        z_t = drkd_rectify(frozen_forward(self.teacher, x), y)
         return logits, {"ce": (1 - a) * ce, "kd": a * kd_loss(logits, z_t, T)}

@@ -2,9 +2,9 @@
 on the clean batch and an augmented view of it.
 
 Target logits z_T' = w·z_T + (1 - w)·z_Pr. The loss is CE(z_s(x), y) + Σ over views v in {x, x'} of
-w_v·L_val(v) + w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, on the first batch (whose
-shape and device the structured pruner needs to trace the network), then kept frozen in eval mode and never
-fine-tuned. For speed the student, the teacher and the pruned teacher each run once on cat([x, x']) instead
+w_v·L_val(v) + w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, when the method is built
+(the structured pruner traces the network on an input of the data's shape), from the teacher as trained, then
+frozen like the teacher (eval mode, conv-bn folded) and never fine-tuned. For speed the student, the teacher and the pruned teacher each run once on cat([x, x']) instead
 of twice per view as the authors' release does; the student's BatchNorm therefore normalises over both views.
 """
 
@@ -16,7 +16,8 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, rank_from_logprobs, value_from_probs
-from edgekd.methods.base import Method, register_method
+from edgekd.methods.base import Method, frozen_forward, register_method
+from edgekd.models.freeze import freeze_for_inference
 from edgekd.prune import PRUNE_METHODS, prune_model
 
 AUGMENTATIONS = ("cutmix", "mixup", "cutout", "autoaugment", "none")
@@ -63,8 +64,8 @@ class R2KD(Method):
         "prune_ratio": 0.1,
     }
 
-    def __init__(self, student, teacher, args, *, num_classes, rectify=False) -> None:
-        super().__init__(student, teacher, args, num_classes=num_classes, rectify=rectify)
+    def __init__(self, student, teacher, args, **options) -> None:
+        super().__init__(student, teacher, args, **options)
         a = self.args
         if a["rank"] not in ("soft", "hard"):
             raise EdgeKDError(f"r2kd rank must be 'soft' or 'hard', got {a['rank']!r}")
@@ -72,8 +73,12 @@ class R2KD(Method):
             raise EdgeKDError(f"r2kd prune must be one of {', '.join(PRUNE_METHODS)}, got {a['prune']!r}")
         if not 0.0 <= a["prune_ratio"] < 1.0:
             raise EdgeKDError(f"r2kd prune_ratio must be in [0, 1), got {a['prune_ratio']}")
-        self.augment = self._make_augment(a["augment"], a["autoaugment_policy"], num_classes)
-        self.pruned_teacher: nn.Module | None = None
+        if self.input_shape is None:
+            raise EdgeKDError("r2kd needs input_shape (C, H, W) to prune its teacher; pass it to build_method")
+        self.augment = self._make_augment(a["augment"], a["autoaugment_policy"], self.num_classes)
+        # prune the unfolded teacher: magnitude importance must see the conv weights as trained, not BN-scaled
+        example = torch.zeros(1, *self.input_shape, device=next(teacher.parameters()).device)
+        self.pruned_teacher = freeze_for_inference(prune_model(teacher.eval(), a["prune_ratio"], a["prune"], example))
 
     @staticmethod
     def _make_augment(kind: str, policy: str, num_classes: int):
@@ -97,15 +102,8 @@ class R2KD(Method):
 
     def train(self, mode: bool = True) -> "R2KD":
         super().train(mode)
-        if self.pruned_teacher is not None:
-            self.pruned_teacher.eval()
+        self.pruned_teacher.eval()
         return self
-
-    def _pruned(self, x: torch.Tensor) -> nn.Module:
-        if self.pruned_teacher is None:
-            pruned = prune_model(self.teacher, self.args["prune_ratio"], self.args["prune"], x[:1])
-            self.pruned_teacher = pruned.eval().requires_grad_(False)
-        return self.pruned_teacher
 
     def _views(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.augment is None:
@@ -117,14 +115,13 @@ class R2KD(Method):
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a = self.args
         b, T, w = x.shape[0], a["T"], a["teacher_weight"]
-        pruned = self._pruned(x)
         with torch.no_grad():
             views = self._views(x, y)
-            target = w * self.teacher(views) + (1 - w) * pruned(views)
-            if self.rectify:  # only the clean half has a label to rectify against
-                target[:b] = drkd_rectify(target[:b], y)
-            logp_t = F.log_softmax(target / T, dim=1)
-            p_t = logp_t.exp()
+        target = w * frozen_forward(self.teacher, views) + (1 - w) * frozen_forward(self.pruned_teacher, views)
+        if self.rectify:  # only the clean half has a label to rectify against
+            target[:b] = drkd_rectify(target[:b], y)
+        logp_t = F.log_softmax(target / T, dim=1)
+        p_t = logp_t.exp()
         z = self.student(views)
         logp_s = F.log_softmax(z / T, dim=1)
         p_s = logp_s.exp()

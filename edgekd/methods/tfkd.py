@@ -42,8 +42,8 @@ class TfKDSelf(Method):
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
         return True
 
-    def __init__(self, student, teacher, args, *, num_classes, rectify=False) -> None:
-        super().__init__(student, teacher, args, num_classes=num_classes, rectify=rectify)
+    def __init__(self, student, teacher, args, **options) -> None:
+        super().__init__(student, teacher, args, **options)
         check_self_teacher(self.name, student, teacher)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):

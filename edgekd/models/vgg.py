@@ -32,8 +32,14 @@ def _block(cin: int, widths: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
+@torch.fx.wrap
+def _pool_if_large(x: torch.Tensor, large: bool) -> torch.Tensor:
+    """RepDistiller's ``pool3``, applied only to inputs of 64 px or more; one fx leaf, so the net stays traceable."""
+    return F.max_pool2d(x, kernel_size=2, stride=2) if large else x
+
+
 class VGG(nn.Module):
-    """Four 2x2 max-pools between blocks (``pool3`` only for inputs of 64 px or more) and global average pooling."""
+    """Four 2x2 max-pools between blocks (the fourth only for inputs of 64 px or more) and global average pooling."""
 
     def __init__(self, cfg: tuple[tuple[int, ...], ...], num_classes: int) -> None:
         super().__init__()
@@ -42,7 +48,6 @@ class VGG(nn.Module):
         self.pool0 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
         for m in self.modules():
@@ -57,13 +62,12 @@ class VGG(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        large = x.shape[2] >= 64
+        large = x.shape[2] >= 64  # input size decides, as in RepDistiller's `if h == 64`
         x = self.pool0(F.relu(self.block0(x)))
         x = self.pool1(F.relu(self.block1(x)))
         x = self.pool2(F.relu(self.block2(x)))
         x = F.relu(self.block3(x))
-        if large:
-            x = self.pool3(x)
+        x = _pool_if_large(x, large)
         x = F.relu(self.block4(x))
         return self.classifier(torch.flatten(self.pool4(x), 1))
 
