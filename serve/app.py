@@ -77,7 +77,9 @@ class ServeState:
         """Manifest -> artifact (sha256-checked) -> runtime, then warm both the model and the image decoders."""
         self.manifest = load_manifest(self.export_dir)
         self.artifact = select_artifact(self.manifest, self.runtime_name, self.precision)
-        self.runtime = open_artifact(self.export_dir, self.manifest, self.artifact, verify=True, threads=self.threads)
+        runtime = RUNTIME_OF_FORMAT[self.manifest["artifacts"][self.artifact]["format"]]
+        options = {"spin": False} if runtime == "ort" else {}  # between batches the cores are the event loop's
+        self.runtime = open_artifact(self.export_dir, self.manifest, self.artifact, verify=True, threads=self.threads, **options)
         self.preprocess = Preprocessor.from_manifest(self.manifest, self.max_pixels)
         sample = io.BytesIO()
         Image.new("RGB", (8, 8), (128, 64, 32)).save(sample, "PNG")

@@ -26,6 +26,7 @@ from edgekd.export.manifest import load_manifest, select_artifact
 from edgekd.serve.app import create_app
 from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, decode_image, to_rgb
+from edgekd.serve.runtime import open_artifact
 from edgekd.serve.server import check_export
 
 
@@ -360,6 +361,17 @@ def test_concurrent_requests_are_batched_and_counted(server: LiveServer, heldout
         assert metric(after, name) > metric(before, name)
     assert metric(after, "edgekd_request_latency_seconds_count", endpoint="/predict") >= len(bodies)
     assert metric(after, "edgekd_ready") == 1
+
+
+def test_served_onnx_session_does_not_spin_between_calls(server: LiveServer, export_dir: Path):
+    """Busy-waiting ORT threads would take the cores the event loop needs for HTTP; bench keeps ORT's default."""
+    key = "session.intra_op.allow_spinning"
+    served = server.app.state.serve.runtime.session.get_session_options()
+    assert served.get_session_config_entry(key) == "0"
+    manifest = load_manifest(export_dir)
+    default = open_artifact(export_dir, manifest, "onnx-int8").session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ORT spins
+        default.get_session_config_entry(key)
 
 
 def test_batcher_fills_batches_and_bounds_its_queue():
