@@ -10,6 +10,8 @@ dominates an export on a 2-core edge box. TorchScript export is deprecated upstr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from collections.abc import Callable
@@ -20,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
@@ -27,6 +30,14 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 18
 CALIB_BATCH = 16
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+# quantize_static forwards no bin counts to its calibrator, and ORT's entropy defaults (128 histogram bins, 128
+# quantized bins) leave one candidate threshold, the full range: minmax again. 2048 bins as PyTorch's observers.
+CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048, "percentile": 99.999},
+}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
@@ -87,25 +98,32 @@ def quantize_onnx(
     """Static INT8 (QDQ, per-channel weights) of an FP32 ONNX file, calibrated on ``calib`` images.
 
     ``quant_pre_process`` first folds and shape-infers the graph so the quantizer sees fused Conv+Relu
-    patterns; the result keeps the FP32 file's metadata. Types follow ORT's fast x86 path, uint8 activations
-    with int8 weights; ``reduce_range`` (7-bit weights) avoids the int16 saturation of AVX2 CPUs without VNNI.
+    patterns; ORT's calibrator for ``method`` then measures activation ranges with our bin settings, which
+    ``quantize_static`` reads from its calibration cache; the result keeps the FP32 file's metadata. Types
+    follow ORT's fast x86 path, uint8 activations with int8 weights; ``reduce_range`` (7-bit weights) avoids the int16 saturation of AVX2 CPUs without VNNI.
     Measured on the digits resnet8x4, 1 thread, AMD EPYC (AVX2): FP32 4.36 ms; U8S8 + reduce_range 2.16 ms at
     98.3 % agreement; U8S8 2.16 ms but 90.6 % (saturation); S8S8 3.59 ms at 98.6 %.
     """
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-    prepared = scratch / "prepared.onnx"
+    prepared, ranges = scratch / "prepared.onnx", scratch / "calibration.json"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    reader = _CalibrationReader(calib, advance)
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
+        calibrator = create_calibrator(
+            prepared, augmented_model_path=str(scratch / "augmented.onnx"), calibrate_method=CALIBRATION_METHODS[method],
+            extra_options=CALIBRATOR_OPTIONS[method],
+        )
+        calibrator.collect_data(_CalibrationReader(calib, advance))
+        save_tensors_data(calibrator.compute_data(), ranges)
     quantize_static(
         str(prepared),
         str(out_path),
-        reader,
+        None,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         reduce_range=True,
-        calibrate_method=methods[method],
+        calibrate_method=CALIBRATION_METHODS[method],
+        calibration_cache_path=ranges,
     )
     proto = onnx.load(str(out_path))
     set_metadata(proto, metadata)
