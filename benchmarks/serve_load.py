@@ -5,8 +5,9 @@
 Measures, for 1, 4 and 16 closed-loop clients (each with one keep-alive connection, posting digit PNGs):
 (a) the runtime called in-process (batch 1, one thread per client), (b) a naive FastAPI app that runs one
 inference per request in FastAPI's thread pool with the same preprocessing, (c) our batching server.
-Then cold start to ready, RSS, and RSS growth over a soak run at 16 clients. Every phase is bounded in
-time and request count and the servers are stopped at the end, so the script always finishes by itself.
+Then cold start to ready (median of three starts), RSS, and RSS growth over a soak run at 16 clients.
+Every phase is bounded in time and request count and the servers are stopped at the end, so the script
+always finishes by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fastapi import FastAPI, File, UploadFile  # module level: the naive handler
 
 LEVELS = (1, 4, 16)
 MAX_REQUESTS = 200_000  # per phase, on top of the time bound
+COLD_STARTS = 3
 BOUNDARY = "edgekd-bench-boundary"
 
 
@@ -258,8 +260,19 @@ def run(args: argparse.Namespace) -> str:
     finally:
         stop(naive)
 
+    def serve_cmd(port: int) -> list[str]:
+        return [py, "-m", "edgekd.serve", export_dir, "--port", str(port), "--log-level", "warning", *threads]
+
+    colds = []
+    for _ in range(COLD_STARTS - 1):  # one start is at the mercy of a neighbour's load spike: take the median
+        port = free_port()
+        proc, seconds = start_server(serve_cmd(port), port)
+        colds.append(seconds)
+        stop(proc)
     port = free_port()
-    ours, cold = start_server([py, "-m", "edgekd.serve", export_dir, "--port", str(port), "--log-level", "warning", *threads], port)
+    ours, seconds = start_server(serve_cmd(port), port)
+    colds.append(seconds)
+    cold = float(np.median(colds))
     try:
         idle_rss = rss_mb(ours.pid)
         cold_cpu = cpu_seconds(ours.pid)
@@ -283,7 +296,8 @@ def run(args: argparse.Namespace) -> str:
         ("throughput at 16 clients >= 1.5x naive", f"{speedup:.2f}x", speedup >= 1.5),
         ("errors", f"{errors}", errors == 0),
         (f"RSS growth over {args.soak_seconds:g} s at 16 clients <= 10 %", f"{growth:+.1f} % ({soak_start_rss:.0f} -> {soak_end_rss:.0f} MB)", growth <= 10),
-        ("cold start to ready <= 2 s", f"{cold:.2f} s wall, {cold_cpu:.2f} s CPU", cold <= 2),
+        ("cold start to ready <= 2 s", f"{cold:.2f} s wall (median of {', '.join(f'{c:.2f}' for c in colds)}), "
+         f"{cold_cpu:.2f} s CPU", cold <= 2),
         ("RSS <= 250 MB", f"{max(idle_rss, soak_end_rss):.0f} MB (idle {idle_rss:.0f} MB)", max(idle_rss, soak_end_rss) <= 250),
     ]
     lines = [
