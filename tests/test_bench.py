@@ -216,7 +216,9 @@ def test_real_bench_on_tiny_export(tiny_export, tiny_rows):
             r = by[(runtime, key.split("-")[1], batch)]
             assert r["status"] == "ok" and r["artifact"] == key and r["iters"] == 5
             assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-            assert r["throughput_ips"] == pytest.approx(batch * 1000 / r["mean_ms"], rel=1e-3)
+            # mean_ms is reported to 4 decimals: at tens of microseconds that alone moves the ratio ~0.1 %
+            rounding = 5e-5 / r["mean_ms"]
+            assert r["throughput_ips"] == pytest.approx(batch * 1000 / r["mean_ms"], rel=1e-3 + rounding)
             assert r["size_mb"] == pytest.approx(manifest["artifacts"][key]["size_bytes"] / 1e6)
             assert r["accuracy"] == manifest["artifacts"][key]["accuracy"]
             assert r["machine"]["cores"] >= 1 and r["machine"]["arch"] and r["emulated"] is False
