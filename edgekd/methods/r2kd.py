@@ -4,8 +4,9 @@ on the clean batch and an augmented view of it.
 Target logits z_T' = w·z_T + (1 - w)·z_Pr. The loss is CE(z_s(x), y) + Σ over views v in {x, x'} of
 w_v·L_val(v) + w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, when the method is built
 (the structured pruner traces the network on an input of the data's shape), from the teacher as trained, then
-frozen like the teacher (eval mode, conv-bn folded) and never fine-tuned. For speed the student, the teacher and the pruned teacher each run once on cat([x, x']) instead
-of twice per view as the authors' release does; the student's BatchNorm therefore normalises over both views.
+frozen like the teacher (eval mode, conv-bn folded) and never fine-tuned. For speed the student, the teacher
+and the pruned teacher each run once on cat([x, x']) instead of twice per view as the authors' release does;
+the student's BatchNorm therefore normalises over both views.
 """
 
 from __future__ import annotations
