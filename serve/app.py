@@ -30,7 +30,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.manifest import RUNTIME_OF_FORMAT, load_manifest, select_artifact
 from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.metrics import Metrics
-from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS, INLINE_MAX_PIXELS, ImageError, Preprocessor, header_pixels
+from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS, INLINE_MAX_PIXELS, ImageError, Preprocessor
 from edgekd.serve.runtime import Runtime, open_artifact
 from edgekd.serve.schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata, PredictResponse
 
@@ -331,12 +331,12 @@ def create_app(
             raise HTTPException(422, f"top_k must be between 1 and {s.num_classes} (the number of classes); got {top_k}")
         with batcher.incoming():
             data = await read_image_field(request)
-            pixels = header_pixels(data)
             try:
-                if pixels is None or pixels <= INLINE_MAX_PIXELS:  # small or unreadable: done (or refused) at once
-                    x = s.preprocess(data)
+                img = s.preprocess.open(data)  # header only: unreadable or oversized input is refused here
+                if img.width * img.height <= INLINE_MAX_PIXELS:
+                    x = s.preprocess.array_from(img)
                 else:
-                    x = await asyncio.get_running_loop().run_in_executor(decode_pool, s.preprocess, data)
+                    x = await asyncio.get_running_loop().run_in_executor(decode_pool, s.preprocess.array_from, img)
             except ImageError as e:
                 raise HTTPException(e.status_code, str(e)) from None
         probs = _softmax((await infer(x[None]))[0])

@@ -43,15 +43,6 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 INLINE_MAX_PIXELS = 128 * 128
 
 
-def header_pixels(data: bytes) -> int | None:
-    """The pixel count from the image header alone (nothing decoded); None when no header can be read."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.width * img.height
-    except Exception:  # unreadable input is reported by ``decode_image``, which the caller runs next
-        return None
-
-
 class ImageError(ValueError):
     """The client's bytes are not an image we can classify (HTTP 400)."""
 
@@ -64,8 +55,8 @@ class ImageTooLarge(ImageError):
     status_code = 413
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``data`` fully (so truncation shows here) after checking its pixel count from the header."""
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read the header only (format and size; nothing decoded yet), refusing more than ``max_pixels`` pixels."""
     if not data:
         raise ImageError("the uploaded file is empty")
     try:
@@ -79,6 +70,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; this server accepts at most {max_pixels}")
+    return img
+
+
+def load_image(img: Image.Image) -> Image.Image:
+    """Decode an image from ``open_image`` fully (so truncation shows here) and apply its EXIF orientation."""
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -87,6 +83,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if img.width == 0 or img.height == 0:
         raise ImageError("the image has no pixels")
     return img
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``open_image`` then ``load_image``: bytes to a fully decoded, upright image."""
+    return load_image(open_image(data, max_pixels))
 
 
 def _rescale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -169,5 +170,13 @@ class Preprocessor:
             hwc = hwc[..., ::-1]
         return np.ascontiguousarray((hwc.transpose(2, 0, 1) - self.mean) / self.std, dtype=np.float32)
 
+    def open(self, data: bytes) -> Image.Image:
+        """The image's header, checked against ``max_pixels``: enough to decide where to decode it."""
+        return open_image(data, self.max_pixels)
+
+    def array_from(self, img: Image.Image) -> np.ndarray:
+        """An image from ``open`` -> decoded, converted and normalised (3, H, W) float32."""
+        return self.image_to_array(to_rgb(load_image(img)))
+
     def __call__(self, data: bytes) -> np.ndarray:
-        return self.image_to_array(to_rgb(decode_image(data, self.max_pixels)))
+        return self.array_from(self.open(data))

@@ -25,7 +25,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.manifest import load_manifest, select_artifact
 from edgekd.serve.app import create_app
 from edgekd.serve.batching import MicroBatcher, QueueFull
-from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, decode_image, to_rgb
+from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, decode_image, load_image, open_image, to_rgb
 from edgekd.serve.runtime import open_artifact
 from edgekd.serve.server import check_export
 
@@ -167,6 +167,17 @@ def test_decoding_rejects_empty_corrupt_truncated_and_bombs():
     with pytest.raises(ImageTooLarge) as err:
         decode_image(png(Image.new("L", (2000, 2000))), max_pixels=1_000_000)
     assert err.value.status_code == 413
+
+
+def test_the_header_alone_refuses_a_bomb_and_truncation_shows_only_when_decoding():
+    noise = np.random.default_rng(2).integers(0, 256, (1100, 1000), dtype=np.uint8)
+    data = png(Image.fromarray(noise))
+    with pytest.raises(ImageTooLarge):
+        open_image(data[:100], max_pixels=1_000_000)  # 100 bytes hold the size: nothing else is read
+    half = open_image(data[: len(data) // 2])
+    assert half.size == (1000, 1100)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(half)
 
 
 # ------------------------------------------------------------------------------------ predictions
