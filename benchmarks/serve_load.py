@@ -1,11 +1,12 @@
 """Load test of `edgekd serve` on loopback, side by side with the raw runtime and a naive FastAPI handler.
 
-    python benchmarks/serve_load.py EXPORT_DIR [--seconds 10] [--soak-seconds 60] [--out benchmarks/results/serve.md]
+    python benchmarks/serve_load.py EXPORT_DIR [--rounds 3] [--seconds 5] [--soak-seconds 60] [--out benchmarks/results/serve.md]
 
 Measures, for 1, 4 and 16 closed-loop clients (each with one keep-alive connection, posting digit PNGs):
 (a) the runtime called in-process (batch 1, one thread per client), (b) a naive FastAPI app that runs one
 inference per request in FastAPI's thread pool with the same preprocessing, (c) our batching server.
-Then cold start to ready (median of three starts), RSS, and RSS growth over a soak run at 16 clients.
+The three are measured in interleaved rounds and each number is the median over the rounds. Then cold
+start to ready (median of three starts), RSS, and RSS growth over a soak run at 16 clients.
 Every phase is bounded in time and request count and the servers are stopped at the end, so the script
 always finishes by itself.
 """
@@ -226,6 +227,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {platform.machine()}, Python {platform.python_version()}; `uptime`: {load}"
 
 
+def median_row(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric median over the rounds of one (server, clients) cell."""
+    return {k: float(np.median([r[k] for r in samples])) for k in samples[0]}
+
+
 def run(args: argparse.Namespace) -> str:
     from edgekd.export.manifest import load_manifest, select_artifact
     from edgekd.serve.preprocess import Preprocessor
@@ -237,28 +243,17 @@ def run(args: argparse.Namespace) -> str:
     pngs = digit_pngs()
     bodies = [multipart(p) for p in pngs]
     before = machine()
-    rows: dict[str, dict[int, dict[str, float]]] = {"runtime (in-process)": {}, "naive FastAPI": {}, "edgekd serve": {}}
+    names = ("runtime (in-process)", "naive FastAPI", "edgekd serve")
+    samples: dict[str, dict[int, list[dict[str, float]]]] = {n: {c: [] for c in LEVELS} for n in names}
 
     runtime = open_artifact(export_dir, manifest, key, threads=args.threads)
     pre = Preprocessor.from_manifest(manifest)
     xs = [pre(p)[None] for p in pngs]
     for _ in range(50):
         runtime.run(xs[0])
-    for clients in LEVELS:
-        rows["runtime (in-process)"][clients] = closed_loop(clients, args.seconds, lambda state, i: runtime.run(xs[i % len(xs)]) is not None)
 
     py = sys.executable
     threads = ["--threads", str(args.threads)] if args.threads else []
-    port = free_port()
-    naive, _ = start_server([py, __file__, "--naive-server", export_dir, "--port", str(port), *threads], port)
-    try:
-        caller = http_caller(port, bodies)
-        closed_loop(4, 1.0, caller)  # warm-up
-        for clients in LEVELS:
-            rows["naive FastAPI"][clients] = measured(naive.pid, clients, args.seconds, caller)
-        naive_rss = rss_mb(naive.pid)
-    finally:
-        stop(naive)
 
     def serve_cmd(port: int) -> list[str]:
         return [py, "-m", "edgekd.serve", export_dir, "--port", str(port), "--log-level", "warning", *threads]
@@ -269,31 +264,49 @@ def run(args: argparse.Namespace) -> str:
         proc, seconds = start_server(serve_cmd(port), port)
         colds.append(seconds)
         stop(proc)
-    port = free_port()
-    ours, seconds = start_server(serve_cmd(port), port)
+    ours_port = free_port()
+    ours, seconds = start_server(serve_cmd(ours_port), ours_port)
     colds.append(seconds)
     cold = float(np.median(colds))
+    naive = None
     try:
         idle_rss = rss_mb(ours.pid)
         cold_cpu = cpu_seconds(ours.pid)
-        caller = http_caller(port, bodies)
-        closed_loop(4, 1.0, caller)
-        for clients in LEVELS:
-            rows["edgekd serve"][clients] = measured(ours.pid, clients, args.seconds, caller)
+        naive_port = free_port()
+        naive, _ = start_server([py, __file__, "--naive-server", export_dir, "--port", str(naive_port), *threads], naive_port)
+        servers = {"naive FastAPI": (naive.pid, http_caller(naive_port, bodies)), "edgekd serve": (ours.pid, http_caller(ours_port, bodies))}
+        for _, caller in servers.values():
+            closed_loop(4, 1.0, caller)  # warm-up
+        # Rounds interleave the three, alternating which server goes first, so that a slow spell of a shared
+        # machine lands on all of them instead of on whichever happened to run then.
+        for r in range(args.rounds):
+            order = list(servers) if r % 2 == 0 else list(servers)[::-1]
+            for clients in LEVELS:
+                samples[names[0]][clients].append(closed_loop(clients, args.seconds, lambda state, i: runtime.run(xs[i % len(xs)]) is not None))
+                for name in order:
+                    pid, caller = servers[name]
+                    samples[name][clients].append(measured(pid, clients, args.seconds, caller))
+        naive_rss = rss_mb(naive.pid)
+        stop(naive)
+        naive = None
         soak_start_rss = rss_mb(ours.pid)
-        soak = closed_loop(16, args.soak_seconds, caller)
+        soak = closed_loop(16, args.soak_seconds, servers["edgekd serve"][1])
         soak_end_rss = rss_mb(ours.pid)
     finally:
         stop(ours)
+        if naive is not None:
+            stop(naive)
 
-    raw1 = rows["runtime (in-process)"][1]["p50_ms"]
+    rows = {n: {c: median_row(samples[n][c]) for c in LEVELS} for n in names}
+    raw1 = rows[names[0]][1]["p50_ms"]
     ours1 = rows["edgekd serve"][1]["p50_ms"]
-    speedup = rows["edgekd serve"][16]["throughput"] / rows["naive FastAPI"][16]["throughput"]
+    ratios = [o["throughput"] / n["throughput"] for o, n in zip(samples["edgekd serve"][16], samples["naive FastAPI"][16])]
+    speedup = float(np.median(ratios))
     growth = (soak_end_rss - soak_start_rss) / soak_start_rss * 100
-    errors = sum(r["errors"] for r in rows["edgekd serve"].values()) + soak["errors"]
+    errors = sum(r["errors"] for by_level in samples["edgekd serve"].values() for r in by_level) + soak["errors"]
     checks = [
         ("p50 at 1 client <= runtime + 3 ms", f"{ours1:.2f} ms vs {raw1:.2f} + 3 ms", ours1 <= raw1 + 3),
-        ("throughput at 16 clients >= 1.5x naive", f"{speedup:.2f}x", speedup >= 1.5),
+        ("throughput at 16 clients >= 1.5x naive", f"{speedup:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})", speedup >= 1.5),
         ("errors", f"{errors}", errors == 0),
         (f"RSS growth over {args.soak_seconds:g} s at 16 clients <= 10 %", f"{growth:+.1f} % ({soak_start_rss:.0f} -> {soak_end_rss:.0f} MB)", growth <= 10),
         ("cold start to ready <= 2 s", f"{cold:.2f} s wall (median of {', '.join(f'{c:.2f}' for c in colds)}), "
@@ -303,10 +316,12 @@ def run(args: argparse.Namespace) -> str:
     lines = [
         "# Serving benchmark",
         "",
-        f"`python benchmarks/serve_load.py EXPORT_DIR --seconds {args.seconds:g} --soak-seconds {args.soak_seconds:g}"
+        f"`python benchmarks/serve_load.py EXPORT_DIR --rounds {args.rounds} --seconds {args.seconds:g} --soak-seconds {args.soak_seconds:g}"
         f"{f' --threads {args.threads}' if args.threads else ''}`, "
         f"model `{manifest['model']}`, artifact `{key}`, runtime threads {args.threads or 'ORT default'}, digit PNGs posted as multipart over loopback "
-        "(closed loop: each client sends its next request when the previous answer arrives).",
+        "(closed loop: each client sends its next request when the previous answer arrives). "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s per server and load level; each cell is the median over the rounds, "
+        "the throughput ratio the median of the per-round ratios.",
         "",
         f"Machine before: {before}",
         "",
@@ -321,7 +336,7 @@ def run(args: argparse.Namespace) -> str:
     ]
     for name, by_level in rows.items():
         for clients, r in by_level.items():
-            lines.append(f"| {name} | {clients} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | {r['requests']} | {r['errors']} | {r.get('cpu_ms', float('nan')):.2f} |")
+            lines.append(f"| {name} | {clients} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | {r['requests']:.0f} | {r['errors']:.0f} | {r.get('cpu_ms', float('nan')):.2f} |")
     lines.append(f"| edgekd serve, soak {args.soak_seconds:g} s | 16 | {soak['p50_ms']:.2f} | {soak['p99_ms']:.2f} | {soak['throughput']:.0f} | {soak['requests']} | {soak['errors']} | |")
     lines += ["", f"Naive server RSS after its runs: {naive_rss:.0f} MB.", ""]
     return "\n".join(lines)
@@ -330,7 +345,8 @@ def run(args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("export_dir")
-    p.add_argument("--seconds", type=float, default=10.0, help="duration of each load level")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every server and load level")
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each load level in each round")
     p.add_argument("--soak-seconds", type=float, default=60.0, help="duration of the RSS-growth run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.md")
     p.add_argument("--threads", type=int, default=None, help="runtime intra-op threads, same for all three (default: ORT's)")
