@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,7 @@ def load_image(img: Image.Image) -> Image.Image:
     """Decode an image from ``open_image`` fully (so truncation shows here) and apply its EXIF orientation."""
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # not a copy: a 25-megapixel photo would need another 75 MB
     except Exception as e:  # truncated data, broken chunks or EXIF: a client problem, never a server error
         raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
     if img.width == 0 or img.height == 0:
@@ -165,10 +166,23 @@ class Preprocessor:
         height, width = self.size
         if img.size != (width, height):
             img = img.resize((width, height), self.resample)
-        hwc = np.asarray(img, dtype=np.float32) * self.scale
+        chw = np.asarray(img).transpose(2, 0, 1)
         if self.bgr:
-            hwc = hwc[..., ::-1]
-        return np.ascontiguousarray((hwc.transpose(2, 0, 1) - self.mean) / self.std, dtype=np.float32)
+            chw = chw[::-1]
+        out = np.empty(chw.shape, np.float32)
+        for c in range(3):
+            np.take(self.levels[c], chw[c], out=out[c])
+        return out
+
+    @cached_property
+    def levels(self) -> np.ndarray:
+        """(3, 256): every 8-bit value of each channel through ``x * scale``, ``- mean``, ``/ std`` in float32.
+
+        The same float32 operations as the eval transform, done once per value: a table lookup per pixel then
+        gives bit-identical results at half the cost of doing the arithmetic on every pixel.
+        """
+        values = np.arange(256, dtype=np.float32) * self.scale
+        return (values - self.mean.reshape(3, 1)) / self.std.reshape(3, 1)
 
     def open(self, data: bytes) -> Image.Image:
         """The image's header, checked against ``max_pixels``: enough to decide where to decode it."""

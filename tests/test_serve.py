@@ -119,6 +119,12 @@ def test_preprocess_matches_the_torchvision_eval_transform(export_dir: Path):
         ours = pre(png(img))
         assert ours.dtype == np.float32 and ours.shape == (3, *p["resize"])
         np.testing.assert_array_equal(ours, reference(img).numpy())
+    # distinct statistics per channel, BGR order: the model's channel c (blue first) gets mean[c] and std[c]
+    mean, std = [0.1, 0.5, 0.9], [0.2, 0.3, 0.4]
+    bgr = Preprocessor.from_manifest({**manifest, "preprocessing": {**p, "mean": mean, "std": std, "channel_order": "BGR"}})
+    img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    swapped = Image.fromarray(np.ascontiguousarray(np.asarray(img)[..., ::-1]))
+    np.testing.assert_array_equal(bgr(png(img)), make_eval_transform(tuple(p["resize"]), mean, std)(swapped).numpy())
 
 
 def test_every_image_mode_becomes_the_rgb_training_would_see():
