@@ -120,7 +120,8 @@ class RequestGuard:
 
     The cap is enforced inside ``receive``: a declared ``Content-Length`` over the limit is refused before
     any byte is read, and a chunked body is cut off at the first chunk past the limit. The resulting
-    HTTP 413 is raised in the route, so it is counted under that route's name.
+    HTTP 413 is raised in the route, so it is counted under that route's name. (FastAPI's own
+    ``max_body_size`` answers a declared oversize body with a text/plain 413, outside this API's JSON errors.)
     """
 
     def __init__(self, app: Any, metrics: Metrics, max_body: int) -> None:
