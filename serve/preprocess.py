@@ -86,11 +86,6 @@ def load_image(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """``open_image`` then ``load_image``: bytes to a fully decoded, upright image."""
-    return load_image(open_image(data, max_pixels))
-
-
 def _rescale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """Map a 16-bit, 32-bit integer or float greyscale array to 0-255 by its nominal range (see module doc)."""
     if mode in _SIXTEEN_BIT:

@@ -25,7 +25,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.manifest import load_manifest, select_artifact
 from edgekd.serve.app import create_app
 from edgekd.serve.batching import MicroBatcher, QueueFull
-from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, decode_image, load_image, open_image, to_rgb
+from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, load_image, open_image, to_rgb
 from edgekd.serve.runtime import open_artifact
 from edgekd.serve.server import check_export
 
@@ -134,7 +134,7 @@ def test_every_image_mode_becomes_the_rgb_training_would_see():
     # 16-bit greyscale is scaled (v / 257), not clipped at 255 as Pillow's convert does
     sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
     assert sixteen.mode == "I;16"
-    np.testing.assert_array_equal(np.asarray(to_rgb(decode_image(png(sixteen)))), as_rgb)
+    np.testing.assert_array_equal(np.asarray(to_rgb(load_image(open_image(png(sixteen))))), as_rgb)
     np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(grey.astype(np.int32) * 257, "I"))), as_rgb)
     np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(grey.astype(np.float32) / 255, "F"))), as_rgb)
     for mode in ("L", "1", "P", "CMYK"):
@@ -145,14 +145,14 @@ def test_every_image_mode_becomes_the_rgb_training_would_see():
     rgba[0, 0] = (10, 20, 30, 0)
     rgba[0, 1] = (10, 20, 30, 255)
     rgba[1, 0] = (0, 0, 0, 128)
-    out = np.asarray(to_rgb(decode_image(png(Image.fromarray(rgba, "RGBA")))))
+    out = np.asarray(to_rgb(load_image(open_image(png(Image.fromarray(rgba, "RGBA"))))))
     assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [10, 20, 30]
     assert 125 <= out[1, 0, 0] <= 129
     assert np.asarray(to_rgb(Image.fromarray(rgba, "RGBA").convert("LA")))[0, 0].tolist() == [255, 255, 255]
     palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
     palette.putpalette([0, 0, 0, 200, 0, 0])
     palette.info["transparency"] = 0
-    assert np.asarray(to_rgb(decode_image(png(palette)))).tolist() == [[[255, 255, 255], [200, 0, 0]]]
+    assert np.asarray(to_rgb(load_image(open_image(png(palette))))).tolist() == [[[255, 255, 255], [200, 0, 0]]]
 
 
 def test_exif_orientation_is_applied():
@@ -161,17 +161,17 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif.tobytes())
-    assert decode_image(buf.getvalue()).size == (10, 40)
+    assert load_image(open_image(buf.getvalue())).size == (10, 40)
 
 
 def test_decoding_rejects_empty_corrupt_truncated_and_bombs():
     good = png(Image.new("RGB", (64, 64), (1, 2, 3)))
     for bad in (b"", b"not an image at all", good[: len(good) // 2], b"\x89PNG\r\n\x1a\n" + b"\0" * 50):
         with pytest.raises(ImageError) as err:
-            decode_image(bad)
+            load_image(open_image(bad))
         assert err.value.status_code == 400
     with pytest.raises(ImageTooLarge) as err:
-        decode_image(png(Image.new("L", (2000, 2000))), max_pixels=1_000_000)
+        open_image(png(Image.new("L", (2000, 2000))), max_pixels=1_000_000)
     assert err.value.status_code == 413
 
 
