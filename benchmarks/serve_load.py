@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import httptools
 import numpy as np
 from fastapi import FastAPI, File, UploadFile  # module level: the naive handler's annotations are resolved here
 
@@ -151,8 +152,6 @@ def http_caller(port: int, bodies: list[bytes]):
     it can: http.client took 0.3 ms of CPU per request (its header parsing is pure Python), this takes 0.1.
     What the client takes squeezes both servers alike and pulls their throughput ratio towards 1.
     """
-    import httptools
-
     requests = [
         (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
          f"Content-Length: {len(body)}\r\n\r\n").encode() + body
