@@ -1,21 +1,26 @@
 """Dynamic micro-batching: concurrent requests share one runtime call.
 
-Requests wait in a bounded asyncio queue. One worker task takes the first waiting request, then gathers
-more until ``max_batch`` samples or ``batch_timeout_ms`` after the first, stacks them, and runs the model in
-a single dedicated thread (off the event loop; one thread because an OpenVINO infer request is not
-thread-safe and ORT already uses every core inside one call). Each request's future gets its rows back.
+Requests wait in a bounded queue. One dedicated inference thread takes the first waiting request, gathers
+more until ``max_batch`` samples or ``batch_timeout_ms`` after the first, stacks them and runs the model
+(one thread because an OpenVINO infer request is not thread-safe and ORT already uses every core inside
+one call). Results go back to the event loop in one callback per batch.
 
-The worker only waits for company while more requests are known to be on their way (admitted by the
-app and still decoding): at low load a lone request runs at once instead of paying the timeout.
+The thread, not a coroutine, decides when the next batch starts: the moment a call returns it takes what
+queued up meanwhile, instead of waiting for the busy event loop to get round to it, which left a core idle
+between batches under load.
+
+The thread only waits for company while more requests are known to be on their way (admitted by the app
+and still decoding): at low load a lone request runs at once instead of paying the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,41 +58,41 @@ class MicroBatcher:
         self.timeout = batch_timeout_ms / 1000.0
         self.queue_size = queue_size
         self.metrics = metrics
-        self._queue: asyncio.Queue[_Item] | None = None
-        self._worker: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._incoming = 0
-        self._pending: _Item | None = None  # taken from the queue but too big to join the last batch
-        self._inflight: list[_Item] = []
+        self._queue: deque[_Item] = deque()
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._incoming = 0  # written on the event loop, read by the thread: a stale value costs one timeout at most
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     def start(self) -> None:
-        """Start the worker on the running event loop."""
-        self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekd-infer")
-        self._worker = asyncio.get_running_loop().create_task(self._loop(), name="edgekd-batcher")
+        """Start the inference thread; results are delivered on the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="edgekd-infer", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Stop taking work; requests still queued are failed rather than left hanging."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        leftovers = self._inflight + ([self._pending] if self._pending else [])
-        while self._queue is not None and not self._queue.empty():
-            leftovers.append(self._queue.get_nowait())
+        """Stop taking work: the batch in flight finishes, requests still queued are failed rather than left hanging."""
+        with self._wakeup:
+            self._stopping = True
+            leftovers = list(self._queue)
+            self._queue.clear()
+            self._wakeup.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        await asyncio.sleep(0)  # let the last batch's results land
         for item in leftovers:
             if not item.future.done():
                 item.future.set_exception(QueueFull("the server is shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
 
     @contextlib.contextmanager
     def incoming(self):
-        """Mark a request as on its way (being decoded) so the worker waits for it to join a batch."""
+        """Mark a request as on its way (being decoded) so the thread waits for it to join a batch."""
         self._incoming += 1
         try:
             yield
@@ -96,75 +101,72 @@ class MicroBatcher:
 
     async def submit(self, batch: np.ndarray) -> np.ndarray:
         """Queue ``batch`` (n, C, H, W) and wait for its logits; raises ``QueueFull`` when at capacity."""
-        if not self.running or self._queue is None:
+        if not self.running:
             raise QueueFull("the model is not loaded")
         future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Item(batch, future))
-        except asyncio.QueueFull:
-            raise QueueFull(f"{self.queue_size} requests are already waiting") from None
+        with self._wakeup:
+            if len(self._queue) >= self.queue_size:
+                raise QueueFull(f"{self.queue_size} requests are already waiting")
+            self._queue.append(_Item(batch, future))
+            depth = len(self._queue)
+            self._wakeup.notify()
         if self.metrics:
-            self.metrics.queue_depth.set(self._queue.qsize())
+            self.metrics.queue_depth.set(depth)
         return await future
 
-    async def _gather(self, first: _Item) -> list[_Item]:
-        """``first`` plus whatever joins it in time; held in ``_inflight`` so ``stop`` can fail them."""
-        items = self._inflight = [first]
-        samples = len(first.batch)
-        deadline = time.perf_counter() + self.timeout
-        assert self._queue is not None
-        while samples < self.max_batch:
-            if self._queue.empty():
-                remaining = deadline - time.perf_counter()
-                if self._incoming == 0 or remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                item = self._queue.get_nowait()
-            if item.future.done():  # the client went away while waiting
-                continue
-            if samples + len(item.batch) > self.max_batch:
-                # too big to share this call: run it next, first in line
-                self._pending = item
-                break
-            items.append(item)
-            samples += len(item.batch)
+    def _gather(self) -> list[_Item] | None:
+        """The next batch: the first waiting request plus whatever joins it in time; None once stopping."""
+        q = self._queue
+        with self._wakeup:
+            while not q and not self._stopping:
+                self._wakeup.wait()
+            if self._stopping:
+                return None
+            items = [q.popleft()]
+            samples = len(items[0].batch)
+            deadline = time.perf_counter() + self.timeout
+            while samples < self.max_batch:
+                if not q:
+                    remaining = deadline - time.perf_counter()
+                    if self._incoming == 0 or remaining <= 0 or self._stopping:
+                        break
+                    self._wakeup.wait(remaining)
+                    continue
+                if samples + len(q[0].batch) > self.max_batch:
+                    break  # too big to share this call: it runs next, first in line
+                items.append(q.popleft())
+                samples += len(items[-1].batch)
         return items
 
-    async def _loop(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            first = self._pending or await self._queue.get()
-            self._pending = None
-            if first.future.done():
+    def _work(self) -> None:
+        assert self._loop is not None
+        while (items := self._gather()) is not None:
+            # a client that went away while queued is dropped here (a racy read: at worst one wasted row)
+            live = [it for it in items if not it.future.done()]
+            if not live:
                 continue
-            items = await self._gather(first)
-            now = time.perf_counter()
-            stacked = items[0].batch if len(items) == 1 else np.concatenate([it.batch for it in items])
+            started = time.perf_counter()
+            stacked = live[0].batch if len(live) == 1 else np.concatenate([it.batch for it in live])
             try:
-                t0 = time.perf_counter()
-                logits = await loop.run_in_executor(self._executor, self._run, stacked)
-                elapsed = time.perf_counter() - t0
-            except Exception as e:  # a runtime failure fails these requests, not the worker
-                for it in items:
-                    if not it.future.done():
-                        it.future.set_exception(e)
-                self._inflight = []
-                continue
-            if self.metrics:
-                self.metrics.inference_latency.observe(elapsed)
-                self.metrics.batch_size.observe(len(stacked))
-                self.metrics.queue_depth.set(self._queue.qsize())
-                for it in items:
-                    self.metrics.queue_wait.observe(now - it.enqueued)
-            start = 0
+                result: np.ndarray | Exception = self._run(stacked)
+            except Exception as e:  # a runtime failure fails these requests, not the thread
+                result = e
+            self._loop.call_soon_threadsafe(self._deliver, live, result, started, time.perf_counter() - started)
+
+    def _deliver(self, items: list[_Item], result: np.ndarray | Exception, started: float, elapsed: float) -> None:
+        """On the event loop: hand each request its rows (or the runtime's error), then record the batch."""
+        start = 0
+        for it in items:
+            n = len(it.batch)
+            if not it.future.done():
+                if isinstance(result, Exception):
+                    it.future.set_exception(result)
+                else:
+                    it.future.set_result(result[start : start + n])
+            start += n
+        if self.metrics and not isinstance(result, Exception):
+            self.metrics.inference_latency.observe(elapsed)
+            self.metrics.batch_size.observe(start)
+            self.metrics.queue_depth.set(len(self._queue))
             for it in items:
-                n = len(it.batch)
-                if not it.future.done():
-                    it.future.set_result(logits[start : start + n])
-                start += n
-            self._inflight = []
+                self.metrics.queue_wait.observe(started - it.enqueued)

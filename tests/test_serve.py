@@ -415,6 +415,63 @@ def test_batcher_fills_batches_and_bounds_its_queue():
     asyncio.run(scenario())
 
 
+def test_batcher_starts_the_next_batch_while_the_event_loop_is_busy():
+    """Under load the loop is parsing HTTP; the inference thread must not wait for it to dispatch a batch."""
+    calls: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        time.sleep(0.01)
+        return batch.reshape(len(batch), -1)[:, :1] + 1
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(run, max_batch=2, batch_timeout_ms=0, queue_size=16)
+        batcher.start()
+        try:
+            pending = [asyncio.ensure_future(batcher.submit(np.full((1, 1, 1, 1), i, np.float32))) for i in range(8)]
+            await asyncio.sleep(0)  # every submit has queued its sample
+            time.sleep(0.5)  # the loop is blocked, as by a burst of request parsing
+            ran_while_blocked = sum(calls)
+            outs = await asyncio.gather(*pending)
+            assert [o.item() for o in outs] == [i + 1 for i in range(8)]
+            assert ran_while_blocked == 8 and max(calls) == 2
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batcher_stop_finishes_the_batch_in_flight_and_fails_the_queued():
+    started = threading.Event()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        started.set()
+        time.sleep(0.2)
+        if batch.min() < 0:
+            raise RuntimeError("runtime failure")
+        return batch.reshape(len(batch), -1)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(run, max_batch=1, batch_timeout_ms=0, queue_size=8)
+        batcher.start()
+        failing = await asyncio.gather(batcher.submit(np.full((1, 1, 1, 1), -1, np.float32)), return_exceptions=True)
+        assert isinstance(failing[0], RuntimeError) and batcher.running  # a runtime error fails its requests only
+        started.clear()
+        first = asyncio.ensure_future(batcher.submit(np.ones((1, 1, 1, 1), np.float32)))
+        await asyncio.to_thread(started.wait, 5)
+        queued = asyncio.ensure_future(batcher.submit(np.ones((1, 1, 1, 1), np.float32)))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        assert (await first).tolist() == [[1.0]]
+        with pytest.raises(QueueFull, match="shutting down"):
+            await queued
+        assert not batcher.running
+        with pytest.raises(QueueFull, match="not loaded"):
+            await batcher.submit(np.ones((1, 1, 1, 1), np.float32))
+
+    asyncio.run(scenario())
+
+
 # ------------------------------------------------------------------------------------ start-up
 
 
