@@ -319,7 +319,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8000, help="TCP port."),
     max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
-    batch_timeout_ms: float = typer.Option(2.0, help="Longest wait for a micro-batch to fill."),
+    batch_timeout_ms: float = typer.Option(0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call (best on CPU)."),
     api_key: Optional[str] = typer.Option(None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
     threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's)."),

@@ -18,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to accept remote clients)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="most samples per model call")
-    p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="longest wait for a batch to fill")
+    p.add_argument("--batch-timeout-ms", type=float, default=0.0, help="extra wait for a batch to fill (0: batch what queued meanwhile)")
     p.add_argument("--queue-size", type=int, default=256, help="requests waiting before 503")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image (decompression-bomb guard)")

@@ -208,7 +208,7 @@ def create_app(
     runtime: str | None = None,
     precision: str | None = None,
     max_batch: int = 8,
-    batch_timeout_ms: float = 2.0,
+    batch_timeout_ms: float = 0.0,
     api_key: str | None = None,
     max_upload_mb: float = 10,
     queue_size: int = 256,

@@ -9,8 +9,11 @@ The thread, not a coroutine, decides when the next batch starts: the moment a ca
 queued up meanwhile, instead of waiting for the busy event loop to get round to it, which left a core idle
 between batches under load.
 
-The thread only waits for company while more requests are known to be on their way (admitted by the app
-and still decoding): at low load a lone request runs at once instead of paying the timeout.
+Requests that arrive while a call runs form the next batch, so load makes batches by itself. The default
+``batch_timeout_ms`` is therefore 0: on a CPU, where ONNX Runtime costs about the same per image at any
+batch size, holding the cores idle for company lost 19 % of the throughput at 4 clients. With a timeout
+(for accelerators whose cost grows slower than the batch) the thread only waits while more requests are
+known to be on their way (admitted by the app and still decoding): a lone request still runs at once.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class MicroBatcher:
         run: Callable[[np.ndarray], np.ndarray],
         *,
         max_batch: int = 8,
-        batch_timeout_ms: float = 2.0,
+        batch_timeout_ms: float = 0.0,
         queue_size: int = 256,
         metrics: Metrics | None = None,
     ) -> None:
