@@ -1,6 +1,6 @@
 """Load test of `edgekd serve` on loopback, side by side with the raw runtime and a naive FastAPI handler.
 
-    python benchmarks/serve_load.py EXPORT_DIR [--rounds 3] [--seconds 5] [--soak-seconds 60] [--out benchmarks/results/serve.md]
+    python benchmarks/serve_load.py EXPORT_DIR [--rounds 5] [--seconds 4] [--soak-seconds 60] [--out benchmarks/results/serve.md]
 
 Measures, for 1, 4 and 16 closed-loop clients (each with one keep-alive connection, posting digit PNGs):
 (a) the runtime called in-process (batch 1, one thread per client), (b) a naive FastAPI app that runs one
@@ -373,8 +373,8 @@ def run(args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("export_dir")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every server and load level")
-    p.add_argument("--seconds", type=float, default=5.0, help="duration of each load level in each round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every server and load level")
+    p.add_argument("--seconds", type=float, default=4.0, help="duration of each load level in each round")
     p.add_argument("--soak-seconds", type=float, default=60.0, help="duration of the RSS-growth run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.md")
     p.add_argument("--threads", type=int, default=None, help="runtime intra-op threads, same for all three (default: ORT's)")
