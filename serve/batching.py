@@ -154,7 +154,10 @@ class MicroBatcher:
                 result: np.ndarray | Exception = self._run(stacked)
             except Exception as e:  # a runtime failure fails these requests, not the thread
                 result = e
-            self._loop.call_soon_threadsafe(self._deliver, live, result, started, time.perf_counter() - started)
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, live, result, started, time.perf_counter() - started)
+            except RuntimeError:  # the event loop is closed (the app went away without stop): nobody is waiting
+                return
 
     def _deliver(self, items: list[_Item], result: np.ndarray | Exception, started: float, elapsed: float) -> None:
         """On the event loop: hand each request its rows (or the runtime's error), then record the batch."""

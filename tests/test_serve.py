@@ -472,6 +472,26 @@ def test_batcher_stop_finishes_the_batch_in_flight_and_fails_the_queued():
     asyncio.run(scenario())
 
 
+
+def test_batcher_thread_exits_quietly_when_its_event_loop_is_gone(monkeypatch: pytest.MonkeyPatch):
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.2)
+        return batch
+
+    async def abandon() -> MicroBatcher:
+        batcher = MicroBatcher(run)
+        batcher.start()
+        asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # the call is running when the loop closes, without stop()
+        return batcher
+
+    batcher = asyncio.run(abandon())
+    batcher._thread.join(5)
+    assert not batcher._thread.is_alive() and errors == []
+
 # ------------------------------------------------------------------------------------ start-up
 
 
