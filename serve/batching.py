@@ -87,8 +87,8 @@ class MicroBatcher:
             self._queue.clear()
             self._wakeup.notify()
         if self._thread is not None:
+            # the last batch's results were posted to the loop before the thread ended, so they land before this returns
             await asyncio.to_thread(self._thread.join)
-        await asyncio.sleep(0)  # let the last batch's results land
         for item in leftovers:
             if not item.future.done():
                 item.future.set_exception(QueueFull("the server is shutting down"))
