@@ -472,7 +472,6 @@ def test_batcher_stop_finishes_the_batch_in_flight_and_fails_the_queued():
     asyncio.run(scenario())
 
 
-
 def test_batcher_thread_exits_quietly_when_its_event_loop_is_gone(monkeypatch: pytest.MonkeyPatch):
     errors: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
@@ -491,6 +490,7 @@ def test_batcher_thread_exits_quietly_when_its_event_loop_is_gone(monkeypatch: p
     batcher = asyncio.run(abandon())
     batcher._thread.join(5)
     assert not batcher._thread.is_alive() and errors == []
+
 
 # ------------------------------------------------------------------------------------ start-up
 
