@@ -150,17 +150,28 @@ class MicroBatcher:
                 continue
             started = time.perf_counter()
             stacked = live[0].batch if len(live) == 1 else np.concatenate([it.batch for it in live])
+            calls: list[tuple[int, float]] = []  # (samples, seconds) of each model call
             try:
-                result: np.ndarray | Exception = self._run(stacked)
+                result: np.ndarray | Exception = self._run_capped(stacked, calls)
             except Exception as e:  # a runtime failure fails these requests, not the thread
                 result = e
             try:
-                self._loop.call_soon_threadsafe(self._deliver, live, result, started, time.perf_counter() - started)
+                self._loop.call_soon_threadsafe(self._deliver, live, result, started, calls)
             except RuntimeError:  # the event loop is closed (the app went away without stop): nobody is waiting
                 return
 
-    def _deliver(self, items: list[_Item], result: np.ndarray | Exception, started: float, elapsed: float) -> None:
-        """On the event loop: hand each request its rows (or the runtime's error), then record the batch."""
+    def _run_capped(self, stacked: np.ndarray, calls: list[tuple[int, float]]) -> np.ndarray:
+        """Run ``stacked`` in calls of at most ``max_batch`` samples (one request bigger than that runs alone, sliced)."""
+        outputs = []
+        for first in range(0, len(stacked), self.max_batch):
+            part = stacked[first : first + self.max_batch]
+            t0 = time.perf_counter()
+            outputs.append(self._run(part))
+            calls.append((len(part), time.perf_counter() - t0))
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _deliver(self, items: list[_Item], result: np.ndarray | Exception, started: float, calls: list[tuple[int, float]]) -> None:
+        """On the event loop: hand each request its rows (or the runtime's error), then record the calls."""
         start = 0
         for it in items:
             n = len(it.batch)
@@ -171,8 +182,9 @@ class MicroBatcher:
                     it.future.set_result(result[start : start + n])
             start += n
         if self.metrics and not isinstance(result, Exception):
-            self.metrics.inference_latency.observe(elapsed)
-            self.metrics.batch_size.observe(start)
+            for samples, seconds in calls:
+                self.metrics.inference_latency.observe(seconds)
+                self.metrics.batch_size.observe(samples)
             self.metrics.queue_depth.set(len(self._queue))
             for it in items:
                 self.metrics.queue_wait.observe(started - it.enqueued)

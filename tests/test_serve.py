@@ -25,6 +25,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.manifest import load_manifest, select_artifact
 from edgekd.serve.app import create_app
 from edgekd.serve.batching import MicroBatcher, QueueFull
+from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, load_image, open_image, to_rgb
 from edgekd.serve.runtime import open_artifact
 from edgekd.serve.server import check_export
@@ -413,6 +414,30 @@ def test_batcher_fills_batches_and_bounds_its_queue():
             await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_batcher_never_runs_more_than_max_batch_samples_in_one_call():
+    calls: list[int] = []
+    metrics = Metrics()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return batch.reshape(len(batch), -1)[:, :1] * 10
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(run, max_batch=4, batch_timeout_ms=0, queue_size=8, metrics=metrics)
+        batcher.start()
+        try:
+            out = await batcher.submit(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1))
+            assert out.ravel().tolist() == [10.0 * i for i in range(10)]
+            assert calls == [4, 4, 2]
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    samples = {s.name: s.value for m in metrics.registry.collect() for s in m.samples}
+    assert samples["edgekd_batch_size_count"] == 3 and samples["edgekd_batch_size_sum"] == 10
+    assert samples["edgekd_inference_latency_seconds_count"] == 3
 
 
 def test_batcher_starts_the_next_batch_while_the_event_loop_is_busy():
