@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
@@ -39,6 +40,7 @@ log = logging.getLogger("edgekd.serve")
 MB = 1 << 20
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, on top of --max-upload-mb
 MAX_INFER_BATCH = 64  # samples in one /v2 infer request
+MAX_REPORTED_ERRORS = 10  # validation errors listed in one 422
 PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino": "openvino_ir"}
 IMAGE_FORM = {
     "requestBody": {
@@ -279,6 +281,12 @@ def create_app(
     app.state.batcher = batcher
     app.add_middleware(RequestGuard, metrics=metrics, max_body=max_file + MULTIPART_OVERHEAD)
     guarded = [Depends(_api_key_dependency(api_key))] if api_key else []
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 without echoing the offending input back (it can be megabytes) and with at most ten errors."""
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:MAX_REPORTED_ERRORS]]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
+
+# Lists from clients stop at their first bad element (``fail_fast``): a million nulls would otherwise cost a
+# million error objects, seconds of event-loop time and an error response larger than the request.
+Number = Annotated[float, Strict()]  # a JSON number; true/false and "1.5" are not tensor values
 
 
 class Prediction(BaseModel):
@@ -25,9 +29,9 @@ class ErrorResponse(BaseModel):
 
 class InferInputTensor(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[Annotated[int, Strict()]] = Field(max_length=8, fail_fast=True)
     datatype: str
-    data: list[float] = Field(description="row-major flattened tensor values")
+    data: list[Number] = Field(fail_fast=True, description="the tensor's values, flattened in row-major order")
     parameters: dict[str, Any] | None = None
 
 
@@ -39,8 +43,8 @@ class RequestedOutput(BaseModel):
 class InferRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[InferInputTensor] = Field(min_length=1)
-    outputs: list[RequestedOutput] | None = None
+    inputs: list[InferInputTensor] = Field(min_length=1, max_length=8, fail_fast=True)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=8, fail_fast=True)
 
 
 class InferOutputTensor(BaseModel):

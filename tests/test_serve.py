@@ -261,6 +261,12 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         for r in (infer(name="pixels"), infer(datatype="INT8"), infer(shape=[3, 3, 32, 31]), infer(data=[0.0] * 10), infer(shape=[3, 3, 32])):
             assert r.status_code == 400 and isinstance(r.json()["detail"], str), r.text
         assert infer(data="zeros").status_code == 422
+        for bad in ([True] * x.size, ["0.5"] * x.size):  # not JSON numbers, though Python would coerce them
+            assert infer(data=bad).status_code == 422
+        start = time.perf_counter()
+        r = infer(data=[None] * 1_000_000)  # every element wrong: one error, no echo of the input
+        assert r.status_code == 422 and len(r.content) < 1000 and time.perf_counter() - start < 5, (len(r.content), r.content[:300])
+        assert r.json()["detail"] == [{"loc": ["body", "inputs", 0, "data", 0], "msg": "Input should be a valid number", "type": "float_type"}]
         assert client.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 422
         assert client.post(f"/v2/models/{name}/infer", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
         assert client.post("/v2/models/other/infer", json=request).status_code == 404
