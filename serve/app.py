@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
 from PIL import Image
 
 from edgekd import __version__
@@ -41,6 +42,7 @@ MB = 1 << 20
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, on top of --max-upload-mb
 MAX_INFER_BATCH = 64  # samples in one /v2 infer request
 MAX_REPORTED_ERRORS = 10  # validation errors listed in one 422
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up before the answer
 PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino": "openvino_ir"}
 IMAGE_FORM = {
     "requestBody": {
@@ -161,9 +163,19 @@ class RequestGuard:
         try:
             await self.app(scope, limited_receive, send_status)
         finally:
-            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            endpoint = _endpoint_label(scope)
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def _endpoint_label(scope: dict) -> str:
+    """The route's path template; plain Starlette routes (the docs) have none in scope but a fixed path."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    if "endpoint" in scope and not scope.get("path_params"):
+        return scope["path"]
+    return "unmatched"
 
 
 def _api_key_dependency(api_key: str) -> Any:
@@ -288,6 +300,11 @@ def create_app(
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:MAX_REPORTED_ERRORS]]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:
+        """The client closed the connection mid-request: nobody reads the answer; count it as 499, as nginx does."""
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -314,8 +331,10 @@ def create_app(
         form = await request.form(max_files=1, max_fields=16)
         try:
             upload = form.get("file")
-            if upload is None or isinstance(upload, str):
+            if upload is None:
                 raise HTTPException(422, "missing form field 'file': send the image as a file upload in field 'file'")
+            if isinstance(upload, str):
+                raise HTTPException(422, "form field 'file' is text, not a file: send it as a file upload (a part with a filename)")
             part_type = (upload.content_type or "").split(";")[0].strip().lower()
             if part_type and not part_type.startswith("image/") and part_type != "application/octet-stream":
                 raise HTTPException(415, f"unsupported content type {part_type!r} for 'file'; send an image (image/png, image/jpeg, ...)")

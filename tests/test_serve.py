@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 import shutil
 import socket
@@ -276,6 +277,9 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         assert client.get("/docs").status_code == 200
         spec = client.get("/openapi.json").json()
         assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+        text = client.get("/metrics").text
+        for path in ("/docs", "/openapi.json"):  # plain Starlette routes: counted under their path, not "unmatched"
+            assert metric(text, "edgekd_requests_total", endpoint=path, method="GET", status="200") >= 1
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -306,8 +310,40 @@ def test_bad_input_gets_the_right_status_never_a_500(server: LiveServer, heldout
             r = client.post("/predict", **kwargs)
             assert r.status_code == status, (kwargs.get("files") or kwargs, r.status_code, r.text)
             assert "detail" in r.json()
+        r = client.post("/predict", data={"file": "just text"}, files={"other": ("a.png", good, "image/png")})
+        assert "not a file" in r.json()["detail"]  # a part without a filename is there, but text
         assert client.post("/predict", files={"file": ("a.png", good, "image/png")}).status_code == 200
         assert metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="500") == 0
+
+
+def test_a_client_that_hangs_up_mid_upload_is_counted_499_without_a_logged_error(server: LiveServer):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "edgekd.serve")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            before = metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="499")
+            port = int(server.url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(
+                    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                    b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n' + b"\0" * 1000
+                )
+                time.sleep(0.2)  # the server is reading the body when the client goes
+            deadline = time.monotonic() + 10
+            while (after := metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="499")) == before:
+                assert time.monotonic() < deadline, "the hang-up was never counted"
+                time.sleep(0.05)
+            text = client.get("/metrics").text
+        assert after == before + 1
+        assert metric(text, "edgekd_requests_total", endpoint="/predict", method="POST", status="500") == 0
+        assert records == []
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def test_size_limits_answer_413_while_reading(strict_server: LiveServer):
