@@ -50,24 +50,50 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgeKDError(f"{path} is not valid JSON ({e}); re-run `edgekd export`") from None
-    for key in ("artifacts", "input", "preprocessing", "class_names"):
-        if key not in manifest:
-            raise EdgeKDError(f"{path} lacks {key!r}; re-run `edgekd export`")
-    if not manifest["artifacts"]:
-        raise EdgeKDError(f"{path} lists no artifacts; re-run `edgekd export`")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise EdgeKDError(f"{path} is not an edgekd manifest: {problem}; re-run `edgekd export`")
     return manifest
+
+
+def _structure_problem(manifest: Any) -> str | None:
+    """What is wrong with the shape of a parsed manifest (None when the readers' assumptions hold)."""
+    if not isinstance(manifest, dict):
+        return f"the top level is {type(manifest).__name__}, not an object"
+    for key, kind in (("artifacts", dict), ("input", dict), ("preprocessing", dict), ("class_names", list)):
+        if key not in manifest:
+            return f"it lacks {key!r}"
+        if not isinstance(manifest[key], kind):
+            return f"{key!r} is {type(manifest[key]).__name__}, not {'an object' if kind is dict else 'a list'}"
+    if not manifest["artifacts"]:
+        return "it lists no artifacts"
+    for key, entry in manifest["artifacts"].items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in ("format", "precision")):
+            return f"artifact {key!r} needs a 'format' and a 'precision'"
+        files, sha = entry.get("files"), entry.get("sha256")
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            return f"artifact {key!r} needs a non-empty list of 'files'"
+        if not isinstance(sha, dict) or not all(isinstance(sha.get(f), str) for f in files):
+            return f"artifact {key!r} needs a 'sha256' for each of its files"
+    return None
 
 
 def select_artifact(manifest: dict[str, Any], runtime: str | None = None, precision: str | None = None) -> str:
     """The artifact key for a runtime/precision pair; with ``None`` the preferred available one (INT8 first)."""
+    if runtime is not None and runtime not in RUNTIME_OF_FORMAT.values():
+        raise EdgeKDError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(set(RUNTIME_OF_FORMAT.values())))}")
     keys = [
         k
         for k, a in manifest["artifacts"].items()
-        if (runtime is None or RUNTIME_OF_FORMAT[a["format"]] == runtime) and (precision is None or a["precision"] == precision)
+        if a["format"] in RUNTIME_OF_FORMAT  # formats from a newer edgekd are skipped, not a crash
+        and (runtime is None or RUNTIME_OF_FORMAT[a["format"]] == runtime)
+        and (precision is None or a["precision"] == precision)
     ]
     if not keys:
-        have = ", ".join(manifest["artifacts"])
-        raise EdgeKDError(f"no artifact for runtime={runtime or 'any'} precision={precision or 'any'}; this export has: {have}")
+        have = ", ".join(f"{k} ({a['format']})" for k, a in manifest["artifacts"].items())
+        raise EdgeKDError(
+            f"no artifact this edgekd can run for runtime={runtime or 'any'} precision={precision or 'any'}; this export has: {have}"
+        )
     order = {"int8": 0, "fp16": 1, "fp32": 2}
     return min(keys, key=lambda k: (order.get(manifest["artifacts"][k]["precision"], 9), manifest["artifacts"][k]["format"] != "onnx"))
 

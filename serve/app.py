@@ -62,39 +62,61 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 5
 
 
 class ServeState:
-    """Options given to ``create_app`` and what the lifespan loads from the export dir."""
+    """Options given to ``create_app`` and what ``load`` reads from the export dir."""
 
-    def __init__(self, export_dir: Path, runtime: str | None, precision: str | None, threads: int | None, max_pixels: int) -> None:
+    def __init__(
+        self, export_dir: Path, runtime: str | None, precision: str | None, threads: int | None, max_pixels: int, warmup_batch: int
+    ) -> None:
         self.export_dir = export_dir
         self.runtime_name = runtime
         self.precision = precision
         self.threads = threads
         self.max_pixels = max_pixels
+        self.warmup_batch = warmup_batch
         self.ready = False
         self.error: str | None = None  # why loading failed, for run_server's one-line message
         self.manifest: dict[str, Any] = {}
         self.artifact = ""
         self.runtime: Runtime | None = None
         self.preprocess: Preprocessor | None = None
+        self.load_seconds = 0.0
 
-    def load(self, warmup_batch: int) -> None:
-        """Manifest -> artifact (sha256-checked) -> runtime, then warm both the model and the image decoders."""
+    @property
+    def loaded(self) -> bool:
+        return self.runtime is not None
+
+    def load(self) -> None:
+        """Manifest -> artifact (sha256-checked) -> runtime, then warm both the model and the image decoders.
+
+        Every way an export can be unservable ends here as one ``EdgeKDError``, so ``run_server`` can load
+        before uvicorn starts and report it in one line.
+        """
+        start = time.perf_counter()
         self.manifest = load_manifest(self.export_dir)
         self.artifact = select_artifact(self.manifest, self.runtime_name, self.precision)
-        runtime = RUNTIME_OF_FORMAT[self.manifest["artifacts"][self.artifact]["format"]]
-        options = {"spin": False} if runtime == "ort" else {}  # between batches the cores are the event loop's
-        self.runtime = open_artifact(self.export_dir, self.manifest, self.artifact, verify=True, threads=self.threads, **options)
+        runtime_name = RUNTIME_OF_FORMAT[self.manifest["artifacts"][self.artifact]["format"]]
+        options = {"spin": False} if runtime_name == "ort" else {}  # between batches the cores are the event loop's
+        runtime = open_artifact(self.export_dir, self.manifest, self.artifact, verify=True, threads=self.threads, **options)
         self.preprocess = Preprocessor.from_manifest(self.manifest, self.max_pixels)
         sample = io.BytesIO()
         Image.new("RGB", (8, 8), (128, 64, 32)).save(sample, "PNG")
         x = self.preprocess(sample.getvalue())[None]
-        for n in sorted({1, warmup_batch}):
-            for _ in range(2):
-                logits = self.runtime.run(np.repeat(x, n, axis=0))
-        if logits.shape != (warmup_batch, self.num_classes):
+        try:
+            for n in sorted({1, self.warmup_batch}):
+                for _ in range(2):
+                    logits = runtime.run(np.repeat(x, n, axis=0))
+        except Exception as e:  # the runtime's own error types: the model and the manifest's input disagree
+            reason = (str(e).strip().splitlines() or [""])[0]
             raise EdgeKDError(
-                f"artifact {self.artifact} returns logits of shape {logits.shape}, expected ({warmup_batch}, {self.num_classes}); re-run `edgekd export`"
+                f"artifact {self.artifact} cannot run on the input the manifest describes (shape {list(x.shape)}): "
+                f"{type(e).__name__}: {reason}; re-run `edgekd export`"
+            ) from None
+        if logits.shape != (self.warmup_batch, self.num_classes):
+            raise EdgeKDError(
+                f"artifact {self.artifact} returns logits of shape {logits.shape}, expected ({self.warmup_batch}, {self.num_classes}); re-run `edgekd export`"
             )
+        self.runtime = runtime
+        self.load_seconds = time.perf_counter() - start
 
     @property
     def model_name(self) -> str:
@@ -242,7 +264,7 @@ def create_app(
     if api_key is not None and not api_key.isascii():
         raise EdgeKDError("the API key must be ASCII (it travels in an HTTP header)")
 
-    state = ServeState(Path(export_dir), runtime, precision, threads, max_pixels)
+    state = ServeState(Path(export_dir), runtime, precision, threads, max_pixels, warmup_batch=max_batch)
     metrics = Metrics()
     batcher = MicroBatcher(lambda batch: state.runtime.run(batch), max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, queue_size=queue_size, metrics=metrics)
     max_file = int(max_upload_mb * MB)
@@ -251,13 +273,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal decode_pool
-        start = time.perf_counter()
-        try:
-            await asyncio.to_thread(state.load, max_batch)
-        except EdgeKDError as e:
-            state.error = str(e)
-            log.error("cannot serve %s: %s", state.export_dir, e)
-            raise
+        if not state.loaded:  # run_server loads before uvicorn starts; an app made by create_app alone loads here
+            try:
+                await asyncio.to_thread(state.load)
+            except EdgeKDError as e:
+                state.error = str(e)
+                log.error("cannot serve %s: %s", state.export_dir, e)
+                raise
         # decoding runs beside the event loop; a few threads bound the memory held by images in flight
         decode_pool = ThreadPoolExecutor(max_workers=decode_threads or min(4, os.cpu_count() or 1), thread_name_prefix="edgekd-decode")
         batcher.start()
@@ -271,7 +293,7 @@ def create_app(
             state.artifact,
             RUNTIME_OF_FORMAT[entry["format"]],
             entry["precision"],
-            time.perf_counter() - start,
+            state.load_seconds,
             f"; cold start {age:.2f} s after process start" if age is not None else "",
         )
         try:

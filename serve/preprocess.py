@@ -142,15 +142,22 @@ class Preprocessor:
                 f"manifest preprocessing layout={layout} channel_order={order} interpolation={interpolation} is not "
                 f"supported; the server handles NCHW, RGB/BGR and {', '.join(RESAMPLING)}"
             )
-        mean = np.asarray(pre.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(pre.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(3, 1, 1)
+        try:
+            mean = np.asarray(pre.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(3, 1, 1)
+            std = np.asarray(pre.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(3, 1, 1)
+            scale = np.float32(pre.get("scale", 1.0 / 255.0))
+        except (TypeError, ValueError):
+            raise EdgeKDError(
+                f"manifest preprocessing needs three numbers each for mean and std and a number for scale (got mean="
+                f"{pre.get('mean')!r}, std={pre.get('std')!r}, scale={pre.get('scale')!r}); re-run `edgekd export`"
+            ) from None
         if not np.all(std > 0):
             raise EdgeKDError(f"manifest preprocessing std {std.ravel().tolist()} must be positive; re-run `edgekd export`")
         return cls(
             size=(int(size[0]), int(size[1])),
             mean=mean,
             std=std,
-            scale=np.float32(pre.get("scale", 1.0 / 255.0)),
+            scale=scale,
             resample=RESAMPLING[interpolation],
             bgr=order == "BGR",
             max_pixels=max_pixels,

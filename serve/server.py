@@ -7,15 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import load_manifest, select_artifact, verify_artifact
-
-
-def check_export(export_dir: str | Path, runtime: str | None = None, precision: str | None = None) -> str:
-    """Fail fast with a one-line EdgeKDError (before uvicorn starts) when the export cannot be served."""
-    manifest = load_manifest(export_dir)
-    key = select_artifact(manifest, runtime, precision)
-    verify_artifact(export_dir, manifest, key)
-    return key
 
 
 def run_server(
@@ -32,10 +23,10 @@ def run_server(
 
     from edgekd.serve.app import create_app
 
-    check_export(export_dir, app_options.get("runtime"), app_options.get("precision"))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(export_dir, **app_options)
+    app.state.serve.load()  # before uvicorn: an unservable export is one line here, not a lifespan traceback
     config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=access_log)
     server = uvicorn.Server(config)
     server.run()

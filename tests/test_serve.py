@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import re
 import shutil
@@ -29,7 +30,6 @@ from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, load_image, open_image, to_rgb
 from edgekd.serve.runtime import open_artifact
-from edgekd.serve.server import check_export
 
 
 class LiveServer:
@@ -578,13 +578,51 @@ def test_not_ready_until_loaded_and_load_errors_are_one_line(export_dir: Path, t
     target = tampered / manifest["artifacts"][select_artifact(manifest)]["files"][0]
     target.write_bytes(target.read_bytes()[:-1] + b"\0")
     with pytest.raises(EdgeKDError, match="sha256"):
-        check_export(tampered)
+        create_app(tampered).state.serve.load()
     with pytest.raises(EdgeKDError, match="no manifest.json"):
-        check_export(tmp_path)
+        create_app(tmp_path).state.serve.load()
     with pytest.raises(EdgeKDError, match="no artifact"):
-        check_export(export_dir, runtime="ort", precision="fp16")
+        create_app(export_dir, runtime="ort", precision="fp16").state.serve.load()
     with pytest.raises(EdgeKDError, match="unknown runtime"):
         create_app(export_dir, runtime="tensorrt")
+
+
+def _broken_copy(export_dir: Path, where: Path, change) -> Path:
+    """A copy of the export whose manifest ``change(manifest)`` edited (or replaced, if it returns something)."""
+    shutil.copytree(export_dir, where)
+    manifest = json.loads((where / "manifest.json").read_text())
+    replaced = change(manifest)
+    (where / "manifest.json").write_text(json.dumps(manifest if replaced is None else replaced))
+    return where
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.update(num_classes=12), "logits of shape"),
+        (lambda m: m["preprocessing"].update(mean=[0.5]), "three numbers each for mean and std"),
+        (lambda m: m["preprocessing"].update(resize=[28, 28]), "cannot run on the input the manifest describes"),
+        (lambda m: "manifest", "top level is str"),
+        (lambda m: [], "top level is list"),
+        (lambda m: m.update(artifacts=list(m["artifacts"])), "'artifacts' is list"),
+        (lambda m: m["artifacts"]["onnx-int8"].pop("sha256") and None, "needs a 'sha256'"),
+        (lambda m: m.update(artifacts={"tflite-int8": {**m["artifacts"]["onnx-int8"], "format": "tflite"}}), "no artifact this edgekd can run"),
+    ],
+)
+def test_an_unservable_export_is_one_line_before_uvicorn_starts(export_dir: Path, tmp_path: Path, change, message: str):
+    broken = _broken_copy(export_dir, tmp_path / "export", change)
+    with pytest.raises(EdgeKDError, match=re.escape(message)):
+        create_app(broken).state.serve.load()
+
+
+def test_the_serve_command_reports_a_broken_export_in_one_line(export_dir: Path, tmp_path: Path):
+    broken = _broken_copy(export_dir, tmp_path / "export", lambda m: m["preprocessing"].update(resize=[28, 28]))
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekd.serve", str(broken), "--port", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: artifact onnx-int8 cannot run on the input")
 
 
 def test_openvino_artifact_serves_the_same_answers(export_dir: Path, heldout):
