@@ -322,14 +322,20 @@ def serve(
     batch_timeout_ms: float = typer.Option(0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call (best on CPU)."),
     api_key: Optional[str] = typer.Option(None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
+    max_pixels: Optional[int] = typer.Option(None, help="Largest accepted image in pixels, the decompression-bomb guard (default: 25 million; 413 above)."),
+    queue_size: int = typer.Option(256, help="Requests waiting for the model before new ones get 503 + Retry-After."),
     threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's)."),
+    log_level: str = typer.Option("info", help="critical, error, warning, info or debug."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Serve an exported model over HTTP: POST /predict, KServe v2 endpoints, /metrics. No torch needed."""
     from edgekd.serve.server import run_server
 
+    limits = {"max_pixels": max_pixels} if max_pixels is not None else {}
     run_server(
-        export_dir, host=host, port=port, runtime=runtime, precision=precision, max_batch=max_batch,
-        batch_timeout_ms=batch_timeout_ms, api_key=api_key, max_upload_mb=max_upload_mb, threads=threads,
+        export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime, precision=precision,
+        max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key, max_upload_mb=max_upload_mb,
+        queue_size=queue_size, threads=threads, **limits,
     )
 
 

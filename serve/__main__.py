@@ -8,6 +8,7 @@ import sys
 
 from edgekd.errors import EdgeKDError
 from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS
+from edgekd.serve.server import LOG_LEVELS, run_server
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,15 +25,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image (decompression-bomb guard)")
     p.add_argument("--threads", type=int, default=None, help="runtime intra-op threads (default: one per core)")
     p.add_argument("--api-key", default=os.environ.get("EDGEKD_API_KEY"), help="require this key (default: env EDGEKD_API_KEY)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from edgekd.serve.server import run_server
-
     try:
         run_server(
             args.export_dir,

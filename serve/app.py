@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -259,11 +260,15 @@ def create_app(
         raise EdgeKDError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
     if max_batch < 1 or queue_size < 1 or batch_timeout_ms < 0 or max_upload_mb <= 0 or max_pixels < 1:
         raise EdgeKDError("max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0")
+    if threads is not None and threads < 1:
+        raise EdgeKDError(f"threads must be >= 1 (or left out for the runtime's default); got {threads}")
     if api_key is not None and not api_key.strip():
         raise EdgeKDError("the API key is empty; pass a non-empty key or none to disable authentication")
     if api_key is not None and not api_key.isascii():
         raise EdgeKDError("the API key must be ASCII (it travels in an HTTP header)")
 
+    # max_pixels refuses big images after the header is read; Pillow's own warning above 89 MP would only add log noise
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     state = ServeState(Path(export_dir), runtime, precision, threads, max_pixels, warmup_batch=max_batch)
     metrics = Metrics()
     batcher = MicroBatcher(lambda batch: state.runtime.run(batch), max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, queue_size=queue_size, metrics=metrics)

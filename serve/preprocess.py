@@ -63,7 +63,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"image rejected as a decompression bomb: {e}") from None
+        reason = str(e).split(",")[0]  # Pillow's "Image size (N pixels) exceeds limit of M pixels, could be ..."
+        raise ImageTooLarge(f"image rejected as a decompression bomb: {reason}; this server accepts at most {max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise ImageError("not an image: the data matches no image format Pillow can read") from None
     except Exception as e:  # Pillow signals unreadable input with many types (OSError, SyntaxError, ValueError, ...)

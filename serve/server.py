@@ -8,6 +8,8 @@ from typing import Any
 
 from edgekd.errors import EdgeKDError
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
 
 def run_server(
     export_dir: str | Path,
@@ -23,6 +25,10 @@ def run_server(
 
     from edgekd.serve.app import create_app
 
+    if log_level not in LOG_LEVELS:
+        raise EdgeKDError(f"unknown log level {log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
+    if not 0 <= port <= 65535:
+        raise EdgeKDError(f"port must be between 1 and 65535 (0: any free port); got {port}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(export_dir, **app_options)

@@ -42,6 +42,12 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["export", "/no/run", "--out", "/tmp/never-written"], "does not exist"),
         (["train", "--config", "/no/recipe.yaml"], "does not exist"),
         (["distill", "--arg", "alpha"], "KEY=VALUE"),
+        (["serve", "/no/export"], "no manifest.json"),
+        (["serve", "/no/export", "--port", "99999"], "port must be between 1 and 65535"),
+        (["serve", "/no/export", "--threads", "0"], "threads must be >= 1"),
+        (["serve", "/no/export", "--queue-size", "0", "--max-pixels", "100"], "queue_size and max_pixels must be >= 1"),
+        (["serve", "/no/export", "--log-level", "loud"], "unknown log level"),
+        (["serve", "/no/export", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(monkeypatch, capsys, tmp_path, args, message):

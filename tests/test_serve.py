@@ -11,8 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import struct
 import threading
 import time
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,6 +178,13 @@ def test_decoding_rejects_empty_corrupt_truncated_and_bombs():
     with pytest.raises(ImageTooLarge) as err:
         open_image(png(Image.new("L", (2000, 2000))), max_pixels=1_000_000)
     assert err.value.status_code == 413
+    small = png(Image.new("L", (8, 8)))  # IHDR rewritten to 20000 x 20000: past Pillow's own limit, which errors first
+    ihdr = b"IHDR" + struct.pack(">II", 20_000, 20_000) + small[24:29]
+    huge = small[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + small[33:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no DecompressionBombWarning on the way
+        with pytest.raises(ImageTooLarge, match="400000000 pixels.*at most 25000000 pixels"):
+            open_image(huge, max_pixels=25_000_000)
 
 
 def test_the_header_alone_refuses_a_bomb_and_truncation_shows_only_when_decoding():
