@@ -66,8 +66,15 @@ class TrainConfig:
             raise EdgeKDError(f"image_size must be > 0, got {self.image_size}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise EdgeKDError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        if not self.momentum < 1:
+            raise EdgeKDError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.lr_decay <= 1:
+            raise EdgeKDError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if any(m <= 0 or m >= self.epochs for m in self.milestones):
             raise EdgeKDError(f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs})")
+        from edgekd.methods import method_class  # torch: only training configs get here
+
+        self.method_args = method_class(self.method).check_args(self.method_args)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +92,11 @@ def _check_type(name: str, value: Any) -> Any:
             raise EdgeKDError(f"config key {name!r} cannot be empty")
         return None
     base = annotation.split("|")[0].strip().split("[")[0]
+    if base == "float" and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string; it is the number everyone means
+            value = float(value)
+        except ValueError:
+            pass
     expected = {"dict": dict, "list": list}.get(base, _TYPES.get(base))
     if expected is None or (isinstance(value, bool) and base in ("int", "float")) or not isinstance(value, expected):
         raise EdgeKDError(f"config key {name!r} must be of type {annotation}, got {value!r}")

@@ -23,11 +23,32 @@ def test_yaml_then_flags(tmp_path):
         ({"epochz": 3}, "unknown config key"),
         ({"epochs": 10, "milestones": [12]}, "milestones"),
         ({"batch_size": True}, "must be of type int"),
+        ({"momentum": 5}, r"momentum must be in \[0, 1\)"),
+        ({"lr_decay": -2}, r"lr_decay must be in \(0, 1\]"),
+        ({"method": "kd", "method_args": {"alpha": "abc"}}, "option alpha must be a number, got 'abc'"),
+        ({"method": "kd", "method_args": {"T": 0}}, "option T must be > 0"),
+        ({"method": "kd", "method_args": {"T": -1}}, "option T must be > 0"),
+        ({"method": "drkd", "method_args": {"alpha": 2}}, r"option alpha must be in \[0, 1\]"),
+        ({"method": "drkd", "method_args": {"teacher": "teacher"}}, "option teacher must be one of dynamic, pretrained"),
+        ({"method": "dkd", "method_args": {"warmup": "abc"}}, "option warmup must be an integer"),
+        ({"method": "dkd", "method_args": {"warmup": 2.5}}, "option warmup must be an integer"),
+        ({"method": "r2kd", "method_args": {"prune_ratio": 1.0}}, r"option prune_ratio must be in \[0, 1\)"),
+        ({"method": "r2kd", "method_args": {"augment": "cutmixx"}}, "option augment must be one of cutmix, mixup"),
+        ({"method": "r2kd", "method_args": {"rank": True}}, "option rank must be str"),
+        ({"method": "kd", "method_args": {"beta": 1}}, "has no option"),
     ],
 )
 def test_bad_values(overrides, message):
     with pytest.raises(EdgeKDError, match=message):
         load_config(overrides=overrides)
+
+
+def test_numbers_are_typed_like_their_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nmethod: dkd\nmethod_args: {T: 2, warmup: 5.0, alpha: 1e-1}\n")  # YAML 1.1 reads 1e-3 as a string
+    cfg = load_config(path)
+    assert cfg.lr == 0.001 and cfg.method_args == {"T": 2.0, "warmup": 5, "alpha": 0.1}
+    assert isinstance(cfg.method_args["T"], float) and isinstance(cfg.method_args["warmup"], int)
 
 
 def test_bad_files(tmp_path):

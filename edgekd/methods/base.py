@@ -6,6 +6,7 @@ dict of named loss terms; the trainer sums the terms, logs each by name, and ste
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -15,6 +16,32 @@ from edgekd.errors import EdgeKDError
 from edgekd.models.freeze import freeze_for_inference
 
 _REGISTRY: dict[str, type["Method"]] = {}
+
+# An option's rule: a test its (type-checked) value must pass, and how to say it in an error message.
+Rule = tuple[Callable[[Any], bool], str]
+POSITIVE: Rule = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
+FRACTION: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def one_of(*choices: str) -> Rule:
+    return (lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _typed(method: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the option's default: numbers stay numbers (YAML's '1e-3' string included)."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        if isinstance(value, type(default)):
+            return value
+    elif not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (isinstance(default, float) or number.is_integer()):
+            return float(number) if isinstance(default, float) else int(number)
+    kind = "an integer" if type(default) is int else "a number" if isinstance(default, float) else type(default).__name__
+    raise EdgeKDError(f"method {method!r} option {key} must be {kind}, got {value!r}")
 
 
 def register_method(name: str):
@@ -78,6 +105,25 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = False  # the user must supply a teacher
     uses_teacher: ClassVar[bool] = False  # the method distils from a teacher (supplied or made by itself)
     defaults: ClassVar[dict[str, Any]] = {}
+    rules: ClassVar[dict[str, Rule]] = {}  # option -> the values it accepts beyond its default's type
+
+    @classmethod
+    def check_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """The user's options, typed like the defaults and checked against ``rules``; any mistake is an EdgeKDError.
+
+        Runs when the config is loaded, so a bad ``--arg`` stops the run before data, models or workers start.
+        """
+        unknown = sorted(set(args) - set(cls.defaults))
+        if unknown:
+            known = ", ".join(sorted(cls.defaults)) or "none"
+            raise EdgeKDError(f"method {cls.name!r} has no option(s) {', '.join(unknown)}; its options are: {known}")
+        checked = {}
+        for key, value in args.items():
+            checked[key] = _typed(cls.name, key, value, cls.defaults[key])
+            test, wanted = cls.rules.get(key, (lambda v: True, ""))
+            if not test(checked[key]):
+                raise EdgeKDError(f"method {cls.name!r} option {key} must be {wanted}, got {value!r}")
+        return checked
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
@@ -95,11 +141,7 @@ class Method(nn.Module):
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(args) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise EdgeKDError(f"method {self.name!r} has no option(s) {', '.join(unknown)}; its options are: {known}")
-        self.args = {**self.defaults, **args}
+        self.args = {**self.defaults, **self.check_args(args)}
         self.student = student
         self.teacher = freeze_for_inference(teacher) if teacher is not None else None
         self.num_classes = num_classes

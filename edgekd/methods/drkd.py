@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, kd_loss
-from edgekd.methods.base import Method, frozen_forward, register_method
+from edgekd.methods.base import FRACTION, POSITIVE, Method, frozen_forward, one_of, register_method
 from edgekd.methods.tfkd import check_self_teacher
 from edgekd.models.freeze import freeze_for_inference
 
@@ -29,6 +29,7 @@ class DRKD(Method):
     needs_teacher = False  # depends on the mode; checked in __init__
     uses_teacher = True
     defaults = {"alpha": 0.9, "T": 4.0, "teacher": "dynamic"}
+    rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES)}
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
@@ -36,10 +37,7 @@ class DRKD(Method):
 
     def __init__(self, student, teacher, args, **options) -> None:
         super().__init__(student, teacher, args, **options)
-        mode = self.args["teacher"]
-        if mode not in TEACHER_MODES:
-            raise EdgeKDError(f"drkd teacher must be one of {', '.join(TEACHER_MODES)}, got {mode!r}")
-        if mode == "pretrained":
+        if self.args["teacher"] == "pretrained":
             if teacher is None:
                 raise EdgeKDError("drkd with teacher: pretrained needs a CE-trained student: pass --teacher RUN_DIR")
             check_self_teacher(self.name, student, teacher)

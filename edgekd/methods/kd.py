@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.losses import kd_loss
-from edgekd.methods.base import Method, register_method
+from edgekd.methods.base import FRACTION, POSITIVE, Method, register_method
 
 
 @register_method("kd")
@@ -14,6 +14,7 @@ class KD(Method):
     needs_teacher = True
     uses_teacher = True
     defaults = {"alpha": 0.9, "T": 4.0}
+    rules = {"alpha": FRACTION, "T": POSITIVE}
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a, T = self.args["alpha"], self.args["T"]

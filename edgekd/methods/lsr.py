@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from edgekd.methods.base import Method, register_method
+from edgekd.methods.base import FRACTION, Method, register_method
 
 
 @register_method("lsr")
 class LabelSmoothing(Method):
     defaults = {"smoothing": 0.1}
+    rules = {"smoothing": FRACTION}
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         logits = self.student(x)

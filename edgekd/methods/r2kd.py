@@ -17,7 +17,7 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, rank_from_logprobs, value_from_probs
-from edgekd.methods.base import Method, frozen_forward, register_method
+from edgekd.methods.base import FRACTION, NON_NEGATIVE, POSITIVE, Method, frozen_forward, one_of, register_method
 from edgekd.models.freeze import freeze_for_inference
 from edgekd.prune import PRUNE_METHODS, prune_model
 
@@ -64,16 +64,22 @@ class R2KD(Method):
         "prune": "structured",
         "prune_ratio": 0.1,
     }
+    rules = {
+        "teacher_weight": FRACTION,
+        "T": POSITIVE,
+        "value_weight": NON_NEGATIVE,
+        "rank_weight": NON_NEGATIVE,
+        "rank": one_of("soft", "hard"),
+        "rank_tau": POSITIVE,
+        "augment": one_of(*AUGMENTATIONS),
+        "autoaugment_policy": one_of(*AUTOAUGMENT_POLICIES),
+        "prune": one_of(*PRUNE_METHODS),
+        "prune_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    }
 
     def __init__(self, student, teacher, args, **options) -> None:
         super().__init__(student, teacher, args, **options)
         a = self.args
-        if a["rank"] not in ("soft", "hard"):
-            raise EdgeKDError(f"r2kd rank must be 'soft' or 'hard', got {a['rank']!r}")
-        if a["prune"] not in PRUNE_METHODS:
-            raise EdgeKDError(f"r2kd prune must be one of {', '.join(PRUNE_METHODS)}, got {a['prune']!r}")
-        if not 0.0 <= a["prune_ratio"] < 1.0:
-            raise EdgeKDError(f"r2kd prune_ratio must be in [0, 1), got {a['prune_ratio']}")
         if self.input_shape is None:
             raise EdgeKDError("r2kd needs input_shape (C, H, W) to prune its teacher; pass it to build_method")
         self.augment = self._make_augment(a["augment"], a["autoaugment_policy"], self.num_classes)
@@ -93,13 +99,8 @@ class R2KD(Method):
             # One square hole a quarter of the side (8 px at 32 px, as the release), zero = the mean colour.
             return v2.RandomErasing(p=1.0, scale=(1 / 16, 1 / 16), ratio=(1.0, 1.0), value=0.0)
         if kind == "autoaugment":
-            if policy not in AUTOAUGMENT_POLICIES:
-                raise EdgeKDError(f"r2kd autoaugment_policy must be one of {', '.join(AUTOAUGMENT_POLICIES)}, "
-                                  f"got {policy!r}")
             return BatchAutoAugment(policy)
-        if kind == "none":
-            return None
-        raise EdgeKDError(f"r2kd augment must be one of {', '.join(AUGMENTATIONS)}, got {kind!r}")
+        return None  # "none": one view only
 
     def train(self, mode: bool = True) -> "R2KD":
         super().train(mode)

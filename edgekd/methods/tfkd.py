@@ -17,7 +17,7 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import kd_loss
-from edgekd.methods.base import Method, register_method
+from edgekd.methods.base import FRACTION, NON_NEGATIVE, POSITIVE, Method, register_method
 
 
 def check_self_teacher(method: str, student: nn.Module, teacher: nn.Module) -> None:
@@ -37,6 +37,7 @@ class TfKDSelf(Method):
     needs_teacher = True
     uses_teacher = True
     defaults = {"alpha": 0.95, "T": 20.0, "multiplier": 1.0}
+    rules = {"alpha": FRACTION, "T": POSITIVE, "multiplier": NON_NEGATIVE}
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
@@ -63,6 +64,7 @@ class TfKDReg(Method):
     softmax(u / reg_T) (u taken as logits), against the student's unsoftened log-softmax, with no T² factor."""
 
     defaults = {"reg_alpha": 0.95, "reg_T": 40.0, "multiplier": 1.0, "correct_prob": 0.99}
+    rules = {"reg_alpha": FRACTION, "reg_T": POSITIVE, "multiplier": NON_NEGATIVE, "correct_prob": (lambda v: 0 < v <= 1, "in (0, 1]")}
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a = self.args
