@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgekd.errors import EdgeKDError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -18,17 +20,43 @@ def _umask() -> int:
     return mask
 
 
+def check_can_create(path: str | os.PathLike, kind: str = "folder") -> Path:
+    """Fail early, in one line, when ``path`` cannot be written as a ``kind`` ("folder" or "file"); creates nothing.
+
+    Commands call this before long work, so that a bad ``--out`` is not found only at the end.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != (kind == "folder"):
+        raise EdgeKDError(f"{path} is a {'folder' if path.is_dir() else 'file'}, not a {kind}; choose another --out")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgeKDError(f"cannot write {path}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgeKDError(f"cannot write {path}: {parent} is not writable; choose another --out")
+    return path
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeKDError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_can_create(path, "file")
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any written file
     try:
         yield tmp_path
+        # mkstemp makes 0600 and some writers (safetensors) recreate the file 0600: set the mode any written file gets
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -50,15 +78,14 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     An existing ``path`` is replaced only if ``overwrite``; on any error the temporary tree is removed and
     ``path`` is left as it was.
     """
-    from edgekd.errors import EdgeKDError
-
-    path = Path(path)
+    path = check_can_create(path, "folder")
     if path.exists() and not overwrite and any(path.iterdir()):
         raise EdgeKDError(f"{path} already exists and is not empty; choose another --out or remove it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a container user could not read an export made here
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import atomic_dir, write_json
+from edgekd.fsutil import atomic_dir, atomic_path, check_can_create, write_json
 
 
 def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
@@ -27,3 +27,28 @@ def test_atomic_dir_failure_leaves_nothing(tmp_path):
     with pytest.raises(EdgeKDError, match="already exists"):
         with atomic_dir(tmp_path / "out"):
             pass
+
+
+def test_results_get_umask_permissions_even_from_writers_that_recreate_the_file(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    with atomic_path(tmp_path / "w.bin") as tmp:  # as safetensors does: a new file, owner-only
+        tmp.unlink()
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+    assert stat.S_IMODE((tmp_path / "w.bin").stat().st_mode) == 0o666 & ~mask
+    with atomic_dir(tmp_path / "export") as d:  # mkdtemp makes 0700: a container user could not read it
+        (d / "m.onnx").write_bytes(b"x")
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o777 & ~mask
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_before_anything_is_made(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(EdgeKDError, match="is a file, not a folder"):
+        check_can_create(tmp_path / "afile", "folder")
+    with pytest.raises(EdgeKDError, match="afile is a file, not a folder"):
+        check_can_create(tmp_path / "afile" / "sub" / "deeper", "folder")
+    with pytest.raises(EdgeKDError, match="is a folder, not a file"):
+        write_json(tmp_path / "adir", {})
+    assert check_can_create(tmp_path / "new" / "deeper", "folder") == tmp_path / "new" / "deeper"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
