@@ -81,6 +81,9 @@ def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int)
         raise EdgeKDError(f"--nproc must be >= 1, got {nproc}")
     from edgekd.config import load_config
 
+    saved = Path(overrides["out"]) / "config.yaml" if overrides.get("resume") and overrides.get("out") else None
+    if config is None and saved is not None and saved.is_file():
+        config = saved  # a resumed run continues with its own settings; flags given now still win
     cfg = load_config(config, overrides)  # validate before launching anything
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc)

@@ -7,3 +7,13 @@ Raise it with a message that says what was wrong and what to do instead.
 
 class EdgeKDError(Exception):
     """A user-facing error: the message is shown as is, with no traceback."""
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """A library exception's message on one line, for quoting inside an EdgeKDError.
+
+    The first line alone is often only a heading: torch's state_dict errors say which tensors do not
+    fit on the lines after "Error(s) in loading state_dict for Model:".
+    """
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 from edgekd.fsutil import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
@@ -129,6 +129,5 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise EdgeKDError(f"{run_dir / WEIGHTS} does not match {desc['arch']}: {first}") from None
+        raise EdgeKDError(f"{run_dir / WEIGHTS} does not match {desc['arch']}: {one_line(e)}") from None
     return model.to(device).eval(), desc

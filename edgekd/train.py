@@ -23,8 +23,8 @@ from torch import nn
 
 from edgekd.config import TrainConfig, save_config
 from edgekd.distributed import DistInfo, all_reduce_sum, barrier, init_from_env, shutdown
-from edgekd.errors import EdgeKDError
-from edgekd.fsutil import atomic_path, write_json
+from edgekd.errors import EdgeKDError, one_line
+from edgekd.fsutil import atomic_path, check_can_create, write_json
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -137,6 +137,7 @@ class _Run:
 
     # ----------------------------------------------------------------- set-up
     def _check_out_dir(self) -> None:
+        check_can_create(self.out, "folder")
         ckpt = self.out / CHECKPOINT
         if self.cfg.resume and not ckpt.is_file():
             raise EdgeKDError(f"--resume: {ckpt} does not exist; start without --resume")
@@ -192,10 +193,14 @@ class _Run:
             state = torch.load(path, map_location=self.device, weights_only=True)
             self.method.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
-            raise EdgeKDError(f"{path} cannot be resumed ({str(e).splitlines()[0]}); it is corrupt or from another model") from None
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch, self.best_acc, self.history = state["epoch"], state["best_acc"], list(state["history"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.start_epoch, self.best_acc, self.history = int(state["epoch"]), float(state["best_acc"]), list(state["history"])
+        except (RuntimeError, KeyError, EOFError, ValueError, TypeError, OSError, pickle.UnpicklingError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else one_line(e)
+            raise EdgeKDError(
+                f"{path} cannot be resumed ({what}); it is corrupt, or from another model or config (resume with the run's own "
+                f"settings: -c {self.out / 'config.yaml'})"
+            ) from None
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:

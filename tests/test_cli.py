@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -65,6 +66,26 @@ def test_corrupt_checkpoint_via_cli(monkeypatch, capsys, tmp_path):
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "resnet8", "--epochs", "1", "--out", str(run), "--resume")
     assert code == 2 and "cannot be resumed" in err
+
+
+def test_resume_continues_with_the_runs_own_config(monkeypatch, capsys, tmp_path):
+    run = tmp_path / "run"
+    first = ("train", "--model", "resnet8", "--image-size", "16", "--batch-size", "128", "--epochs", "1", "--out", str(run))
+    assert run_cli(monkeypatch, capsys, *first)[0] == 0
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--out", str(run), "--epochs", "2", "--resume")
+    assert code == 0, err  # no --model: resnet8 and 16 px come from run/config.yaml, --epochs from the flag
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and json.loads((run / "model.json").read_text())["arch"] == "resnet8"
+
+
+def test_a_file_in_the_way_of_out_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for args in (("train", "--model", "resnet8", "--epochs", "1", "--out", str(blocker)),
+                 ("train", "--model", "resnet8", "--epochs", "1", "--out", str(blocker / "sub")),
+                 ("export", str(tmp_path), "--out", str(blocker))):
+        code, out, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2 and "choose another --out" in err and "Traceback" not in out + err, (args, err)
 
 
 def test_entry_point_runs_as_module():

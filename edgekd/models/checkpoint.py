@@ -15,15 +15,10 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 
 _WRAPPER_KEYS = ("model", "state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _listing(keys: list[str], limit: int = 3) -> str:
@@ -81,7 +76,7 @@ def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for corrupt input (pickle, zip, EOF, runtime)
         raise EdgeKDError(
-            f"cannot read checkpoint {path} ({_first_line(e)}); expected a file written by torch.save"
+            f"cannot read checkpoint {path} ({one_line(e)}); expected a file written by torch.save"
         ) from e
     state = _extract_state_dict(obj, path)
     problem = _mismatch(model, state)
