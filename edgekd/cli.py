@@ -287,11 +287,14 @@ def bench(
     """Measure latency and throughput of every artifact (p50/p90/p99), write a report, and name the fastest."""
     from edgekd.export.bench import run_bench
     from edgekd.export.bench_report import merge_reports, render_markdown, write_report
+    from edgekd.fsutil import check_can_create
+
+    check_can_create(out, "folder")  # before minutes of measuring, not after
 
     options = {
         "runtimes": _csv(runtimes),
         "precisions": _csv(precisions),
-        "batches": _int_list(batch, "--batch"),
+        "batches": list(dict.fromkeys(_int_list(batch, "--batch"))),
         "threads": [None if t == "auto" else _int_list(t, "--threads")[0] for t in _csv(threads)],
         "warmup": warmup,
         "iters": iters,
@@ -312,6 +315,12 @@ def bench(
 
     console.print(Markdown(render_markdown(rows, title)))
     console.print(f"[green]wrote[/] {paths['json']}, {paths['md']}, {paths['png']}")
+    failed = [r for r in rows if r["status"].startswith("error")]
+    if failed:  # the report keeps what did run; the exit code tells scripts that something did not
+        for r in failed:
+            Console(stderr=True).print(f"[bold red]failed:[/] {r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}",
+                                       highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import subprocess
@@ -234,7 +235,7 @@ def _check_options(runtimes, precisions, batches, threads, warmup, iters, second
         raise EdgeKDError(f"batch sizes must be integers >= 1, got {list(batches)}")
     if not threads or any(t is not None and (not isinstance(t, int) or t < 1) for t in threads):
         raise EdgeKDError(f"threads must be integers >= 1 or None (the runtime's default), got {list(threads)}")
-    if warmup < 0 or (iters is not None and iters < 1) or seconds <= 0:
+    if warmup < 0 or (iters is not None and iters < 1) or not 0 < seconds < math.inf:
         raise EdgeKDError(f"need warmup >= 0, iters >= 1 (or None) and seconds > 0; got {warmup}, {iters}, {seconds}")
     if ov_hint.upper() not in OV_HINTS:
         raise EdgeKDError(f"unknown OpenVINO hint {ov_hint!r}; choose from {', '.join(OV_HINTS)}")

@@ -46,8 +46,8 @@ def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop
         raise EdgeKDError(f"calib_samples must be a positive integer, got {calib_samples!r}")
     if calib_method not in CALIB_METHODS:
         raise EdgeKDError(f"unknown calibration method {calib_method!r}; choose from {', '.join(CALIB_METHODS)}")
-    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))):
-        raise EdgeKDError(f"max_drop is a number of accuracy points, got {max_drop!r}")
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100):
+        raise EdgeKDError(f"max_drop is a number of top-1 accuracy points between 0 and 100, got {max_drop!r}")
     if fp16 and "openvino" not in formats:
         raise EdgeKDError("fp16 writes an OpenVINO FP16 IR; add the openvino format or drop --fp16")
     return formats
@@ -113,6 +113,8 @@ def export_run(
     turns on NNCF's accuracy-controlled quantization. Calibration uses ``calib_samples`` training images.
     """
     formats = _check_options(formats, calib_samples, calib_method, max_drop, fp16)
+    if max_drop is not None and not int8:
+        raise EdgeKDError("max_drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
     with atomic_dir(out, overwrite=overwrite) as tmp:  # refuses an existing export dir before any work
         job = _Job.prepare(run_dir, int8, calib_samples, calib_method, max_drop)
         with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch, _progress(progress) as bar:

@@ -270,6 +270,28 @@ def test_corrupt_artifact_is_an_error_row_and_the_rest_still_runs(tiny_export, t
     assert rows[1]["status"] == "ok" and rows[1]["speedup"] is None  # no measured baseline to compare with
 
 
+def test_bench_command_exits_1_when_an_artifact_failed_and_keeps_the_report(tiny_export, tmp_path, monkeypatch, capsys):
+    from edgekd.cli import main
+
+    broken = shutil.copytree(tiny_export, tmp_path / "broken")
+    with open(broken / "model.onnx", "ab") as f:
+        f.write(b"\0")
+
+    def bench_cli(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(broken), "--runtimes", "ort", "--iters", "2", "--warmup", "0", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        return exc.value.code, capsys.readouterr().err
+
+    code, err = bench_cli("--out", str(tmp_path / "r"))
+    assert code == 1 and "failed: onnx-fp32 fp32 batch 1: error: artifact onnx-fp32" in err
+    assert [r["status"] for r in read_rows(tmp_path / "r" / "bench.json")][1] == "ok"
+    (tmp_path / "afile").write_text("x")
+    assert bench_cli("--out", str(tmp_path / "afile"))[0] == 2  # refused before measuring anything
+    code, err = bench_cli("--seconds", "nan", "--out", str(tmp_path / "r2"))
+    assert code == 2 and "seconds > 0" in err and not (tmp_path / "r2").exists()
+
+
 def test_dropped_artifact_says_why(tiny_export, tmp_path):
     d = shutil.copytree(tiny_export, tmp_path / "dropped")
     manifest = json.loads((d / "manifest.json").read_text())

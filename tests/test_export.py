@@ -219,16 +219,23 @@ def test_existing_export_dir_is_not_clobbered(export_dir: Path, digits_run_dir: 
     assert (export_dir / "manifest.json").read_bytes() == before
 
 
-def test_impossible_max_drop_drops_int8_keeps_fp32(tmp_path: Path, digits_run_dir: Path) -> None:
-    from edgekd.export import export_run, manifest_table_rows
+def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_dir: Path, monkeypatch) -> None:
+    from edgekd.export import exporter, export_run, manifest_table_rows
 
+    real_verify = exporter.verify_file
+
+    def int8_loses_five_points(path, fmt, *args):  # whatever the quantizer achieves, INT8 now misses max_drop
+        scores = real_verify(path, fmt, *args)
+        return {**scores, "accuracy": scores["accuracy"] - 0.05} if "int8" in str(path) else scores
+
+    monkeypatch.setattr(exporter, "verify_file", int8_loses_five_points)
     out = tmp_path / "exp"
-    manifest = export_run(digits_run_dir, out, int8=True, calib_samples=64, max_drop=-1, progress=False)
+    manifest = export_run(digits_run_dir, out, int8=True, calib_samples=64, max_drop=1, progress=False)
     assert set(manifest["artifacts"]) == {"onnx-fp32", "openvino-fp32"}
     assert set(manifest["dropped"]) == {"onnx-int8", "openvino-int8"}
     assert manifest["dropped"]["openvino-int8"]["quantization"]["accuracy_control"] is True
     for key, dropped in manifest["dropped"].items():
-        assert "max_drop -1" in dropped["reason"]
+        assert "max_drop 1" in dropped["reason"]
         assert dropped["accuracy"] > 0.85 and "files" not in dropped
     assert len(manifest["notes"]) == 2 and all("not written" in n for n in manifest["notes"])
     assert not (out / "model.int8.onnx").exists() and not (out / "openvino-int8").exists()
@@ -274,6 +281,9 @@ def test_bad_options(tmp_path: Path, digits_run_dir: Path) -> None:
         ({"calib_method": "kl"}, "unknown calibration method"),
         ({"calib_samples": 0}, "calib_samples"),
         ({"formats": ("onnx",), "fp16": True}, "fp16"),
+        ({"int8": True, "max_drop": -1}, "between 0 and 100"),
+        ({"int8": True, "max_drop": float("nan")}, "between 0 and 100"),
+        ({"max_drop": 1.0}, "add --int8"),
     ]:
         with pytest.raises(EdgeKDError, match=match):
             export_run(digits_run_dir, tmp_path / "exp", progress=False, **kwargs)
