@@ -278,7 +278,7 @@ def bench(
     seconds: float = typer.Option(2.0, help="Time budget per configuration when --iters is not given."),
     ov_hint: str = typer.Option("LATENCY", help="OpenVINO performance hint: LATENCY or THROUGHPUT."),
     ov_streams: Optional[int] = typer.Option(None, help="OpenVINO inference streams."),
-    remote: Optional[str] = typer.Option(None, help="Also run on user@host[:path] over SSH (edgekd[device] installed there)."),
+    remote: Optional[str] = typer.Option(None, help="Also run on user@host[:path] over SSH (edgekd\\[device] installed there)."),
     remote_python: str = typer.Option("python3", help="Python on the remote machine."),
     ssh_port: Optional[int] = typer.Option(None, help="SSH port of --remote."),
     identity: Optional[Path] = typer.Option(None, help="SSH private key for --remote."),
@@ -375,15 +375,30 @@ def demo(
     run_demo(out, quick=quick, device=device, console=console)
 
 
+# What the training side needs beyond the device install (edgekd[train] in pyproject.toml), by import name
+TRAIN_MODULES = ("torch", "torchvision", "torch_pruning", "safetensors", "sklearn", "onnx", "onnxscript", "nncf")
+
+
 def main() -> None:
     """Entry point: user mistakes end in one line on stderr and exit code 2, never a traceback."""
+    errors = Console(stderr=True)
     try:
         app(prog_name="edgekd")
     except EdgeKDError as e:
         # raised in a DataLoader worker, the message carries the worker's traceback; its last line is ours
-        message = str(e).strip().splitlines()[-1] if "DataLoader worker" in str(e) else str(e)
-        Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        message = str(e).strip().splitlines()[-1].removeprefix("edgekd.errors.EdgeKDError: ") if "DataLoader worker" in str(e) else str(e)
+        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
-        sys.exit(130)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        errors.print(
+            f"[bold red]error:[/] this command needs the training side ({e.name} is not installed): "
+            "pip install 'edgekd\\[train]'; a device install runs bench, serve and report",
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(2)
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C into a silent exit 130
+            errors.print("interrupted")
+        raise

@@ -88,6 +88,34 @@ def test_a_file_in_the_way_of_out_is_a_one_line_error(monkeypatch, capsys, tmp_p
         assert code == 2 and "choose another --out" in err and "Traceback" not in out + err, (args, err)
 
 
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
+    import edgekd.data
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgekd.data, "list_datasets", interrupted)
+    code, _, err = run_cli(monkeypatch, capsys, "datasets")
+    assert code == 130 and err.strip() == "interrupted"
+
+
+def test_a_training_command_on_a_device_install_says_what_to_install():
+    blocked = (
+        "import importlib.abc, sys\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "sys.argv = ['edgekd', 'datasets']\n"
+        "from edgekd.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "needs the training side (torch is not installed): pip install 'edgekd[train]'" in proc.stderr
+
+
 def test_entry_point_runs_as_module():
     proc = subprocess.run([sys.executable, "-m", "edgekd", "train", "--epochs", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "epochs must be > 0" in proc.stderr and "Traceback" not in proc.stderr
