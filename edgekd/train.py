@@ -98,8 +98,11 @@ class _Run:
         student = create_model(cfg.model, self.bundle.num_classes)
         cls = method_class(cfg.method)
         teacher = load_teacher(cfg, self.bundle.num_classes) if cls.uses_teacher else None
+        # what summary.json and model.json name as the teacher
+        self.teacher_label = cfg.teacher or ("self (previous-epoch snapshot)" if cfg.method == "drkd" and teacher is None else None)
         if teacher is None and cls.wants_self_teacher(cfg.method_args):
             teacher = self._train_self_teacher()
+            self.teacher_label = str(self.out / "teacher")
             seed_everything(cfg.seed)
             student = create_model(cfg.model, self.bundle.num_classes)
         self.method = build_method(
@@ -223,9 +226,7 @@ class _Run:
                     if progress is not None:
                         progress.console.print(_epoch_line(row, cfg.epochs))
         final = self.history[-1]
-        teacher = cfg.teacher or ("self (previous-epoch snapshot)" if cfg.method == "drkd" and self.method.teacher is None else None)
-        if self.method.teacher is not None and cfg.teacher is None:
-            teacher = str(self.out / "teacher")
+        teacher = self.teacher_label
         summary = {
             "best_acc": self.best_acc,
             "final_acc": final["val_acc"],

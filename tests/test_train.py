@@ -106,3 +106,10 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
     (tmp_path / "c" / CHECKPOINT).write_bytes(b"\x00garbage" * 10)
     with pytest.raises(EdgeKDError, match="cannot be resumed"):
         run_training(_cfg(tmp_path, "c", epochs=2, resume=True), show_progress=False)
+
+
+def test_drkd_names_its_own_snapshot_as_the_teacher_after_several_epochs(tmp_path):
+    summary = run_training(_cfg(tmp_path, "drkd", method="drkd", epochs=2, image_size=16), show_progress=False)
+    assert summary["teacher"] == "self (previous-epoch snapshot)"  # it said <out>/teacher, a folder never written
+    assert json.loads((tmp_path / "drkd" / "model.json").read_text())["teacher"] == "self (previous-epoch snapshot)"
+    assert not (tmp_path / "drkd" / "teacher").exists()
