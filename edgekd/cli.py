@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgekd.config import TrainConfig
 from edgekd.errors import EdgeKDError
 
 app = typer.Typer(
@@ -23,20 +24,22 @@ app = typer.Typer(
 console = Console()
 
 # ------------------------------------------------------------------ options shared by train and distill
+_D = TrainConfig()  # the defaults the help texts quote
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.")
 DataOpt = typer.Option(None, help="Dataset: digits (default, embedded), synthetic, cifar10:ROOT, cifar100:ROOT, imagefolder:PATH, tiny-imagenet:PATH.")
-EpochsOpt = typer.Option(None, help="Training epochs.")
-BatchOpt = typer.Option(None, "--batch-size", "-b", help="Batch size per process.")
-LrOpt = typer.Option(None, help="Peak learning rate.")
+EpochsOpt = typer.Option(None, help=f"Training epochs (default {_D.epochs}).")
+BatchOpt = typer.Option(None, "--batch-size", "-b", help=f"Batch size per process (default {_D.batch_size}).")
+LrOpt = typer.Option(None, help=f"Peak learning rate (default {_D.lr}).")
 OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.")
-ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay x0.1 at --milestones).")
-WarmupOpt = typer.Option(None, help="Linear warm-up epochs.")
-WdOpt = typer.Option(None, help="Weight decay.")
-SeedOpt = typer.Option(None, help="Random seed (model init, data order, augmentation).")
+ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay by lr_decay at --milestones).")
+MilestonesOpt = typer.Option(None, help="Epochs where multistep decays the lr, comma-separated (e.g. 150,180,210).")
+WarmupOpt = typer.Option(None, help=f"Linear warm-up epochs (default {_D.warmup_epochs}).")
+WdOpt = typer.Option(None, help=f"Weight decay (default {_D.weight_decay}).")
+SeedOpt = typer.Option(None, help=f"Random seed for model init, data order and augmentation (default {_D.seed}).")
 DeviceOpt = typer.Option(None, help="auto (GPU if there is one), cpu or cuda.")
 OutOpt = typer.Option(None, "--out", "-o", help="Run dir to write (default runs/<method>-<model>-<data>-s<seed>).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
-WorkersOpt = typer.Option(None, help="DataLoader worker processes.")
+WorkersOpt = typer.Option(None, help=f"DataLoader worker processes (default {_D.workers}).")
 AmpOpt = typer.Option(None, help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")
 CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the student.")
 NprocOpt = typer.Option(1, "--nproc", help="Processes to launch with torchrun (DDP; gloo on CPU, NCCL on GPUs).")
@@ -102,12 +105,13 @@ def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int)
 def train(
     config: Optional[Path] = ConfigOpt,
     data: Optional[str] = DataOpt,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see `edgekd models`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
     lr: Optional[float] = LrOpt,
     optimizer: Optional[str] = OptimOpt,
     schedule: Optional[str] = ScheduleOpt,
+    milestones: Optional[str] = MilestonesOpt,
     warmup_epochs: Optional[int] = WarmupOpt,
     weight_decay: Optional[float] = WdOpt,
     image_size: Optional[int] = ImageSizeOpt,
@@ -122,6 +126,7 @@ def train(
 ) -> None:
     """Train a model with plain cross-entropy (teachers and baselines)."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
+    overrides["milestones"] = _int_list(milestones, "--milestones") if milestones else None
     overrides.update(method="ce", method_args={}, rectify=False)  # a recipe's distillation keys do not apply
     overrides["resume"] = resume or None
     _run_training(overrides, config, nproc)
@@ -130,18 +135,19 @@ def train(
 @app.command()
 def distill(
     config: Optional[Path] = ConfigOpt,
-    method: Optional[str] = typer.Option(None, help="kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, r2kd or ce."),
-    student: Optional[str] = typer.Option(None, "--student", "-s", help="Student architecture (see `edgekd models`)."),
+    method: Optional[str] = typer.Option(None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, r2kd or ce (default {_D.method})."),
+    student: Optional[str] = typer.Option(None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
     teacher: Optional[str] = typer.Option(None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
     teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4)."),
     rectify: Optional[bool] = typer.Option(None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
-    arg: list[str] = typer.Option([], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4)."),
+    arg: list[str] = typer.Option([], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4); an unknown KEY lists the method's options."),
     data: Optional[str] = DataOpt,
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
     lr: Optional[float] = LrOpt,
     optimizer: Optional[str] = OptimOpt,
     schedule: Optional[str] = ScheduleOpt,
+    milestones: Optional[str] = MilestonesOpt,
     warmup_epochs: Optional[int] = WarmupOpt,
     weight_decay: Optional[float] = WdOpt,
     image_size: Optional[int] = ImageSizeOpt,
@@ -157,6 +163,7 @@ def distill(
     """Distil a student from a teacher (or from itself: drkd, tfkd-self) with a registered method."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc", "student", "arg")}
     overrides["model"] = student
+    overrides["milestones"] = _int_list(milestones, "--milestones") if milestones else None
     overrides["resume"] = resume or None
     if arg:
         overrides["method_args"] = _parse_args(arg)

@@ -43,6 +43,8 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["export", "/no/run", "--out", "/tmp/never-written"], "does not exist"),
         (["train", "--config", "/no/recipe.yaml"], "does not exist"),
         (["distill", "--arg", "alpha"], "KEY=VALUE"),
+        (["train", "--epochs", "3", "--milestones", "5"], "milestones [5] must lie strictly between 0 and epochs (3)"),
+        (["distill", "--milestones", "x,2"], "--milestones takes comma-separated integers"),
         (["serve", "/no/export"], "no manifest.json"),
         (["serve", "/no/export", "--port", "99999"], "port must be between 1 and 65535"),
         (["serve", "/no/export", "--threads", "0"], "threads must be >= 1"),
