@@ -23,8 +23,9 @@ from torch import nn
 
 from edgekd.config import TrainConfig, save_config
 from edgekd.distributed import DistInfo, all_reduce_sum, barrier, init_from_env, shutdown
-from edgekd.errors import EdgeKDError, one_line
+from edgekd.errors import EdgeKDError
 from edgekd.fsutil import atomic_path, check_can_create, write_json
+from edgekd.models.checkpoint import load_problem
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -199,7 +200,7 @@ class _Run:
             self.scaler.load_state_dict(state["scaler"])
             self.start_epoch, self.best_acc, self.history = int(state["epoch"]), float(state["best_acc"]), list(state["history"])
         except (RuntimeError, KeyError, EOFError, ValueError, TypeError, OSError, pickle.UnpicklingError) as e:
-            what = f"no {e}" if isinstance(e, KeyError) else one_line(e)
+            what = f"no {e}" if isinstance(e, KeyError) else load_problem(e)
             raise EdgeKDError(
                 f"{path} cannot be resumed ({what}); it is corrupt, or from another model or config (resume with the run's own "
                 f"settings: -c {self.out / 'config.yaml'})"

@@ -209,6 +209,11 @@ def test_corrupt_missing_and_foreign_checkpoints_are_user_errors(tmp_path):
         load_checkpoint_file(model, garbage)
     with pytest.raises(EdgeKDError, match="not found"):
         load_checkpoint_file(model, tmp_path / "missing.pth")
+    code = tmp_path / "code.pth"  # a pickle that would call os.system on an unsafe load
+    code.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(EdgeKDError) as err:
+        load_checkpoint_file(model, code)
+    assert "holds more than tensors" in str(err.value) and "weights_only" not in str(err.value)  # no advice to turn safety off
     no_tensors = tmp_path / "meta.pth"
     torch.save({"epoch": 3, "note": "no weights"}, no_tensors)
     with pytest.raises(EdgeKDError, match="no state_dict"):

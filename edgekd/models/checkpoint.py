@@ -62,6 +62,16 @@ def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     return "; ".join(parts) or None
 
 
+def load_problem(e: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, without torch's advice to turn the safety off."""
+    text = str(e)
+    if text.startswith("Weights only load failed"):  # a paragraph of advice, then the reason, then a docs link
+        body = text.split("Check the documentation")[0]
+        detail = body.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in body else body.split("\n", 1)[-1]
+        return f"it holds more than tensors: {' '.join(detail.split())}; edgekd loads weights only, never pickled code"
+    return one_line(e)
+
+
 def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
     """Load a foreign checkpoint into ``model`` strictly (every key, every shape) on CPU.
 
@@ -76,7 +86,7 @@ def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for corrupt input (pickle, zip, EOF, runtime)
         raise EdgeKDError(
-            f"cannot read checkpoint {path} ({one_line(e)}); expected a file written by torch.save"
+            f"cannot read checkpoint {path} ({load_problem(e)}); expected a file written by torch.save"
         ) from e
     state = _extract_state_dict(obj, path)
     problem = _mismatch(model, state)
