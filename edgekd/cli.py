@@ -180,7 +180,7 @@ def models(
 
     table = Table(title=f"models ({num_classes} classes)")
     for col in ("name", "input", "params (M)", "MACs (M)"):
-        table.add_column(col, justify="left" if col == "name" else "right")
+        table.add_column(col, justify="left" if col == "name" else "right", overflow="fold")
     names = list_models()
     hidden = [n for n in names if n.startswith("tv/")]
     for name in names:
@@ -199,12 +199,12 @@ def datasets() -> None:
     """List the datasets and the files each expects (nothing is ever downloaded)."""
     from edgekd.data import list_datasets
 
-    table = Table(title="datasets")
-    rows = list_datasets()
-    for col in rows[0]:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+    table = Table(title="datasets", show_lines=True, expand=True)
+    table.add_column("--data", no_wrap=True)
+    table.add_column("classes, input", overflow="fold", max_width=24)
+    table.add_column("what it is, and the files it reads", overflow="fold", ratio=1)
+    for row in list_datasets():
+        table.add_row(row["spec"], f"{row['classes']}\n{row['input_size']}", f"{row['description']}\nfiles: {row['layout']}")
     console.print(table)
 
 
@@ -223,7 +223,7 @@ def prune(
     result = prune_run(run, out, ratio=ratio, method=method)
     table = Table(title=f"pruned {run} ({method}, ratio {ratio})")
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
     for when in ("before", "after"):
         table.add_row(
             when, f"{result[f'macs_{when}'] / 1e6:.2f}", f"{result[f'params_{when}'] / 1e6:.3f}", f"{result[f'acc_{when}']:.4f}"
@@ -253,7 +253,7 @@ def export(
     rows = manifest_table_rows(manifest)
     table = Table(title=f"export of {run} -> {out}")
     for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("format", "status") else "right")
+        table.add_column(col, justify="left" if col in ("format", "status") else "right", overflow="fold")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)

@@ -189,7 +189,7 @@ def _print_summary(console: Console, rows: list[dict[str, Any]], seconds: float,
 
     table = Table(title=f"edgekd demo summary ({seconds:.0f} s)")
     for col in ("stage", "accuracy", "size (MB)", "p50 (ms)", "speed-up"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
+        table.add_column(col, justify="left" if col == "stage" else "right", overflow="fold")
     for r in rows:
         table.add_row(r["stage"], fmt(r["accuracy"], ".4f"), fmt(r["size_mb"], ".3f"), fmt(r["p50_ms"], ".2f"),
                       "—" if r["speedup"] is None else f"{r['speedup']:.2f}x")

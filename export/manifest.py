@@ -23,6 +23,7 @@ ARTIFACT_KINDS = {
     "openvino-int8": ("openvino", "int8"),
 }
 RUNTIME_OF_FORMAT = {"onnx": "ort", "openvino": "openvino"}
+NUMERIC_FIELDS = ("size_bytes", "accuracy", "agreement", "max_abs_diff")  # what reports compute with
 
 
 def sha256_file(path: str | Path) -> str:
@@ -65,6 +66,9 @@ def _structure_problem(manifest: Any) -> str | None:
             return f"it lacks {key!r}"
         if not isinstance(manifest[key], kind):
             return f"{key!r} is {type(manifest[key]).__name__}, not {'an object' if kind is dict else 'a list'}"
+    shape = manifest["input"].get("shape")
+    if not isinstance(shape, list) or len(shape) != 4:
+        return f"input shape {shape!r} is not [batch, channels, height, width]"
     if not manifest["artifacts"]:
         return "it lists no artifacts"
     for key, entry in manifest["artifacts"].items():
@@ -75,6 +79,9 @@ def _structure_problem(manifest: Any) -> str | None:
             return f"artifact {key!r} needs a non-empty list of 'files'"
         if not isinstance(sha, dict) or not all(isinstance(sha.get(f), str) for f in files):
             return f"artifact {key!r} needs a 'sha256' for each of its files"
+        for field in NUMERIC_FIELDS:
+            if field in entry and (isinstance(entry[field], bool) or not isinstance(entry[field], (int, float))):
+                return f"artifact {key!r} has {field} {entry[field]!r}, not a number"
     return None
 
 

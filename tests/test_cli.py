@@ -26,6 +26,14 @@ def test_help_lists_every_command(monkeypatch, capsys):
         assert command in out
 
 
+def test_datasets_table_shows_every_spec_whole_at_80_columns(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(monkeypatch, capsys, "datasets")
+    assert code == 0 and "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    for spec in ("digits", "synthetic", "cifar10:ROOT", "cifar100:ROOT", "imagefolder:PATH", "tiny-imagenet:PATH"):
+        assert f"│ {spec} " in out
+
+
 def test_distill_help_explains_methods(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "distill", "--help")
     assert code == 0 and "drkd" in out and "r2kd" in out and "--teacher-arch" in out and "--rectify" in out

@@ -616,6 +616,8 @@ def _broken_copy(export_dir: Path, where: Path, change) -> Path:
         (lambda m: [], "top level is list"),
         (lambda m: m.update(artifacts=list(m["artifacts"])), "'artifacts' is list"),
         (lambda m: m["artifacts"]["onnx-int8"].pop("sha256") and None, "needs a 'sha256'"),
+        (lambda m: m["artifacts"]["onnx-int8"].update(accuracy="high"), "has accuracy 'high', not a number"),
+        (lambda m: m.update(input={}), "input shape None is not [batch, channels, height, width]"),
         (lambda m: m.update(artifacts={"tflite-int8": {**m["artifacts"]["onnx-int8"], "format": "tflite"}}), "no artifact this edgekd can run"),
     ],
 )
