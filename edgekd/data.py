@@ -95,6 +95,31 @@ def load_rgb(path: str) -> Image.Image:
         raise EdgeKDError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for CIFAR's python batches: containers, strings, numbers and numpy arrays, nothing callable.
+
+    torchvision reads the batches with plain ``pickle.load``; with the md5 check off (the readers below), a
+    crafted batch file could run code. Each file goes through this first.
+    """
+
+    ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not data; a CIFAR batch holds only arrays, lists and strings")
+
+
+def _check_pickles_hold_data(paths: list[Path]) -> None:
+    for path in paths:
+        with open(path, "rb") as f:
+            _ArraysOnly(f, encoding="latin1").load()
+
+
 class _CIFAR10Files(CIFAR10):
     """torchvision's CIFAR-10 reader on a folder holding the files; the md5 check becomes an existence check."""
 
@@ -302,6 +327,7 @@ def _cifar(name: str, reader: type, files: list[str], subfolder: str, mean, std)
         if missing:
             raise EdgeKDError(f"{folder} is missing {', '.join(missing)}; {name} expects {layout}")
         try:
+            _check_pickles_hold_data([folder / f for f in files])
             raw_train, raw_val = reader(str(folder), train=True), reader(str(folder), train=False)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError) as exc:
             raise EdgeKDError(f"cannot read {name} files in {folder}: {exc!r}; expected {layout}") from exc

@@ -203,6 +203,13 @@ def test_cifar_missing_or_corrupt_files(tmp_path):
     (folder / "data_batch_4").write_bytes(b"not a pickle")
     with pytest.raises(EdgeKDError, match="cannot read cifar10"):
         build_data(f"cifar10:{folder}")
+    marker = tmp_path / "ran"
+    (folder / "data_batch_4").write_bytes(  # a batch file that calls os.system when unpickled by plain pickle.load
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )
+    with pytest.raises(EdgeKDError, match="os.system is not data"):
+        build_data(f"cifar10:{folder}")
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------------------ folders
