@@ -45,7 +45,8 @@ def _structured(model: nn.Module, ratio: float, example_input: torch.Tensor) -> 
         # DepGraph cannot map channel indices through a channel shuffle: it fails on ShuffleNet v1 and never
         # finishes grouping ShuffleNet v2, so refuse up front.
         raise EdgeKDError(f"structured pruning does not support channel-shuffle networks ({type(model).__name__}); "
-                          "use the l1-unstructured pruning method for this model")
+                          "prune it with l1-unstructured instead (`edgekd prune --method l1-unstructured`, "
+                          "or `--arg prune=l1-unstructured` for r2kd)")
     classifier = _last_layer(model, example_input)
     model.requires_grad_(True)  # DepGraph traces the autograd graph, which frozen weights would not build
     pruner = tp.pruner.MetaPruner(
