@@ -13,6 +13,7 @@ import json
 import math
 import pickle
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -208,12 +209,22 @@ class _Run:
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
-        from edgekd.rundir import model_description, save_model
-
         cfg = self.cfg
+        fresh = not self.out.exists()  # a run that fails before its first checkpoint removes the folder it made
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
+        try:
+            return self._fit()
+        except BaseException:
+            if fresh and self.info.is_main and not (self.out / CHECKPOINT).exists():
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _fit(self) -> dict[str, Any]:
+        from edgekd.rundir import model_description, save_model
+
+        cfg = self.cfg
         started = time.perf_counter()
         with self._progress() as progress:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -293,9 +304,13 @@ class _Run:
                 logits, losses = self.engine(x, y, epoch)
                 loss = sum(losses.values())
             if not torch.isfinite(loss):
+                kept = (
+                    f"The last good checkpoint ({self.out / CHECKPOINT}, epoch {epoch}) is intact."
+                    if epoch > 0 else "Nothing was saved: it happened in the first epoch."
+                )
                 raise EdgeKDError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged; lower --lr "
-                    f"or check the data. The last good checkpoint ({self.out / CHECKPOINT}, epoch {epoch}) is intact."
+                    f"or check the data. {kept}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

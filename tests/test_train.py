@@ -74,10 +74,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 def diverging_method():
     @register_method("test-diverge")
     class Diverge(Method):
+        defaults = {"at_epoch": 1}
+
         def forward_train(self, x, y, epoch):
             logits = self.student(x)
             loss = torch.nn.functional.cross_entropy(logits, y)
-            return logits, {"ce": loss * (float("nan") if epoch == 1 else 1.0)}
+            return logits, {"ce": loss * (float("nan") if epoch == self.args["at_epoch"] else 1.0)}
 
     yield
     del _REGISTRY["test-diverge"]
@@ -90,6 +92,13 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, diverging_me
     state = torch.load(tmp_path / "nan" / CHECKPOINT, weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder(tmp_path, diverging_method):
+    cfg = _cfg(tmp_path, "early", epochs=2, method="test-diverge", method_args={"at_epoch": 0}, image_size=16)
+    with pytest.raises(EdgeKDError, match="Nothing was saved: it happened in the first epoch"):
+        run_training(cfg, show_progress=False)
+    assert not (tmp_path / "early").exists()
 
 
 def test_lr_schedules():
