@@ -62,8 +62,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_teacher(cfg: TrainConfig, num_classes: int) -> nn.Module | None:
-    """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``."""
+def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
+    """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``.
+
+    A run dir records what its model was trained on; a teacher that saw other classes or another image size
+    than this run's data would distil noise, so that is refused here. A foreign checkpoint is checked by shape only.
+    """
+    num_classes = bundle.num_classes
     if cfg.teacher is None:
         return None
     from edgekd.models import create_model, load_checkpoint_file
@@ -82,6 +87,17 @@ def load_teacher(cfg: TrainConfig, num_classes: int) -> nn.Module | None:
         raise EdgeKDError(f"teacher {path} does not exist; pass an edgekd run dir or a checkpoint file")
     if desc["num_classes"] != num_classes:
         raise EdgeKDError(f"teacher {path} has {desc['num_classes']} classes but the data has {num_classes}")
+    if "class_names" in desc and list(desc["class_names"]) != list(bundle.class_names):
+        raise EdgeKDError(
+            f"teacher {path} was trained on other classes ({desc.get('dataset')}: {', '.join(map(str, desc['class_names'][:3]))}, ...) "
+            f"than this run's data ({bundle.spec}: {', '.join(map(str, bundle.class_names[:3]))}, ...); distil from a teacher of the same dataset"
+        )
+    if "input_size" in desc and tuple(desc["input_size"]) != tuple(bundle.input_size):
+        size = desc["input_size"][-1]
+        raise EdgeKDError(
+            f"teacher {path} was trained on {'x'.join(map(str, desc['input_size']))} inputs but this run feeds "
+            f"{'x'.join(map(str, bundle.input_size))}; pass --image-size {size} or use a teacher trained at this size"
+        )
     return teacher
 
 
@@ -99,7 +115,7 @@ class _Run:
         self.bundle = build_data(cfg.data, image_size=cfg.image_size, options=cfg.data_options)
         student = create_model(cfg.model, self.bundle.num_classes)
         cls = method_class(cfg.method)
-        teacher = load_teacher(cfg, self.bundle.num_classes) if cls.uses_teacher else None
+        teacher = load_teacher(cfg, self.bundle) if cls.uses_teacher else None
         # what summary.json and model.json name as the teacher
         self.teacher_label = cfg.teacher or ("self (previous-epoch snapshot)" if cfg.method == "drkd" and teacher is None else None)
         if teacher is None and cls.wants_self_teacher(cfg.method_args):

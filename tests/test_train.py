@@ -122,3 +122,14 @@ def test_drkd_names_its_own_snapshot_as_the_teacher_after_several_epochs(tmp_pat
     assert summary["teacher"] == "self (previous-epoch snapshot)"  # it said <out>/teacher, a folder never written
     assert json.loads((tmp_path / "drkd" / "model.json").read_text())["teacher"] == "self (previous-epoch snapshot)"
     assert not (tmp_path / "drkd" / "teacher").exists()
+
+
+def test_a_teacher_trained_on_other_data_or_another_size_is_refused(tmp_path):
+    run_training(_cfg(tmp_path, "teacher", epochs=1, image_size=16), show_progress=False)
+    teacher = str(tmp_path / "teacher")
+    with pytest.raises(EdgeKDError, match="trained on 3x16x16 inputs but this run feeds 3x32x32; pass --image-size 16"):
+        run_training(_cfg(tmp_path, "big", epochs=1, method="kd", teacher=teacher, image_size=32), show_progress=False)
+    with pytest.raises(EdgeKDError, match="trained on other classes"):
+        run_training(_cfg(tmp_path, "other", epochs=1, method="kd", teacher=teacher, data="synthetic", image_size=16),
+                     show_progress=False)
+    assert not (tmp_path / "big").exists() and not (tmp_path / "other").exists()
