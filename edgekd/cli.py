@@ -324,9 +324,10 @@ def bench(
     console.print(f"[green]wrote[/] {paths['json']}, {paths['md']}, {paths['png']}")
     failed = [r for r in rows if r["status"].startswith("error")]
     if failed:  # the report keeps what did run; the exit code tells scripts that something did not
+        errors = Console(stderr=True)
         for r in failed:
-            Console(stderr=True).print(f"[bold red]failed:[/] {r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}",
-                                       highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]failed:[/] {r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}",
+                         highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -85,10 +85,15 @@ def _structure_problem(manifest: Any) -> str | None:
     return None
 
 
-def select_artifact(manifest: dict[str, Any], runtime: str | None = None, precision: str | None = None) -> str:
-    """The artifact key for a runtime/precision pair; with ``None`` the preferred available one (INT8 first)."""
+def check_runtime_name(runtime: str | None) -> None:
+    """A ``--runtime`` value this edgekd can run (None: any)."""
     if runtime is not None and runtime not in RUNTIME_OF_FORMAT.values():
         raise EdgeKDError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(set(RUNTIME_OF_FORMAT.values())))}")
+
+
+def select_artifact(manifest: dict[str, Any], runtime: str | None = None, precision: str | None = None) -> str:
+    """The artifact key for a runtime/precision pair; with ``None`` the preferred available one (INT8 first)."""
+    check_runtime_name(runtime)
     keys = [
         k
         for k, a in manifest["artifacts"].items()

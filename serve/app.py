@@ -29,8 +29,8 @@ from starlette.requests import ClientDisconnect
 from PIL import Image
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import RUNTIME_OF_FORMAT, load_manifest, select_artifact
+from edgekd.errors import EdgeKDError, one_line
+from edgekd.export.manifest import RUNTIME_OF_FORMAT, check_runtime_name, load_manifest, select_artifact
 from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS, INLINE_MAX_PIXELS, ImageError, Preprocessor
@@ -107,10 +107,9 @@ class ServeState:
                 for _ in range(2):
                     logits = runtime.run(np.repeat(x, n, axis=0))
         except Exception as e:  # the runtime's own error types: the model and the manifest's input disagree
-            reason = (str(e).strip().splitlines() or [""])[0]
             raise EdgeKDError(
                 f"artifact {self.artifact} cannot run on the input the manifest describes (shape {list(x.shape)}): "
-                f"{type(e).__name__}: {reason}; re-run `edgekd export`"
+                f"{type(e).__name__}: {one_line(e)}; re-run `edgekd export`"
             ) from None
         if logits.shape != (self.warmup_batch, self.num_classes):
             raise EdgeKDError(
@@ -254,8 +253,7 @@ def create_app(
     decode_threads: int | None = None,
 ) -> FastAPI:
     """A FastAPI app serving the export in ``export_dir`` (loaded when the app starts; see module doc)."""
-    if runtime is not None and runtime not in RUNTIME_OF_FORMAT.values():
-        raise EdgeKDError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(set(RUNTIME_OF_FORMAT.values())))}")
+    check_runtime_name(runtime)
     if precision is not None and precision not in ("fp32", "fp16", "int8"):
         raise EdgeKDError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
     if max_batch < 1 or queue_size < 1 or batch_timeout_ms < 0 or max_upload_mb <= 0 or max_pixels < 1:
