@@ -264,6 +264,9 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         assert logits.shape == (3, manifest["num_classes"])
         single = [client.post("/predict", params={"top_k": 1}, files={"file": ("d.png", png(img), "image/png")}).json() for img, _ in heldout[:3]]
         assert logits.argmax(1).tolist() == [s["predictions"][0]["index"] for s in single]
+        nested = client.post(f"/v2/models/{name}/infer", json={"inputs": [{**request["inputs"][0], "data": x.tolist()}]})
+        assert nested.status_code == 200, nested.text  # the protocol's nested form gives the same answer as the flat one
+        assert nested.json()["outputs"] == out["outputs"]
 
         def infer(**change):
             tensor = {**request["inputs"][0], **change}
@@ -272,6 +275,15 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         for r in (infer(name="pixels"), infer(datatype="INT8"), infer(shape=[3, 3, 32, 31]), infer(data=[0.0] * 10), infer(shape=[3, 3, 32])):
             assert r.status_code == 400 and isinstance(r.json()["detail"], str), r.text
         assert infer(data="zeros").status_code == 422
+        ragged = x.tolist()
+        ragged[2][1].pop()
+        r = infer(data=ragged)
+        assert r.status_code == 422 and "nested as shape [3, 3]" in r.text, r.text
+        assert "nested as shape [3, 3, 32, 32], not [1, 9, 32, 32]" in infer(shape=[1, 9, 32, 32], data=x.tolist()).text
+        bad_leaf = x.tolist()
+        bad_leaf[1][2][3][4] = "0.5"
+        r = infer(data=bad_leaf)  # located by its index in the flattened data
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs", 0, "data", int(np.ravel_multi_index((1, 2, 3, 4), x.shape))], r.text
         for bad in ([True] * x.size, ["0.5"] * x.size):  # not JSON numbers, though Python would coerce them
             assert infer(data=bad).status_code == 422
         start = time.perf_counter()
