@@ -183,12 +183,13 @@ def models(
         table.add_column(col, justify="left" if col == "name" else "right", overflow="fold")
     names = list_models()
     hidden = [n for n in names if n.startswith("tv/")]
-    for name in names:
-        if name.startswith("tv/") and not tv:
-            continue
-        info = model_summary(name, num_classes)
-        size = info["input_size"]
-        table.add_row(name, f"{size[1]}x{size[2]}", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e6:.1f}")
+    shown = [n for n in names if tv or not n.startswith("tv/")]
+    with console.status("") as status:  # each MAC count runs the model once: seconds in all
+        for i, name in enumerate(shown, 1):
+            status.update(f"counting parameters and MACs: {name} ({i}/{len(shown)})")
+            info = model_summary(name, num_classes)
+            size = info["input_size"]
+            table.add_row(name, f"{size[1]}x{size[2]}", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e6:.1f}")
     console.print(table)
     if not tv:
         console.print(f"plus {len(hidden)} torchvision models as tv/<name> (e.g. tv/resnet18); --tv lists them")
