@@ -25,6 +25,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from PIL import Image
 
@@ -353,7 +354,12 @@ def create_app(
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "multipart/form-data":
             raise HTTPException(415, f"unsupported request type {content_type or 'none'!r}; send multipart/form-data with the image in field 'file'")
-        form = await request.form(max_files=1, max_fields=16)
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except StarletteHTTPException as e:  # Starlette's 400 for a form over its limits is a wrong request shape here, like a missing field
+            if str(e.detail).startswith("Too many"):
+                raise HTTPException(422, f"{e.detail} Send one image, in field 'file'.") from None
+            raise
         try:
             upload = form.get("file")
             if upload is None:
