@@ -28,6 +28,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from PIL import Image
+from pydantic import ValidationError
 
 from edgekd import __version__
 from edgekd.errors import EdgeKDError, one_line
@@ -59,6 +60,9 @@ IMAGE_FORM = {
             }
         },
     }
+}
+INFER_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}
 }
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)}
 
@@ -376,6 +380,13 @@ def create_app(
             raise HTTPException(413, f"the image file is larger than {max_upload_mb:g} MB")
         return data
 
+    async def read_infer_request(request: Request) -> InferRequest:
+        """The JSON body, parsed only now: after the API key check, which FastAPI runs after parsing a declared body."""
+        try:
+            return InferRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_input=False)]) from None
+
     @app.post("/predict", response_model=PredictResponse, dependencies=guarded, openapi_extra=IMAGE_FORM, responses=ERRORS)
     async def predict(
         request: Request,
@@ -406,10 +417,17 @@ def create_app(
             "latency_ms": (time.perf_counter() - start) * 1000.0,
         }
 
-    @app.post("/v2/models/{name}/infer", response_model=InferResponse, dependencies=guarded, responses=ERRORS | {404: {"model": ErrorResponse}})
-    async def infer_v2(name: str, body: InferRequest) -> dict[str, Any]:
+    @app.post(
+        "/v2/models/{name}/infer",
+        response_model=InferResponse,
+        dependencies=guarded,
+        openapi_extra=INFER_BODY,
+        responses=ERRORS | {404: {"model": ErrorResponse}},
+    )
+    async def infer_v2(name: str, request: Request) -> dict[str, Any]:
         """Open Inference Protocol: one FP32 tensor of shape [N, 3, H, W] in, logits [N, classes] out."""
         s = loaded(name)
+        body = await read_infer_request(request)
         if len(body.inputs) != 1:
             raise HTTPException(400, f"expected exactly one input tensor ({s.input_name!r}); got {len(body.inputs)}")
         tensor = body.inputs[0]
@@ -475,4 +493,13 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the /v2 infer request body, which the route reads itself (see read_infer_request)."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            request_schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(request_schema.pop("$defs", {}), InferRequest=request_schema)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -299,6 +299,11 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         assert client.get("/docs").status_code == 200
         spec = client.get("/openapi.json").json()
         assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+        infer_body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert infer_body == {"$ref": "#/components/schemas/InferRequest"}
+        schemas = spec["components"]["schemas"]
+        assert schemas["InferRequest"]["properties"]["inputs"]["items"] == {"$ref": "#/components/schemas/InferInputTensor"}
+        assert "data" in schemas["InferInputTensor"]["properties"]
         text = client.get("/metrics").text
         for path in ("/docs", "/openapi.json"):  # plain Starlette routes: counted under their path, not "unmatched"
             assert metric(text, "edgekd_requests_total", endpoint=path, method="GET", status="200") >= 1
@@ -401,6 +406,9 @@ def test_api_key(strict_server: LiveServer):
             assert r.status_code == 401 and "API key" in r.json()["detail"]
         assert client.get("/metrics").status_code == 401
         assert client.get("/v2/models/x").status_code == 401
+        for content in (b"{not json", b'{"inputs": []}'):  # the key is checked before the body is parsed
+            r = client.post("/v2/models/x/infer", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 401, r.text
         assert client.post("/predict", files=body, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
         assert client.post("/predict", files=body, headers=KEY).status_code == 200
         assert client.get("/v2/health/live").status_code == 200
