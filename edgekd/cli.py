@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -195,6 +196,50 @@ def models(
         console.print(f"plus {len(hidden)} torchvision models as tv/<name> (e.g. tv/resnet18); --tv lists them")
 
 
+# bench.md's columns under the short names a terminal shows; the status becomes a mark after the format
+BENCH_COLUMNS = {
+    "machine": "Machine",
+    "format": "Format",
+    "batch": "Batch",
+    "threads": "Threads",
+    "MB": "Size (MB)",
+    "top-1": "Accuracy",
+    "p50 ms": "p50 (ms)",
+    "p99 ms": "p99 (ms)",
+    "img/s": "Throughput (img/s)",
+    "speed-up": "Speed-up",
+}
+STATUS_MARKS = {"ok": "", "skipped": " ❎", "error": " ❌"}
+
+
+def _print_bench(rows: list[dict], title: str) -> None:
+    """bench.md's content for a terminal, in 80 columns: every number whole, reasons for skipped rows below."""
+    from rich.markdown import Markdown
+
+    from edgekd.export.bench_report import MD_HEADER, format_label, machine_lines, row_cells, several_machines, summary_lines
+
+    many = several_machines(rows)
+    header = (("Machine",) if many else ()) + MD_HEADER
+    columns = [name for name in BENCH_COLUMNS if many or name != "machine"]
+    threads = {r["threads"] for r in rows}
+    if len(threads) == 1:  # one setting for all rows: said in the title instead
+        columns.remove("threads")
+        title += f" (threads {threads.pop() or 'auto'})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in columns:
+        text = name in ("machine", "format")  # the only columns that may wrap; numbers stay whole
+        table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=12 if name == "format" else None)
+    for r in rows:
+        cells = dict(zip(header, row_cells(r, many)))
+        cells["Format"] += STATUS_MARKS[r["status"].split(":")[0]]
+        table.add_row(*(cells[BENCH_COLUMNS[name]] for name in columns))
+    console.print(Markdown("\n".join(machine_lines(rows))))
+    console.print(table)
+    for reason in dict.fromkeys(f"{format_label(r)}: {r['status']}" for r in rows if r["status"].startswith("skipped")):
+        console.print(f"❎ {reason}", highlight=False)  # errors go to stderr, with the exit code
+    console.print(Markdown("\n".join(summary_lines(rows))))
+
+
 @app.command()
 def datasets() -> None:
     """List the datasets and the files each expects (nothing is ever downloaded)."""
@@ -294,7 +339,7 @@ def bench(
 ) -> None:
     """Measure latency and throughput of every artifact (p50/p90/p99), write a report, and name the fastest."""
     from edgekd.export.bench import run_bench
-    from edgekd.export.bench_report import merge_reports, render_markdown, write_report
+    from edgekd.export.bench_report import merge_reports, write_report
     from edgekd.fsutil import check_can_create
 
     check_can_create(out, "folder")  # before minutes of measuring, not after
@@ -319,9 +364,7 @@ def bench(
         rows = merge_reports(rows, remote_rows)
     title = f"edgekd bench: {export_dir}"
     paths = write_report(rows, out, title)
-    from rich.markdown import Markdown
-
-    console.print(Markdown(render_markdown(rows, title)))
+    _print_bench(rows, title)
     console.print(f"[green]wrote[/] {paths['json']}, {paths['md']}, {paths['png']}")
     failed = [r for r in rows if r["status"].startswith("error")]
     if failed:  # the report keeps what did run; the exit code tells scripts that something did not

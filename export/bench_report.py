@@ -137,7 +137,8 @@ def _status(row: Mapping[str, Any]) -> str:
     return f"{mark} {s}"
 
 
-def _md_row(row: Mapping[str, Any], with_machine: bool) -> str:
+def row_cells(row: Mapping[str, Any], with_machine: bool) -> list[str]:
+    """One row's cells under ``MD_HEADER`` (with a leading machine cell when rows come from several machines)."""
     fmt = format_label(row) + (" (emulated)" if row.get("emulated") else "")
     acc = row.get("accuracy")
     cells = [
@@ -154,25 +155,42 @@ def _md_row(row: Mapping[str, Any], with_machine: bool) -> str:
     ]
     if with_machine:
         cells.insert(0, machine_name(row["machine"]))
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+    return cells
 
 
 def _versions(machine: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items())
 
 
-def render_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
-    """``bench.md``: the machine(s), one table with a row per configuration, and the fastest per batch size."""
-    machines = _machines(rows)
-    many = len(machines) > 1
-    header = (("Machine",) if many else ()) + MD_HEADER
-    lines = [f"# {title}", ""]
-    for m in machines:
+def several_machines(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the table needs a machine column."""
+    return len(_machines(rows)) > 1
+
+
+def machine_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A Markdown bullet per machine: CPU, OS and runtime versions."""
+    lines = []
+    for m in _machines(rows):
         versions = _versions(m)
         lines.append(f"- Machine {machine_label(m)}, {m.get('os', '?')}" + (f"; {versions}" if versions else ""))
+    return lines
+
+
+def render_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
+    """``bench.md``: the machine(s), one table with a row per configuration, and the fastest per batch size."""
+    many = several_machines(rows)
+    header = (("Machine",) if many else ()) + MD_HEADER
+    lines = [f"# {title}", "", *machine_lines(rows)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += [_md_row(r, many) for r in rows]
-    lines.append("")
+    lines += ["| " + " | ".join(_cell(c) for c in row_cells(r, many)) + " |" for r in rows]
+    lines += ["", *summary_lines(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown under the table: the fastest configuration per machine and batch, and how to read the numbers."""
+    many = several_machines(rows)
+    lines = []
     for f in fastest_entries(rows):
         where = f" on {f['machine']}" if many else ""
         if f["speedup"] is None:
@@ -195,7 +213,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
     ]
     if any(r.get("emulated") for r in rows):
         lines += ["", EMULATED_NOTE]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _plot_label(row: Mapping[str, Any], with_threads: bool, with_machine: bool) -> str:

@@ -281,14 +281,22 @@ def test_bench_command_exits_1_when_an_artifact_failed_and_keeps_the_report(tiny
         monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(broken), "--runtimes", "ort", "--iters", "2", "--warmup", "0", *args])
         with pytest.raises(SystemExit) as exc:
             main()
-        return exc.value.code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return exc.value.code, captured.out, captured.err
 
-    code, err = bench_cli("--out", str(tmp_path / "r"))
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = bench_cli("--out", str(tmp_path / "r"), "--runtimes", "ort,torch", "--threads", "1,2")
     assert code == 1 and "failed: onnx-fp32 fp32 batch 1: error: artifact onnx-fp32" in err
-    assert [r["status"] for r in read_rows(tmp_path / "r" / "bench.json")][1] == "ok"
+    statuses = [r["status"] for r in read_rows(tmp_path / "r" / "bench.json")]
+    assert statuses[:4] == ["error: " + statuses[0][7:]] * 2 + ["ok"] * 2 and statuses[4].startswith("skipped")
+    # the terminal table: every column whole in 80 columns, short statuses, the skip reason in full below
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80, out
+    header = next(line for line in out.splitlines() if "format" in line).split()
+    assert header == ["format", "batch", "threads", "MB", "top-1", "p50", "ms", "p99", "ms", "img/s", "speed-up"]
+    assert out.count("❌") == 2 and " ".join(out.split()).count(f"❎ PyTorch FP32: {statuses[4]}") == 1
     (tmp_path / "afile").write_text("x")
     assert bench_cli("--out", str(tmp_path / "afile"))[0] == 2  # refused before measuring anything
-    code, err = bench_cli("--seconds", "nan", "--out", str(tmp_path / "r2"))
+    code, _, err = bench_cli("--seconds", "nan", "--out", str(tmp_path / "r2"))
     assert code == 2 and "seconds > 0" in err and not (tmp_path / "r2").exists()
 
 
