@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekd.config import TrainConfig
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, hand_to_launcher
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -43,29 +43,30 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from
 WorkersOpt = typer.Option(None, help=f"DataLoader worker processes (default {_D.workers}).")
 AmpOpt = typer.Option(None, help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")
 CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the student.")
-NprocOpt = typer.Option(1, "--nproc", help="Processes to launch with torchrun (DDP; gloo on CPU, NCCL on GPUs).")
+NprocOpt = typer.Option(
+    1, "--nproc",
+    help="DDP processes to run on this machine, as torchrun --standalone would (gloo on CPU, NCCL on GPUs; "
+         "each gets cores/N OpenMP threads unless OMP_NUM_THREADS is set).")
 ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the dataset's own).")
 
 
-def _relaunch_with_torchrun(nproc: int) -> None:
-    """Run this same command under torchrun with ``nproc`` processes (the --nproc shortcut)."""
-    import subprocess
+def _launch(nproc: int, cfg: Any) -> None:
+    """Run this same command in ``nproc`` DDP processes (the --nproc shortcut for torchrun), once its setup checks pass."""
+    from edgekd.distributed import launch_local
+    from edgekd.train import preflight
 
-    argv = sys.argv[1:]
+    preflight(cfg)  # a user mistake is one line here, not one per process
     rest: list[str] = []
     skip = False
-    for a in argv:
+    for a in sys.argv[1:]:
         if skip:
             skip = False
-            continue
-        if a == "--nproc":
+        elif a == "--nproc":
             skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "edgekd", *rest]
-    raise typer.Exit(subprocess.call(cmd))
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    launch_local(nproc, rest)
+    raise typer.Exit(0)
 
 
 def _parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -88,9 +89,9 @@ def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int)
     saved = Path(overrides["out"]) / "config.yaml" if overrides.get("resume") and overrides.get("out") else None
     if config is None and saved is not None and saved.is_file():
         config = saved  # a resumed run continues with its own settings; flags given now still win
-    cfg = load_config(config, overrides)  # validate before launching anything
+    cfg = load_config(config, overrides)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _relaunch_with_torchrun(nproc)
+        _launch(nproc, cfg)
     from edgekd.train import run_training
 
     summary = run_training(cfg)
@@ -439,7 +440,8 @@ def main() -> None:
     except EdgeKDError as e:
         # raised in a DataLoader worker, the message carries the worker's traceback; its last line is ours
         message = str(e).strip().splitlines()[-1].removeprefix("edgekd.errors.EdgeKDError: ") if "DataLoader worker" in str(e) else str(e)
-        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        if not hand_to_launcher(message):
+            errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in TRAIN_MODULES:
@@ -451,6 +453,6 @@ def main() -> None:
         )
         sys.exit(2)
     except SystemExit as e:
-        if e.code == 130:  # typer turns Ctrl-C into a silent exit 130
+        if e.code == 130 and not hand_to_launcher(""):  # typer turns Ctrl-C into a silent exit 130
             errors.print("interrupted")
         raise

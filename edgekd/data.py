@@ -270,10 +270,10 @@ def _no_path(name: str, path: str) -> None:
 
 def _need_dir(name: str, path: str, layout: str) -> Path:
     if not path:
-        raise EdgeKDError(f"dataset {name!r} needs a path: '{name}:PATH' where PATH holds {layout}")
+        raise EdgeKDError(f"dataset {name!r} needs a path: --data {name}:PATH, where PATH holds {layout}")
     folder = Path(os.path.abspath(os.path.expanduser(path)))
     if not folder.is_dir():
-        raise EdgeKDError(f"{folder} is not a directory; {name} expects {layout}")
+        raise EdgeKDError(f"{folder} is not a directory; pass --data {name}:PATH, where PATH holds {layout}")
     return folder
 
 
@@ -317,7 +317,7 @@ def _synthetic(path: str, image_size: int | None, options: dict) -> DataBundle:
 
 
 def _cifar(name: str, reader: type, files: list[str], subfolder: str, mean, std):
-    layout = f"the official python files ({', '.join(files)}) in PATH or PATH/{subfolder}"
+    layout = f"the official python files ({', '.join(files)}), directly or in {subfolder}/"
 
     def build(path: str, image_size: int | None, options: dict) -> DataBundle:
         _no_options(name, options)
@@ -542,12 +542,27 @@ def list_datasets() -> list[dict]:
     ]
 
 
-def build_data(spec: str, *, image_size: int | None = None, options: dict | None = None) -> DataBundle:
-    """Build a dataset from its spec ('digits', 'synthetic', 'cifar100:/data/c100', ...); never downloads."""
+def _source(spec: str) -> tuple[_Source, str]:
     name, _, path = spec.strip().partition(":")
     source = _SOURCES.get(name.strip().lower())
     if source is None:
         raise EdgeKDError(f"unknown dataset {name!r}; valid: {', '.join(s.syntax for s in _SOURCES.values())}")
+    return source, path.strip()
+
+
+def check_data_spec(spec: str) -> None:
+    """A known dataset, with a folder that exists where it takes one; reads no data (the files are checked when built)."""
+    source, path = _source(spec)
+    name = source.syntax.partition(":")[0]
+    if ":" in source.syntax:
+        _need_dir(name, path, source.layout)
+    else:
+        _no_path(name, path)
+
+
+def build_data(spec: str, *, image_size: int | None = None, options: dict | None = None) -> DataBundle:
+    """Build a dataset from its spec ('digits', 'synthetic', 'cifar100:/data/c100', ...); never downloads."""
+    source, path = _source(spec)
     if image_size is not None:
         image_size = _positive_int("image size", image_size)
-    return source.build(path.strip(), image_size, dict(options or {}))
+    return source.build(path, image_size, dict(options or {}))

@@ -5,6 +5,12 @@ Raise it with a message that says what was wrong and what to do instead.
 """
 
 
+import os
+from pathlib import Path
+
+RANK_ERRORS_ENV = "EDGEKD_RANK_ERRORS"  # set by `--nproc`'s launcher: a folder where ranks leave their messages
+
+
 class EdgeKDError(Exception):
     """A user-facing error: the message is shown as is, with no traceback."""
 
@@ -17,3 +23,13 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     """
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def hand_to_launcher(message: str) -> bool:
+    """Under the ``--nproc`` launcher, leave a rank's user-error message for it to print once; False elsewhere."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder:
+        return False
+    if message:
+        Path(folder, f"rank-{int(os.environ.get('RANK', '0')):05d}").write_text(message, encoding="utf-8")
+    return True

@@ -38,18 +38,19 @@ def check_can_create(path: str | os.PathLike, kind: str = "folder") -> Path:
     return path
 
 
-def _make_parent(path: Path) -> None:
+def make_dir(path: Path) -> None:
+    """``mkdir -p``, with a failure (no space, no permission) as a one-line error."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgeKDError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+        raise EdgeKDError(f"cannot create {path}: {e.strerror or e}; choose another --out") from None
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = check_can_create(path, "file")
-    _make_parent(path)
+    make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -81,7 +82,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     path = check_can_create(path, "folder")
     if path.exists() and not overwrite and any(path.iterdir()):
         raise EdgeKDError(f"{path} already exists and is not empty; choose another --out or remove it")
-    _make_parent(path)
+    make_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp

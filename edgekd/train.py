@@ -25,7 +25,7 @@ from torch import nn
 from edgekd.config import TrainConfig, save_config
 from edgekd.distributed import DistInfo, all_reduce_sum, barrier, init_from_env, shutdown
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import atomic_path, check_can_create, write_json
+from edgekd.fsutil import atomic_path, check_can_create, make_dir, write_json
 from edgekd.models.checkpoint import load_problem
 
 CHECKPOINT = "checkpoint.pt"
@@ -62,6 +62,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_teacher_path(cfg: TrainConfig) -> Path | None:
+    """The ``--teacher`` path, if the method takes one, checked to exist and to say what it holds."""
+    from edgekd.methods import method_class
+    from edgekd.rundir import read_description
+
+    if cfg.teacher is None or not method_class(cfg.method).uses_teacher:
+        return None
+    path = Path(cfg.teacher)
+    if path.is_dir():
+        read_description(path)
+    elif not path.is_file():
+        raise EdgeKDError(f"teacher {path} does not exist; pass an edgekd run dir or a checkpoint file")
+    elif not cfg.teacher_arch:
+        raise EdgeKDError(f"{path} is a checkpoint file: also pass --teacher-arch (e.g. resnet32x4) to say what it holds")
+    return path
+
+
 def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
     """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``.
 
@@ -69,22 +86,18 @@ def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
     than this run's data would distil noise, so that is refused here. A foreign checkpoint is checked by shape only.
     """
     num_classes = bundle.num_classes
-    if cfg.teacher is None:
+    path = check_teacher_path(cfg)
+    if path is None:
         return None
     from edgekd.models import create_model, load_checkpoint_file
     from edgekd.rundir import load_model
 
-    path = Path(cfg.teacher)
     if path.is_dir():
         teacher, desc = load_model(path)
-    elif path.is_file():
-        if not cfg.teacher_arch:
-            raise EdgeKDError(f"{path} is a checkpoint file: also pass --teacher-arch (e.g. resnet32x4) to say what it holds")
+    else:
         teacher = create_model(cfg.teacher_arch, num_classes)
         load_checkpoint_file(teacher, path)
         desc = {"num_classes": num_classes}
-    else:
-        raise EdgeKDError(f"teacher {path} does not exist; pass an edgekd run dir or a checkpoint file")
     if desc["num_classes"] != num_classes:
         raise EdgeKDError(f"teacher {path} has {desc['num_classes']} classes but the data has {num_classes}")
     if "class_names" in desc and list(desc["class_names"]) != list(bundle.class_names):
@@ -101,6 +114,30 @@ def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
     return teacher
 
 
+def check_run_dir(out: Path, resume: bool) -> None:
+    """``out`` can hold this run: writable, and holding a run exactly when ``--resume`` says it does."""
+    check_can_create(out, "folder")
+    ckpt = out / CHECKPOINT
+    if resume and not ckpt.is_file():
+        raise EdgeKDError(f"--resume: {ckpt} does not exist; start without --resume")
+    if not resume and (ckpt.exists() or (out / "model.safetensors").exists()):
+        raise EdgeKDError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """The checks of a run that need no data loaded: device, run dir, teacher, dataset path.
+
+    ``--nproc`` runs them once before launching its processes, so a user mistake is one line, not one per rank.
+    """
+    from edgekd.data import check_data_spec
+    from edgekd.methods.base import check_teacher_given
+
+    resolve_device(cfg.device)
+    check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
+    check_data_spec(cfg.data)
+    check_teacher_given(cfg.method, check_teacher_path(cfg) is not None, cfg.rectify)
+
+
 class _Run:
     def __init__(self, cfg: TrainConfig, device: torch.device, info: DistInfo, show_progress: bool) -> None:
         from edgekd.data import build_data, make_loader
@@ -110,12 +147,12 @@ class _Run:
         self.cfg, self.device, self.info = cfg, device, info
         self.show_progress = show_progress and info.is_main
         self.out = Path(cfg.out) if cfg.out else default_out(cfg)
-        self._check_out_dir()
+        check_run_dir(self.out, cfg.resume)
         seed_everything(cfg.seed)
         self.bundle = build_data(cfg.data, image_size=cfg.image_size, options=cfg.data_options)
         student = create_model(cfg.model, self.bundle.num_classes)
         cls = method_class(cfg.method)
-        teacher = load_teacher(cfg, self.bundle) if cls.uses_teacher else None
+        teacher = load_teacher(cfg, self.bundle)
         # what summary.json and model.json name as the teacher
         self.teacher_label = cfg.teacher or ("self (previous-epoch snapshot)" if cfg.method == "drkd" and teacher is None else None)
         if teacher is None and cls.wants_self_teacher(cfg.method_args):
@@ -149,22 +186,16 @@ class _Run:
             val = torch.utils.data.Subset(val, range(info.rank, len(val), info.world_size))
         self.val_loader = make_loader(val, max(cfg.batch_size, 256), shuffle=False, seed=cfg.seed, workers=cfg.workers, pin_memory=pin)
         if len(self.train_loader) == 0:
-            raise EdgeKDError(
-                f"batch_size {cfg.batch_size} is larger than the training split ({len(self.bundle.raw_train)} images); lower --batch-size"
-            )
+            images = len(self.bundle.raw_train)
+            split = f"the training split ({images} images)"
+            if info.enabled:
+                split = f"each process's share of {split}: {images // info.world_size} over {info.world_size} processes"
+            raise EdgeKDError(f"batch_size {cfg.batch_size} (per process) is larger than {split}; lower --batch-size")
         self.start_epoch, self.best_acc, self.history = 0, 0.0, []
         if cfg.resume:
             self._load_checkpoint()
 
     # ----------------------------------------------------------------- set-up
-    def _check_out_dir(self) -> None:
-        check_can_create(self.out, "folder")
-        ckpt = self.out / CHECKPOINT
-        if self.cfg.resume and not ckpt.is_file():
-            raise EdgeKDError(f"--resume: {ckpt} does not exist; start without --resume")
-        if not self.cfg.resume and (ckpt.exists() or (self.out / "model.safetensors").exists()):
-            raise EdgeKDError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-
     def _train_self_teacher(self) -> nn.Module:
         """Train the CE copy of the student that self-distillation methods distil from, inside this run dir."""
         from edgekd.rundir import load_model
@@ -228,7 +259,7 @@ class _Run:
         cfg = self.cfg
         fresh = not self.out.exists()  # a run that fails before its first checkpoint removes the folder it made
         if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_dir(self.out)
             save_config(cfg, self.out / "config.yaml")
         try:
             return self._fit()

@@ -1,4 +1,4 @@
-"""torchrun/DDP on CPU (gloo): two processes train one run dir; one process resumes it."""
+"""torchrun/DDP on CPU (gloo): two processes train one run dir; one process resumes it; mistakes are one line."""
 
 from __future__ import annotations
 
@@ -43,3 +43,30 @@ def test_two_process_gloo_run_then_single_process_resume(tmp_path):
     rows = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
     assert after["world_size"] == 1 and [r["epoch"] for r in rows] == [1, 2, 3]
     assert after["final_acc"] >= summary["final_acc"] - 0.05
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", *ARGS, "--device", "cuda"], "no CUDA GPU is visible"),
+        (["train", *ARGS, "--data", "cifar10:/no/such/root"], "/no/such/root is not a directory"),
+        (["distill", "--student", "resnet8", "--method", "kd", "--teacher-arch", "resnet8"], "needs a teacher"),
+    ],
+)
+def test_nproc_checks_setup_once_before_launching(tmp_path, args, message):
+    proc = _edgekd(*args, "--epochs", "1", "--nproc", "2", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.count(message) == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(300)
+def test_nproc_mistake_found_by_the_ranks_is_one_line(tmp_path):
+    """Both ranks find the batch too large for their half of the data: one message, no launcher traceback."""
+    proc = _edgekd("train", *ARGS, "--epochs", "1", "--batch-size", "1000", "--nproc", "2", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: batch_size 1000 (per process) is larger than each process's share of the training split "
+        "(1437 images): 718 over 2 processes; lower --batch-size"
+    )
+    assert not (tmp_path / "run").exists()

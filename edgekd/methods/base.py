@@ -65,6 +65,16 @@ def method_class(name: str) -> type["Method"]:
     return _REGISTRY[name]
 
 
+def check_teacher_given(name: str, has_teacher: bool, rectify: bool = False) -> type["Method"]:
+    """The method class, once it is clear it gets the teacher it needs and ``--rectify`` has a teacher to act on."""
+    cls = method_class(name)
+    if cls.needs_teacher and not has_teacher:
+        raise EdgeKDError(f"method {name!r} needs a teacher: pass --teacher RUN_DIR (or a checkpoint with --teacher-arch)")
+    if rectify and not cls.uses_teacher:
+        raise EdgeKDError(f"--rectify needs a teacher-based method; {name!r} has no teacher")
+    return cls
+
+
 def build_method(
     name: str,
     student: nn.Module,
@@ -79,11 +89,7 @@ def build_method(
 
     ``input_shape`` is one sample's (C, H, W); methods that build a network from the teacher (r2kd) need it.
     """
-    cls = method_class(name)
-    if cls.needs_teacher and teacher is None:
-        raise EdgeKDError(f"method {name!r} needs a teacher: pass --teacher RUN_DIR (or a checkpoint with --teacher-arch)")
-    if rectify and not cls.uses_teacher:
-        raise EdgeKDError(f"--rectify needs a teacher-based method; {name!r} has no teacher")
+    cls = check_teacher_given(name, teacher is not None, rectify)
     return cls(student, teacher, args or {}, num_classes=num_classes, rectify=rectify, input_shape=input_shape)
 
 
