@@ -33,7 +33,8 @@ BatchOpt = typer.Option(None, "--batch-size", "-b", help=f"Batch size per proces
 LrOpt = typer.Option(None, help=f"Peak learning rate (default {_D.lr}).")
 OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.")
 ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay by lr_decay at --milestones).")
-MilestonesOpt = typer.Option(None, help="Epochs where multistep decays the lr, comma-separated (e.g. 150,180,210).")
+MilestonesOpt = typer.Option(
+    None, help="Epochs where multistep decays the lr, comma-separated (e.g. 150,180,210); '' for 62.5/75/87.5% of the epochs.")
 WarmupOpt = typer.Option(None, help=f"Linear warm-up epochs (default {_D.warmup_epochs}).")
 WdOpt = typer.Option(None, help=f"Weight decay (default {_D.weight_decay}).")
 SeedOpt = typer.Option(None, help=f"Random seed for model init, data order and augmentation (default {_D.seed}).")
@@ -128,7 +129,7 @@ def train(
 ) -> None:
     """Train a model with plain cross-entropy (teachers and baselines)."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
-    overrides["milestones"] = _int_list(milestones, "--milestones") if milestones else None
+    overrides["milestones"] = None if milestones is None else _int_list(milestones, "--milestones", allow_empty=True)
     overrides.update(method="ce", method_args={}, rectify=False)  # a recipe's distillation keys do not apply
     overrides["resume"] = resume or None
     _run_training(overrides, config, nproc)
@@ -165,7 +166,7 @@ def distill(
     """Distil a student from a teacher (or from itself: drkd, tfkd-self) with a registered method."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc", "student", "arg")}
     overrides["model"] = student
-    overrides["milestones"] = _int_list(milestones, "--milestones") if milestones else None
+    overrides["milestones"] = None if milestones is None else _int_list(milestones, "--milestones", allow_empty=True)
     overrides["resume"] = resume or None
     if arg:
         overrides["method_args"] = _parse_args(arg)
@@ -310,11 +311,13 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def _int_list(text: str, flag: str, *, allow_empty: bool = False) -> list[int]:
     try:
         values = [int(t) for t in _csv(text)]
     except ValueError:
         raise EdgeKDError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values and allow_empty:
+        return values
     if not values or min(values) < 1:
         raise EdgeKDError(f"{flag} values must be >= 1, got {text!r}")
     return values

@@ -70,8 +70,11 @@ class TrainConfig:
             raise EdgeKDError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.lr_decay <= 1:
             raise EdgeKDError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        if any(m <= 0 or m >= self.epochs for m in self.milestones):
-            raise EdgeKDError(f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs})")
+        if self.schedule == "multistep" and any(m <= 0 or m >= self.epochs for m in self.milestones):
+            raise EdgeKDError(
+                f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs}); pass --milestones "
+                "that fit, or --milestones '' to decay at 62.5/75/87.5% of the epochs"
+            )
         from edgekd.methods import method_class  # torch: only training configs get here
 
         self.method_args = method_class(self.method).check_args(self.method_args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["export", "/no/run", "--out", "/tmp/never-written"], "does not exist"),
         (["train", "--config", "/no/recipe.yaml"], "does not exist"),
         (["distill", "--arg", "alpha"], "KEY=VALUE"),
-        (["train", "--epochs", "3", "--milestones", "5"], "milestones [5] must lie strictly between 0 and epochs (3)"),
+        (["train", "--epochs", "3", "--schedule", "multistep", "--milestones", "5"], "milestones [5] must lie strictly between 0 and epochs (3)"),
         (["distill", "--milestones", "x,2"], "--milestones takes comma-separated integers"),
         (["serve", "/no/export"], "no manifest.json"),
         (["serve", "/no/export", "--port", "99999"], "port must be between 1 and 65535"),
@@ -129,3 +130,15 @@ def test_a_training_command_on_a_device_install_says_what_to_install():
 def test_entry_point_runs_as_module():
     proc = subprocess.run([sys.executable, "-m", "edgekd", "train", "--epochs", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "epochs must be > 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_empty_milestones_flag_clears_a_recipes_milestones(monkeypatch, capsys, tmp_path):
+    """`--milestones ''` replaces the recipe's 150,180,210 with the epoch fractions, so a 3-epoch multistep run is valid:
+    the run gets as far as the recipe's (absent) data folder."""
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "cifar100" / "resnet32x4_resnet8x4.yaml"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "distill", "-c", str(recipe), "--epochs", "3")
+    assert code == 2 and "milestones [150, 180, 210]" in err
+    code, _, err = run_cli(monkeypatch, capsys, "distill", "-c", str(recipe), "--epochs", "3", "--milestones", "")
+    assert code == 2 and "milestones [" not in err and "data/cifar-100-python is not a directory" in err
+

@@ -21,7 +21,7 @@ def test_yaml_then_flags(tmp_path):
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adamw"),
         ({"lr": 0}, "lr must be > 0"),
         ({"epochz": 3}, "unknown config key"),
-        ({"epochs": 10, "milestones": [12]}, "milestones"),
+        ({"epochs": 10, "schedule": "multistep", "milestones": [12]}, "milestones"),
         ({"batch_size": True}, "must be of type int"),
         ({"momentum": 5}, r"momentum must be in \[0, 1\)"),
         ({"lr_decay": -2}, r"lr_decay must be in \(0, 1\]"),
@@ -72,3 +72,11 @@ def test_every_shipped_recipe_is_valid():
     for path in recipes:
         cfg = load_config(path)
         assert set(cfg.method_args) <= set(method_class(cfg.method).defaults), path
+
+
+def test_milestones_bind_only_the_multistep_schedule():
+    """A CIFAR recipe's milestones (150, 180, 210) must not stop a short cosine run."""
+    cfg = load_config(overrides={"epochs": 10, "milestones": [150, 180, 210], "schedule": "cosine"})
+    assert cfg.milestones == [150, 180, 210]
+    with pytest.raises(EdgeKDError, match=r"--milestones '' to decay at 62.5/75/87.5%"):
+        load_config(overrides={"epochs": 10, "milestones": [150], "schedule": "multistep"})
