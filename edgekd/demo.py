@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import write_json
+from edgekd.fsutil import check_can_create, write_json
 
 
 @dataclass(frozen=True)
@@ -114,16 +114,17 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     from edgekd.export.bench_report import write_report
     from edgekd.prune import prune_run
     from edgekd.report import build_report
-    from edgekd.train import run_training
+    from edgekd.train import resolve_device, run_training
 
     console = console or Console()
     plan = DemoPlan.quick() if quick else DemoPlan()
-    out = Path(out)
+    out = check_can_create(out, "folder")
     if out.exists() and any(out.iterdir()):
         raise EdgeKDError(f"{out} already exists and is not empty; choose another --out or remove it")
     started = time.perf_counter()
     total = 8
     common = {"data": "digits", "device": device, "batch_size": 16, "lr": 0.05, "seed": 0}  # small batches: more steps on 1437 images
+    resolve_device(load_config(overrides=common).device)  # a bad --device is refused before the first stage starts
 
     _stage(console, 1, total, f"training the teacher ({plan.teacher}, {plan.teacher_epochs} epochs)")
     teacher_dir = out / "teacher"

@@ -142,3 +142,13 @@ def test_empty_milestones_flag_clears_a_recipes_milestones(monkeypatch, capsys, 
     code, _, err = run_cli(monkeypatch, capsys, "distill", "-c", str(recipe), "--epochs", "3", "--milestones", "")
     assert code == 2 and "milestones [" not in err and "data/cifar-100-python is not a directory" in err
 
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--out", "/dev/null"], "/dev/null is a file, not a folder"), (["--device", "foo"], "device must be one of auto, cpu, cuda")],
+)
+def test_demo_refuses_bad_options_before_its_first_stage(monkeypatch, capsys, tmp_path, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "demo", "--quick", *args)
+    assert (code, out) == (2, "") and message in err
+    assert list(tmp_path.iterdir()) == []
