@@ -385,7 +385,7 @@ def serve(
     runtime: Optional[str] = typer.Option(None, help="ort or openvino (default: the fastest available artifact)."),
     precision: Optional[str] = typer.Option(None, help="int8 or fp32 (default: int8 when exported)."),
     host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, envvar="EDGEKD_PORT", help="TCP port."),
     max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
     batch_timeout_ms: float = typer.Option(0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call (best on CPU)."),
     api_key: Optional[str] = typer.Option(None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
@@ -451,7 +451,7 @@ def main() -> None:
             raise
         errors.print(
             f"[bold red]error:[/] this command needs the training side ({e.name} is not installed): "
-            "pip install 'edgekd\\[train]'; a device install runs bench, serve and report",
+            "install the train extra (pip install '.\\[train]' in a checkout); a device install runs bench, serve and report",
             highlight=False, soft_wrap=True,
         )
         sys.exit(2)

@@ -17,7 +17,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runtime", choices=["ort", "openvino"], default=None, help="default: the manifest's preferred artifact")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="default: INT8 when exported")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to accept remote clients)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=os.environ.get("EDGEKD_PORT", "8000"), help="TCP port (default: env EDGEKD_PORT, else 8000)")
     p.add_argument("--max-batch", type=int, default=8, help="most samples per model call")
     p.add_argument("--batch-timeout-ms", type=float, default=0.0, help="extra wait for a batch to fill (0: batch what queued meanwhile)")
     p.add_argument("--queue-size", type=int, default=256, help="requests waiting before 503")

@@ -124,7 +124,7 @@ def test_a_training_command_on_a_device_install_says_what_to_install():
     )
     proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "needs the training side (torch is not installed): pip install 'edgekd[train]'" in proc.stderr
+    assert "needs the training side (torch is not installed): install the train extra (pip install '.[train]' in a checkout)" in proc.stderr
 
 
 def test_entry_point_runs_as_module():

@@ -4,6 +4,7 @@ and (slow, EDGEKD_SLOW=1) a fresh torch-free venv with `.[device]` that starts t
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shlex
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import wait_until_ready
@@ -65,20 +67,25 @@ def test_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoint():
     users = [a for n, a in runtime if n == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert ("EXPOSE", "8000") in runtime
+    env = " ".join(a for n, a in runtime if n == "ENV")
+    assert "EDGEKD_PORT=8000" in env  # the server's default port, which the healthcheck reads
     health = [a for n, a in runtime if n == "HEALTHCHECK"]
-    assert len(health) == 1 and "/v2/health/ready" in health[0] and "urllib" in health[0] and "curl" not in health[0]
+    assert len(health) == 1 and "curl" not in health[0]
+    command = json.loads(health[0].split("CMD", 1)[1])
+    assert command[:2] == ["python", "-c"] and "/v2/health/ready" in command[2]
     entry = [a for n, a in runtime if n == "ENTRYPOINT"]
     assert entry == ['["python", "-m", "edgekd.serve", "/models", "--host", "0.0.0.0"]']
-    # the healthcheck command must be valid Python
-    code = re.search(r'"-c", "(.*)"\]', health[0]).group(1)
-    compile(code, "healthcheck", "exec")
+    # the healthcheck must be valid Python that asks the port the server was given
+    with mock.patch("urllib.request.urlopen") as urlopen, mock.patch.dict(os.environ, {"EDGEKD_PORT": "9123"}):
+        exec(compile(command[2], "healthcheck", "exec"), {"__name__": "healthcheck"})
+    urlopen.assert_called_once_with("http://127.0.0.1:9123/v2/health/ready", timeout=4)
 
 
 def test_dockerignore_sends_only_the_package_sources():
     lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "edgekd", "export", "serve"}
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "edgekd", "export", "serve"}
     copied = {src for n, a in instructions(DOCKERFILE.read_text()) if n == "COPY" and not a.startswith("--from") for src in shlex.split(a)[:-1]}
     assert copied == allowed  # everything the build copies is in the context, and nothing more is sent
     for path in allowed:
