@@ -136,3 +136,14 @@ def test_device_venv_without_torch(export_dir: Path, tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_image_entrypoint_listens_on_edgekd_port(monkeypatch):
+    """The HEALTHCHECK asks EDGEKD_PORT; the server the ENTRYPOINT starts must listen there."""
+    from edgekd.serve.__main__ import parse_args
+
+    monkeypatch.setenv("EDGEKD_PORT", "9123")
+    assert parse_args(["/models"]).port == 9123
+    assert parse_args(["/models", "--port", "9000"]).port == 9000
+    monkeypatch.delenv("EDGEKD_PORT")
+    assert parse_args(["/models"]).port == 8000
