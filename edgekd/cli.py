@@ -56,7 +56,7 @@ def _launch(nproc: int, cfg: Any) -> None:
     from edgekd.distributed import launch_local
     from edgekd.train import preflight
 
-    preflight(cfg)  # a user mistake is one line here, not one per process
+    preflight(cfg, nproc)  # a user mistake is one line here, not one per process
     rest: list[str] = []
     skip = False
     for a in sys.argv[1:]:

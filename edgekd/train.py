@@ -124,15 +124,19 @@ def check_run_dir(out: Path, resume: bool) -> None:
         raise EdgeKDError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
-def preflight(cfg: TrainConfig) -> None:
-    """The checks of a run that need no data loaded: device, run dir, teacher, dataset path.
+def preflight(cfg: TrainConfig, processes: int) -> None:
+    """The checks of a run that need no data loaded: device (one GPU per process), run dir, teacher, dataset path.
 
     ``--nproc`` runs them once before launching its processes, so a user mistake is one line, not one per rank.
     """
     from edgekd.data import check_data_spec
     from edgekd.methods.base import check_teacher_given
 
-    resolve_device(cfg.device)
+    if resolve_device(cfg.device).type == "cuda" and processes > torch.cuda.device_count():
+        raise EdgeKDError(
+            f"--nproc {processes} needs one GPU per process, and {torch.cuda.device_count()} are visible; "
+            f"pass --nproc {torch.cuda.device_count()}, or --device cpu"
+        )
     check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
     check_data_spec(cfg.data)
     check_teacher_given(cfg.method, check_teacher_path(cfg) is not None, cfg.rectify)

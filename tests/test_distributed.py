@@ -70,3 +70,19 @@ def test_nproc_mistake_found_by_the_ranks_is_one_line(tmp_path):
         "(1437 images): 718 over 2 processes; lower --batch-size"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_nproc_asks_one_gpu_per_process(monkeypatch, tmp_path):
+    import torch
+
+    from edgekd.config import load_config
+    from edgekd.errors import EdgeKDError
+    from edgekd.train import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = load_config(overrides={"device": "auto", "out": str(tmp_path / "run")})
+    preflight(cfg, 2)
+    with pytest.raises(EdgeKDError, match="--nproc 4 needs one GPU per process, and 2 are visible; pass --nproc 2, or --device cpu"):
+        preflight(cfg, 4)
+    preflight(load_config(overrides={"device": "cpu", "out": str(tmp_path / "run")}), 4)
