@@ -67,17 +67,23 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, Any]) -> None:
 
 
 class _CalibrationReader(CalibrationDataReader):
-    """Feeds calibration images to ORT in small batches and advances a progress callback per batch."""
+    """Feeds calibration images to ORT in equal batches and advances a progress callback per batch.
+
+    Equal, because ORT's histogram calibrators (entropy, percentile) stack the batches' outputs with
+    ``np.asarray``, which fails on a short last batch: the batch is the largest size up to ``CALIB_BATCH``
+    that divides the number of images.
+    """
 
     def __init__(self, images: np.ndarray, advance: Callable[[int], None]) -> None:
         self.images = images
         self.advance = advance
         self.start = 0
+        self.batch = max(b for b in range(1, CALIB_BATCH + 1) if len(images) % b == 0)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.start >= len(self.images):
             return None
-        chunk = self.images[self.start : self.start + CALIB_BATCH]
+        chunk = self.images[self.start : self.start + self.batch]
         self.start += len(chunk)
         self.advance(len(chunk))
         return {INPUT_NAME: np.ascontiguousarray(chunk, dtype=np.float32)}
