@@ -298,13 +298,23 @@ def export(
         run, out, formats=tuple(f.strip() for f in formats.split(",") if f.strip()), int8=int8,
         calib_samples=calib_samples, calib_method=calib_method, max_drop=max_drop, fp16=fp16,
     )
-    rows = manifest_table_rows(manifest)
-    table = Table(title=f"export of {run} -> {out}")
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("format", "status") else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+    _print_export(manifest_table_rows(manifest), f"export of {run} -> {out}")
+
+
+def _print_export(rows: list[dict[str, str]], title: str) -> None:
+    """The export summary in 80 columns: every number whole, a dropped artifact marked, with its reason below."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    columns = [name for name in rows[0] if name != "status"]
+    for name in columns:
+        text = name == "format"  # the only column that may wrap
+        table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=15 if text else None)
+    dropped = {r["format"]: r["status"] for r in rows if r["status"].startswith("dropped")}
+    for r in rows:
+        mark = STATUS_MARKS["skipped"] if r["format"] in dropped else ""
+        table.add_row(*(r[name] + mark if name == "format" else r[name] for name in columns))
     console.print(table)
+    for name, status in dropped.items():
+        console.print(f"❎ {name}: {status}", highlight=False)
 
 
 def _csv(text: str) -> list[str]:

@@ -39,11 +39,15 @@ def verify_file(model_file: Path, fmt: str, images: np.ndarray, labels: np.ndarr
 
 
 def manifest_table_rows(manifest: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per artifact, written or dropped, for the CLI's summary table (all values preformatted)."""
+    """One row per artifact, written or dropped, for the CLI's summary table (all values preformatted).
+
+    Columns: MB on disk, held-out top-1, its drop from PyTorch in points, top-1 agreement with PyTorch, the
+    largest logit difference, export seconds.
+    """
     torch_acc = manifest["eval"]["torch_accuracy"]
     rows = [
-        {"format": "pytorch", "status": "reference", "size (MB)": "-", "accuracy": f"{torch_acc:.4f}",
-         "drop (pts)": "-", "agreement": "-", "max |diff|": "-", "seconds": "-"}
+        {"format": "pytorch", "status": "reference", "MB": "-", "top-1": f"{torch_acc:.4f}",
+         "drop pts": "-", "agree": "-", "max |Δ|": "-", "s": "-"}
     ]
     entries = [(k, a, "ok") for k, a in manifest["artifacts"].items()]
     entries += [(k, a, "dropped: " + a["reason"]) for k, a in manifest.get("dropped", {}).items()]
@@ -51,11 +55,11 @@ def manifest_table_rows(manifest: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({
             "format": key,
             "status": status,
-            "size (MB)": f"{a['size_bytes'] / 1e6:.3f}" if "size_bytes" in a else "-",
-            "accuracy": f"{a['accuracy']:.4f}",
-            "drop (pts)": f"{(torch_acc - a['accuracy']) * 100:+.2f}",
-            "agreement": f"{a['agreement']:.4f}",
-            "max |diff|": f"{a['max_abs_diff']:.3g}",
-            "seconds": f"{a['export_seconds']:.1f}",
+            "MB": f"{a['size_bytes'] / 1e6:.3f}" if "size_bytes" in a else "-",
+            "top-1": f"{a['accuracy']:.4f}",
+            "drop pts": f"{(torch_acc - a['accuracy']) * 100:+.2f}",
+            "agree": f"{a['agreement']:.4f}",
+            "max |Δ|": f"{a['max_abs_diff']:.3g}",
+            "s": f"{a['export_seconds']:.1f}",
         })
     return rows

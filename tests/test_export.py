@@ -152,7 +152,7 @@ def test_table_rows(manifest: dict) -> None:
     rows = manifest_table_rows(manifest)
     assert [r["format"] for r in rows] == ["pytorch", *manifest["artifacts"]]
     assert all(r["status"] == "ok" for r in rows[1:])
-    assert rows[1]["accuracy"] == f"{manifest['artifacts'][rows[1]['format']]['accuracy']:.4f}"
+    assert rows[1]["top-1"] == f"{manifest['artifacts'][rows[1]['format']]['accuracy']:.4f}"
 
 
 def test_package_import_is_torch_free() -> None:
@@ -219,7 +219,7 @@ def test_existing_export_dir_is_not_clobbered(export_dir: Path, digits_run_dir: 
     assert (export_dir / "manifest.json").read_bytes() == before
 
 
-def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_dir: Path, monkeypatch) -> None:
+def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_dir: Path, monkeypatch, capsys) -> None:
     from edgekd.export import exporter, export_run, manifest_table_rows
 
     real_verify = exporter.verify_file
@@ -242,6 +242,16 @@ def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_
     assert load_manifest(out)["artifacts"].keys() == {"onnx-fp32", "openvino-fp32"}
     statuses = [r["status"].split(":")[0] for r in manifest_table_rows(manifest)]
     assert statuses == ["reference", "ok", "ok", "dropped", "dropped"]
+    # the terminal table: whole numbers in 80 columns, the dropped artifacts marked, each reason in full below it
+    from edgekd import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+    cli._print_export(manifest_table_rows(manifest), f"export of {digits_run_dir} -> {out}")
+    text = capsys.readouterr().out
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+    assert [line.split()[0] for line in text.splitlines() if "❎" in line] == ["onnx-int8", "openvino-int8", "❎", "❎"]
+    for key, dropped in manifest["dropped"].items():
+        assert f"❎ {key}: dropped: {dropped['reason']}" in " ".join(text.split())
 
 
 def test_pruned_model_exports(tmp_path: Path, digits_run_dir: Path, manifest: dict) -> None:
