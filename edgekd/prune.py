@@ -126,12 +126,13 @@ def prune_run(
     """Prune a run dir's model into a new run dir that later stages (export, distill --teacher) load as is.
 
     Held-out accuracy is measured before and after on the run's own dataset; MACs and parameters come from
-    torch-pruning's counter at batch 1. The new dir is written atomically and records the pruned layer shapes.
+    torch-pruning's counter at batch 1. The new dir is written atomically and records the pruned layer shapes;
+    its ``summary.json`` holds the returned numbers.
     """
     import torch_pruning as tp
 
     from edgekd.data import build_data, make_loader
-    from edgekd.fsutil import atomic_dir
+    from edgekd.fsutil import atomic_dir, write_json
     from edgekd.rundir import layer_shapes, load_model, save_model
 
     model, desc = load_model(run_dir)
@@ -158,4 +159,9 @@ def prune_run(
         }
         info = {"ratio": ratio, "method": method, "source": str(run_dir)}
         save_model(tmp, pruned, {**desc, "layer_shapes": layer_shapes(pruned), "pruned": info})
+        # what `edgekd report` shows for a run: the pruned model's held-out accuracy and size
+        write_json(tmp / "summary.json", {
+            **result, "model": desc["arch"], "dataset": desc["dataset"], "best_acc": result["acc_after"],
+            "final_acc": result["acc_after"], "params": result["params_after"],
+        })
     return result

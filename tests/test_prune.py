@@ -120,5 +120,11 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     assert sum(p.numel() for p in loaded.parameters()) == result["params_after"]
     assert json.loads((tmp_path / "run" / "model.json").read_text())["arch"] == "resnet8"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    # `edgekd report` finds the pruned dir with its own accuracy and size (it showed dashes)
+    from edgekd.report import discover
+
+    [run] = [r for r in discover(tmp_path).runs if r.pruned]
+    assert (run.summary["best_acc"], run.summary["final_acc"], run.summary["params"]) == (
+        result["acc_after"], result["acc_after"], result["params_after"])
     with pytest.raises(EdgeKDError, match="already exists"):
         prune_run(tmp_path / "run", tmp_path / "pruned", 0.3, "structured")
