@@ -182,7 +182,7 @@ def trained_resnet8() -> torch.nn.Module:
     return _randomize_bn(create_model("resnet8", 10))
 
 
-@pytest.mark.parametrize("layout", ["repdistiller", "state_dict", "bare", "dataparallel"])
+@pytest.mark.parametrize("layout", ["repdistiller", "state_dict", "bare", "dataparallel", "edgekd"])
 def test_checkpoint_round_trip_gives_identical_logits(layout, trained_resnet8, x32, tmp_path):
     state = trained_resnet8.state_dict()
     payload = {
@@ -190,6 +190,10 @@ def test_checkpoint_round_trip_gives_identical_logits(layout, trained_resnet8, x
         "state_dict": {"state_dict": state, "epoch": 3},
         "bare": state,
         "dataparallel": {"model": {"module." + k: v for k, v in state.items()}, "epoch": 240},
+        "edgekd": {  # a run's own checkpoint.pt, as the trainer writes it
+            "epoch": 2, "student": state, "optimizer": torch.optim.SGD(trained_resnet8.parameters(), lr=0.1).state_dict(),
+            "scaler": {}, "best_acc": 0.5, "history": [{"epoch": 1, "val_acc": 0.5}],
+        },
     }[layout]
     path = tmp_path / "ckpt_epoch_240.pth"
     torch.save(payload, path)

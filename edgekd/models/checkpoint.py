@@ -1,7 +1,8 @@
 """Load weights that were trained elsewhere (RepDistiller/mdistiller teachers, plain torch.save files).
 
 Accepted layouts: ``{"model": state_dict, ...}`` (RepDistiller's ``ckpt_epoch_240.pth``),
-``{"state_dict": state_dict, ...}`` and a bare state_dict, with or without the ``module.`` prefix
+``{"state_dict": state_dict, ...}``, ``{"student": state_dict, ...}`` (edgekd's own ``checkpoint.pt``, e.g. of a
+run stopped before its final weights) and a bare state_dict, with or without the ``module.`` prefix
 DataParallel/DDP adds (or ``_orig_mod.`` from torch.compile). Everything is checked before a single
 tensor is copied, so a rejected checkpoint leaves the model as it was.
 """
@@ -17,7 +18,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from edgekd.errors import EdgeKDError, one_line
 
-_WRAPPER_KEYS = ("model", "state_dict")
+_WRAPPER_KEYS = ("model", "state_dict", "student")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -34,8 +35,8 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise EdgeKDError(
-            f"checkpoint {path} holds no state_dict (expected a dict of tensors, or one under 'model' or "
-            "'state_dict'); save it with torch.save(model.state_dict(), path)"
+            f"checkpoint {path} holds no state_dict (expected a dict of tensors, or one under 'model', "
+            "'state_dict' or 'student'); save it with torch.save(model.state_dict(), path)"
         )
     state = dict(obj)
     for prefix in _PREFIXES:
