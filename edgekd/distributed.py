@@ -66,8 +66,8 @@ def launch_local(nproc: int, args: list[str]) -> None:
     """Run ``python -m edgekd ARGS`` in ``nproc`` processes on this machine, as ``torchrun --standalone`` does.
 
     torchelastic's launcher is called directly so that a failure ends in one line instead of its traceback: every
-    rank hits the same user mistake, so ranks hand their messages over (``EDGEKD_ERROR_DIR``) and each distinct
-    one is printed once. Like torchrun, each process gets one OpenMP thread per core it shares, at least one.
+    rank hits the same user mistake, so ranks hand their messages over (``EDGEKD_RANK_ERRORS``) and each distinct
+    one is printed once. Each process gets cores/N OpenMP threads unless ``OMP_NUM_THREADS`` is set (torchrun sets 1).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
