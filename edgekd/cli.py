@@ -11,6 +11,8 @@ from typing import Any, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from edgekd.config import TrainConfig
@@ -98,7 +100,7 @@ def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int)
     summary = run_training(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(
-            f"[green]done[/]: {summary['method']} {summary['model']} on {summary['dataset']}: "
+            f"[green]done[/]: {summary['method']} {summary['model']} on {escape(summary['dataset'])}: "
             f"best held-out acc {summary['best_acc']:.4f}, final {summary['final_acc']:.4f}, "
             f"{summary['seconds']:.1f} s -> {summary['out']}"
         )
@@ -227,18 +229,18 @@ def _print_bench(rows: list[dict], title: str) -> None:
     if len(threads) == 1:  # one setting for all rows: said in the title instead
         columns.remove("threads")
         title += f" (threads {threads.pop() or 'auto'})"
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name in columns:
         text = name in ("machine", "format")  # the only columns that may wrap; numbers stay whole
         table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=12 if name == "format" else None)
     for r in rows:
         cells = dict(zip(header, row_cells(r, many)))
         cells["Format"] += STATUS_MARKS[r["status"].split(":")[0]]
-        table.add_row(*(cells[BENCH_COLUMNS[name]] for name in columns))
+        table.add_row(*(Text(cells[BENCH_COLUMNS[name]]) for name in columns))
     console.print(Markdown("\n".join(machine_lines(rows))))
     console.print(table)
     for reason in dict.fromkeys(f"{format_label(r)}: {r['status']}" for r in rows if r["status"].startswith("skipped")):
-        console.print(f"❎ {reason}", highlight=False)  # errors go to stderr, with the exit code
+        console.print(f"❎ {escape(reason)}", highlight=False)  # errors go to stderr, with the exit code
     console.print(Markdown("\n".join(summary_lines(rows))))
 
 
@@ -269,7 +271,7 @@ def prune(
     from edgekd.prune import prune_run
 
     result = prune_run(run, out, ratio=ratio, method=method)
-    table = Table(title=f"pruned {run} ({method}, ratio {ratio})")
+    table = Table(title=Text(f"pruned {run} ({method}, ratio {ratio})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right", overflow="fold")
     for when in ("before", "after"):
@@ -277,7 +279,7 @@ def prune(
             when, f"{result[f'macs_{when}'] / 1e6:.2f}", f"{result[f'params_{when}'] / 1e6:.3f}", f"{result[f'acc_{when}']:.4f}"
         )
     console.print(table)
-    console.print(f"[green]wrote[/] {out}")
+    console.print(f"[green]wrote[/] {escape(str(out))}")
 
 
 @app.command()
@@ -303,7 +305,7 @@ def export(
 
 def _print_export(rows: list[dict[str, str]], title: str) -> None:
     """The export summary in 80 columns: every number whole, a dropped artifact marked, with its reason below."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = [name for name in rows[0] if name != "status"]
     for name in columns:
         text = name == "format"  # the only column that may wrap
@@ -311,10 +313,10 @@ def _print_export(rows: list[dict[str, str]], title: str) -> None:
     dropped = {r["format"]: r["status"] for r in rows if r["status"].startswith("dropped")}
     for r in rows:
         mark = STATUS_MARKS["skipped"] if r["format"] in dropped else ""
-        table.add_row(*(r[name] + mark if name == "format" else r[name] for name in columns))
+        table.add_row(*(Text(r[name] + mark if name == "format" else r[name]) for name in columns))
     console.print(table)
     for name, status in dropped.items():
-        console.print(f"❎ {name}: {status}", highlight=False)
+        console.print(f"❎ {escape(name)}: {escape(status)}", highlight=False)
 
 
 def _csv(text: str) -> list[str]:
@@ -373,19 +375,17 @@ def bench(
     if remote:
         from edgekd.export.remote import run_remote
 
-        console.print(f"benchmarking on {remote} ...")
+        console.print(f"benchmarking on {escape(remote)} ...")
         remote_rows = run_remote(remote, export_dir, options, port=ssh_port, identity=identity, remote_python=remote_python)
         rows = merge_reports(rows, remote_rows)
     title = f"edgekd bench: {export_dir}"
     paths = write_report(rows, out, title)
     _print_bench(rows, title)
-    console.print(f"[green]wrote[/] {paths['json']}, {paths['md']}, {paths['png']}")
+    console.print(f"[green]wrote[/] {escape(', '.join(str(paths[k]) for k in ('json', 'md', 'png')))}")
     failed = [r for r in rows if r["status"].startswith("error")]
     if failed:  # the report keeps what did run; the exit code tells scripts that something did not
-        errors = Console(stderr=True)
         for r in failed:
-            errors.print(f"[bold red]failed:[/] {r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}",
-                         highlight=False, soft_wrap=True)
+            _print_error(f"{r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}", "failed:")
         raise typer.Exit(1)
 
 
@@ -426,7 +426,7 @@ def report(
     from edgekd.report import build_report
 
     path = build_report(root, out)
-    console.print(f"[green]wrote[/] {path}")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
 
 
 @app.command()
@@ -445,27 +445,30 @@ def demo(
 TRAIN_MODULES = ("torch", "torchvision", "torch_pruning", "safetensors", "sklearn", "onnx", "onnxscript", "nncf")
 
 
+def _print_error(message: str, prefix: str = "error:") -> None:
+    """One line on stderr; the message is plain text (a path or value in square brackets is not Rich markup)."""
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(Text(prefix, style="bold red"), message)
+
+
 def main() -> None:
     """Entry point: user mistakes end in one line on stderr and exit code 2, never a traceback."""
-    errors = Console(stderr=True)
     try:
         app(prog_name="edgekd")
     except EdgeKDError as e:
         # raised in a DataLoader worker, the message carries the worker's traceback; its last line is ours
         message = str(e).strip().splitlines()[-1].removeprefix("edgekd.errors.EdgeKDError: ") if "DataLoader worker" in str(e) else str(e)
         if not hand_to_launcher(message):
-            errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            _print_error(message)
         sys.exit(2)
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in TRAIN_MODULES:
             raise
-        errors.print(
-            f"[bold red]error:[/] this command needs the training side ({e.name} is not installed): "
-            "install the train extra (pip install '.\\[train]' in a checkout); a device install runs bench, serve and report",
-            highlight=False, soft_wrap=True,
+        _print_error(
+            f"this command needs the training side ({e.name} is not installed): install the train extra "
+            "(pip install '.[train]' in a checkout); a device install runs bench, serve and report"
         )
         sys.exit(2)
     except SystemExit as e:
         if e.code == 130 and not hand_to_launcher(""):  # typer turns Ctrl-C into a silent exit 130
-            errors.print("interrupted")
+            Console(stderr=True).print("interrupted")
         raise
