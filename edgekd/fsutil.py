@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +38,65 @@ def check_can_create(path: str | os.PathLike, kind: str = "folder") -> Path:
     return path
 
 
-def make_dir(path: Path) -> None:
-    """``mkdir -p``, with a failure (no space, no permission) as a one-line error."""
+def make_dir(path: Path) -> list[Path]:
+    """``mkdir -p``, with a failure (no space, no permission) as a one-line error.
+
+    Returns the folders it created, deepest first, so that a failed command can remove them again.
+    """
+    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        remove_empty(created)
         raise EdgeKDError(f"cannot create {path}: {e.strerror or e}; choose another --out") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove folders a failed command created, deepest first, stopping at the first that is not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def _beside(path: Path, make: Callable[..., str], suffix: str) -> Iterator[Path]:
+    """A temporary file or folder made by ``make`` next to ``path`` (creating its parents).
+
+    If the block fails, the folders made for it are removed again.
+    """
+    created = make_dir(path.parent)
+    try:
+        try:
+            temp = Path(make(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+        except OSError as e:  # e.g. a folder that os.access calls writable for root, such as /proc
+            raise EdgeKDError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+        yield temp
+    except BaseException:
+        remove_empty(created)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = check_can_create(path, "file")
-    make_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp makes 0600 and some writers (safetensors) recreate the file 0600: set the mode any written file gets
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+
+    def make_file(**kwargs: Any) -> str:
+        fd, name = tempfile.mkstemp(**kwargs)
+        os.close(fd)
+        return name
+
+    with _beside(path, make_file, ".tmp") as tmp_path:
+        try:
+            yield tmp_path
+            # mkstemp makes 0600 and some writers (safetensors) recreate the file 0600: set the mode any written file gets
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -76,20 +112,19 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and move it into place only when the block succeeds.
 
-    An existing ``path`` is replaced only if ``overwrite``; on any error the temporary tree is removed and
-    ``path`` is left as it was.
+    An existing ``path`` is replaced only if ``overwrite``; on any error the temporary tree, and any parent
+    folders made for it, are removed and ``path`` is left as it was.
     """
     path = check_can_create(path, "folder")
     if path.exists() and not overwrite and any(path.iterdir()):
         raise EdgeKDError(f"{path} already exists and is not empty; choose another --out or remove it")
-    make_dir(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a container user could not read an export made here
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _beside(path, tempfile.mkdtemp, ".partial") as tmp:
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a container user could not read an export made here
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

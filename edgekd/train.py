@@ -25,11 +25,14 @@ from torch import nn
 from edgekd.config import TrainConfig, save_config
 from edgekd.distributed import DistInfo, all_reduce_sum, barrier, init_from_env, shutdown
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import atomic_path, check_can_create, make_dir, write_json
+from edgekd.fsutil import atomic_path, check_can_create, make_dir, remove_empty, write_json
 from edgekd.models.checkpoint import load_problem
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+# what a run writes before its first checkpoint; a folder holding only these is a run that stopped early
+# (its self-trained teacher is kept and reused), anything else in --out belongs to someone else
+RUN_ENTRIES = {"config.yaml", METRICS, "teacher", "curves.png", "summary.json", "model.json"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,6 +125,9 @@ def check_run_dir(out: Path, resume: bool) -> None:
         raise EdgeKDError(f"--resume: {ckpt} does not exist; start without --resume")
     if not resume and (ckpt.exists() or (out / "model.safetensors").exists()):
         raise EdgeKDError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES) if out.is_dir() else []
+    if not resume and foreign:
+        raise EdgeKDError(f"{out} already exists and holds other files ({', '.join(foreign[:3])}); choose another --out or remove it")
 
 
 def preflight(cfg: TrainConfig, processes: int) -> None:
@@ -261,15 +267,16 @@ class _Run:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        fresh = not self.out.exists()  # a run that fails before its first checkpoint removes the folder it made
+        created: list[Path] = []  # a run that fails before its first checkpoint removes the folders it made
         if self.info.is_main:
-            make_dir(self.out)
+            created = make_dir(self.out)
             save_config(cfg, self.out / "config.yaml")
         try:
             return self._fit()
         except BaseException:
-            if fresh and self.info.is_main and not (self.out / CHECKPOINT).exists():
+            if created and not (self.out / CHECKPOINT).exists():
                 shutil.rmtree(self.out, ignore_errors=True)
+                remove_empty(created[1:])
             raise
 
     def _fit(self) -> dict[str, Any]:

@@ -21,6 +21,16 @@ def test_atomic_dir_failure_leaves_nothing(tmp_path):
             (d / "half.bin").write_bytes(b"x")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+    for target in (atomic_dir, atomic_path):  # nor the parent folders made for it
+        with pytest.raises(RuntimeError):
+            with target(tmp_path / "new" / "sub" / "out"):
+                raise RuntimeError("boom")
+        assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "kept" / "sub" / "out.json"):
+            raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
     with atomic_dir(tmp_path / "out") as d:
         (d / "whole.bin").write_bytes(b"x")
     assert (tmp_path / "out" / "whole.bin").is_file()
@@ -52,3 +62,12 @@ def test_an_out_path_that_cannot_be_written_is_refused_before_anything_is_made(t
         write_json(tmp_path / "adir", {})
     assert check_can_create(tmp_path / "new" / "deeper", "folder") == tmp_path / "new" / "deeper"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_a_folder_no_file_can_be_made_in_is_a_one_line_error():
+    """/proc passes os.access for root; making the temporary beside the target is what fails there."""
+    for target in (atomic_dir, atomic_path):
+        with pytest.raises(EdgeKDError, match="/proc/edgekd-never"):
+            with target("/proc/edgekd-never"):
+                pass

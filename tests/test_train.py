@@ -99,6 +99,18 @@ def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder(tmp_path, divergin
     with pytest.raises(EdgeKDError, match="Nothing was saved: it happened in the first epoch"):
         run_training(cfg, show_progress=False)
     assert not (tmp_path / "early").exists()
+    nested = _cfg(tmp_path, "new/sub/early", epochs=2, method="test-diverge", method_args={"at_epoch": 0}, image_size=16)
+    with pytest.raises(EdgeKDError, match="Nothing was saved"):
+        run_training(nested, show_progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_of_other_files_is_not_used_as_a_run_dir(tmp_path):
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "manifest.json").write_text("{}")
+    with pytest.raises(EdgeKDError, match=r"exports already exists and holds other files \(manifest.json\)"):
+        run_training(_cfg(tmp_path, "exports", epochs=1, image_size=16), show_progress=False)
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["manifest.json"]
 
 
 def test_lr_schedules():
