@@ -8,6 +8,7 @@ shape of every resized layer so the smaller channel counts survive a save/load r
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +53,39 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
     return shapes
 
 
-def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
-    """Resize layers in place to recorded shapes; the weights are then loaded over them."""
+_SHAPE_KEYS = {nn.Conv2d: ("in", "out", "groups"), nn.BatchNorm2d: ("features",), nn.Linear: ("in", "out")}
+
+
+def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weights: dict[str, tuple[int, ...]]) -> nn.Module:
+    """Resize layers in place to recorded shapes; the weights are then loaded over them.
+
+    Each recorded shape is checked against the tensor shapes in the weights file (``weights``: name -> shape)
+    before anything is allocated, so a corrupt ``model.json`` cannot ask for a huge layer.
+    """
     modules = dict(model.named_modules())
     for name, s in shapes.items():
         m = modules.get(name)
         if m is None:
             raise EdgeKDError(f"model.json names layer {name!r}, which {type(model).__name__} does not have")
+        keys = next((k for t, k in _SHAPE_KEYS.items() if isinstance(m, t)), ())
+        if not isinstance(s, dict) or any(not _positive_int(s.get(k)) for k in keys):
+            raise EdgeKDError(f"model.json layer_shapes[{name!r}] needs positive integers {', '.join(keys)}; the run dir is corrupt")
+        if isinstance(m, nn.Conv2d):
+            expected = (s["out"], s["in"] // s["groups"], *m.kernel_size)
+        elif isinstance(m, nn.BatchNorm2d):
+            expected = (s["features"],)
+        elif isinstance(m, nn.Linear):
+            expected = (s["out"], s["in"])
+        else:
+            continue
+        if weights.get(f"{name}.weight", expected) != expected or (isinstance(m, nn.Conv2d) and s["in"] % s["groups"]):
+            raise EdgeKDError(
+                f"model.json layer_shapes[{name!r}] ({s}) does not match {WEIGHTS} ({name}.weight "
+                f"{weights.get(name + '.weight')}); the run dir is corrupt"
+            )
         if isinstance(m, nn.Conv2d):
             m.in_channels, m.out_channels, m.groups = s["in"], s["out"], s["groups"]
-            m.weight = nn.Parameter(m.weight.new_empty(s["out"], s["in"] // s["groups"], *m.kernel_size))
+            m.weight = nn.Parameter(m.weight.new_empty(expected))
             if m.bias is not None:
                 m.bias = nn.Parameter(m.bias.new_empty(s["out"]))
         elif isinstance(m, nn.BatchNorm2d):
@@ -73,12 +97,21 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> n
             if m.track_running_stats:
                 m.running_mean = m.running_mean.new_zeros(n)
                 m.running_var = m.running_var.new_ones(n)
-        elif isinstance(m, nn.Linear):
+        else:
             m.in_features, m.out_features = s["in"], s["out"]
-            m.weight = nn.Parameter(m.weight.new_empty(s["out"], s["in"]))
+            m.weight = nn.Parameter(m.weight.new_empty(expected))
             if m.bias is not None:
                 m.bias = nn.Parameter(m.bias.new_empty(s["out"]))
     return model
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number_list(value: Any, length: int) -> bool:
+    return (isinstance(value, list) and len(value) == length
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
 
 
 def save_model(run_dir: str | Path, model: nn.Module, description: dict[str, Any]) -> None:
@@ -104,10 +137,36 @@ def read_description(run_dir: str | Path) -> dict[str, Any]:
         desc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgeKDError(f"{path} is not valid JSON ({e}); the run dir is corrupt") from None
+    if not isinstance(desc, dict):
+        raise EdgeKDError(f"{path} must hold a JSON object; the run dir is corrupt")
     missing = [k for k in ("arch", "num_classes", "input_size", "mean", "std", "class_names", "dataset") if k not in desc]
     if missing:
         raise EdgeKDError(f"{path} lacks {', '.join(missing)}; the run dir is corrupt")
+    problem = _description_problem(desc)
+    if problem:
+        raise EdgeKDError(f"{path}: {problem}; the run dir is corrupt")
     return desc
+
+
+def _description_problem(desc: dict[str, Any]) -> str | None:
+    """What is wrong with a ``model.json``'s values, if anything: later stages build models and exports from them."""
+    size, classes = desc["input_size"], desc["num_classes"]
+    if not isinstance(desc["arch"], str) or not desc["arch"]:
+        return f"arch must be a model name, got {desc['arch']!r}"
+    if not _positive_int(classes):
+        return f"num_classes must be a positive integer, got {classes!r}"
+    if not isinstance(size, list) or len(size) != 3 or not all(_positive_int(v) for v in size) or size[0] != 3:
+        return f"input_size must be [3, height, width] with positive sizes, got {size!r}"
+    if not _number_list(desc["mean"], 3) or not _number_list(desc["std"], 3) or min(desc["std"]) <= 0:
+        return f"mean and std must be 3 finite numbers, std > 0, got {desc['mean']!r} and {desc['std']!r}"
+    names = desc["class_names"]
+    if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
+        return f"class_names must be {classes} strings (num_classes), got {str(names)[:80]}"
+    if not isinstance(desc["dataset"], str) or not isinstance(desc.get("dataset_options", {}), dict):
+        return "dataset must be a dataset spec and dataset_options an object"
+    if not isinstance(desc.get("layer_shapes", {}), dict):
+        return "layer_shapes must be an object of layer name -> shape"
+    return None
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -120,12 +179,12 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     run_dir = Path(run_dir)
     desc = read_description(run_dir)
     model = create_model(desc["arch"], desc["num_classes"])
-    if desc.get("layer_shapes"):
-        apply_layer_shapes(model, desc["layer_shapes"])
     try:
         state = load_file(str(run_dir / WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise EdgeKDError(f"{run_dir / WEIGHTS} cannot be read ({e}); the run dir is corrupt") from None
+    if desc.get("layer_shapes"):
+        apply_layer_shapes(model, desc["layer_shapes"], {k: tuple(v.shape) for k, v in state.items()})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

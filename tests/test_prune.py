@@ -105,6 +105,33 @@ def test_pruned_model_round_trips_through_a_run_dir(tmp_path):
         assert torch.equal(loaded(x), pruned(x))
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"arch": 5}, "arch must be a model name"),
+        ({"num_classes": "10"}, "num_classes must be a positive integer"),
+        ({"input_size": [3, -1, 32]}, r"input_size must be \[3, height, width\]"),
+        ({"input_size": [1, 32, 32]}, r"input_size must be \[3, height, width\]"),
+        ({"std": [0, 0, 0]}, "std > 0"),
+        ({"mean": [0.1]}, "mean and std must be 3 finite numbers"),
+        ({"class_names": None}, "class_names must be 10 strings"),
+        ({"dataset_options": [1]}, "dataset_options an object"),
+        ({"layer_shapes": "x"}, "layer_shapes must be an object"),
+        ({"layer_shapes": {"conv1": {"in": 3, "out": 10**9, "groups": 1}}}, r"layer_shapes\['conv1'\] .* does not match"),
+        ({"layer_shapes": {"conv1": {"in": 3, "groups": 1}}}, r"layer_shapes\['conv1'\] needs positive integers in, out, groups"),
+        ({"layer_shapes": {"conv1": {"in": 3, "out": 16, "groups": 0}}}, "needs positive integers"),
+    ],
+)
+def test_a_corrupt_model_json_is_refused_before_a_model_is_built(tmp_path, change, message):
+    model = create_model("resnet8", 10).eval()
+    pruned = prune_model(model, 0.3, "structured", torch.zeros(1, 3, 32, 32))
+    save_model(tmp_path, pruned, {**description("resnet8", 10, 32, "synthetic", {}), "layer_shapes": layer_shapes(pruned)})
+    desc = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**desc, **change}))
+    with pytest.raises(EdgeKDError, match=message):
+        load_model(tmp_path)
+
+
 def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     options = {"classes": 4, "size": 16, "count": 40, "val_count": 40, "seed": 0}
     model = create_model("resnet8", 4).eval()
