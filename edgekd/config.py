@@ -70,6 +70,10 @@ class TrainConfig:
             raise EdgeKDError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.lr_decay <= 1:
             raise EdgeKDError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not all(isinstance(m, int) and not isinstance(m, bool) for m in self.milestones):
+            raise EdgeKDError(f"milestones must be whole epochs, got {self.milestones}")
+        if not 0 <= self.seed < 2**32:  # the trainer derives per-epoch seeds as seed * 1_000_003 + ...: keep them in 64 bits
+            raise EdgeKDError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.schedule == "multistep" and any(m <= 0 or m >= self.epochs for m in self.milestones):
             raise EdgeKDError(
                 f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs}); pass --milestones "
@@ -115,6 +119,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise EdgeKDError(f"config file {path} does not exist")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise EdgeKDError(f"{path} is not a text file; pass a YAML recipe (see configs/)") from None
         except yaml.YAMLError as e:
             raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(loaded, dict):

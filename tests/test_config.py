@@ -23,6 +23,10 @@ def test_yaml_then_flags(tmp_path):
         ({"epochz": 3}, "unknown config key"),
         ({"epochs": 10, "schedule": "multistep", "milestones": [12]}, "milestones"),
         ({"batch_size": True}, "must be of type int"),
+        ({"schedule": "multistep", "epochs": 10, "milestones": ["a", "b"]}, "milestones must be whole epochs"),
+        ({"milestones": [0.5]}, "milestones must be whole epochs"),
+        ({"seed": 99999999999999999999}, r"seed must be in \[0, 2\*\*32\)"),
+        ({"seed": -1}, "seed must be in"),
         ({"momentum": 5}, r"momentum must be in \[0, 1\)"),
         ({"lr_decay": -2}, r"lr_decay must be in \(0, 1\]"),
         ({"method": "kd", "method_args": {"alpha": "abc"}}, "option alpha must be a number, got 'abc'"),
@@ -49,6 +53,13 @@ def test_numbers_are_typed_like_their_defaults(tmp_path):
     cfg = load_config(path)
     assert cfg.lr == 0.001 and cfg.method_args == {"T": 2.0, "warmup": 5, "alpha": 0.1}
     assert isinstance(cfg.method_args["T"], float) and isinstance(cfg.method_args["warmup"], int)
+
+
+def test_a_binary_recipe_is_refused(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(EdgeKDError, match="is not a text file"):
+        load_config(path)
 
 
 def test_bad_files(tmp_path):
