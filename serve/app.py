@@ -261,8 +261,8 @@ def create_app(
     check_runtime_name(runtime)
     if precision is not None and precision not in ("fp32", "fp16", "int8"):
         raise EdgeKDError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
-    if max_batch < 1 or queue_size < 1 or batch_timeout_ms < 0 or max_upload_mb <= 0 or max_pixels < 1:
-        raise EdgeKDError("max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0")
+    if max_batch < 1 or queue_size < 1 or not 0 <= batch_timeout_ms < math.inf or not 0 < max_upload_mb < math.inf or max_pixels < 1:
+        raise EdgeKDError("max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0 (finite)")
     if threads is not None and threads < 1:
         raise EdgeKDError(f"threads must be >= 1 (or left out for the runtime's default); got {threads}")
     if api_key is not None and not api_key.strip():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,25 @@ def run_server(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(export_dir, **app_options)
+    check_can_listen(host, port)
     app.state.serve.load()  # before uvicorn: an unservable export is one line here, not a lifespan traceback
     config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=access_log)
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when its startup fails; the reason is in its log, the summary is ours
+        pass
     if not server.started:
         reason = app.state.serve.error or "see the log above"
         raise EdgeKDError(f"the server did not start: {reason}")
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, so that a port in use or a bad address is a one-line error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as e:
+        raise EdgeKDError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass another --port or --host") from None

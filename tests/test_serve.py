@@ -715,3 +715,22 @@ def test_server_starts_and_answers_with_torch_unimportable(export_dir: Path, tmp
         proc.wait(30)
     text = log.read_text()
     assert "torch is blocked" not in text and re.search(r"ready: .* in \d+\.\d+ s", text), text
+
+
+def test_a_port_in_use_or_a_bad_host_is_a_one_line_error(export_dir: Path):
+    """uvicorn logs the bind error and exits 3; the server says why in one line instead (exit 2 from the CLI)."""
+    import socket
+
+    from edgekd.serve.server import run_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(EdgeKDError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            run_server(export_dir, port=port)
+    with pytest.raises(EdgeKDError, match="cannot listen on 999.1.1.1:"):
+        run_server(export_dir, host="999.1.1.1", port=port)
+    for size in (float("nan"), float("inf")):
+        with pytest.raises(EdgeKDError, match=r"max_upload_mb > 0 \(finite\)"):
+            run_server(export_dir, port=port, max_upload_mb=size)
