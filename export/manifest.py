@@ -57,6 +57,13 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+MAX_SIDE = 4096  # pixels: the benchmark and the server allocate whole batches of this input
+
+
+def _count(value: Any, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
+
+
 def _structure_problem(manifest: Any) -> str | None:
     """What is wrong with the shape of a parsed manifest (None when the readers' assumptions hold)."""
     if not isinstance(manifest, dict):
@@ -69,6 +76,13 @@ def _structure_problem(manifest: Any) -> str | None:
     shape = manifest["input"].get("shape")
     if not isinstance(shape, list) or len(shape) != 4:
         return f"input shape {shape!r} is not [batch, channels, height, width]"
+    if not (shape[0] is None or _count(shape[0], 1)) or not _count(shape[1], 4) or not all(_count(v, MAX_SIDE) for v in shape[2:]):
+        return f"input shape {shape!r} needs 1-4 channels and sides of 1-{MAX_SIDE} pixels"
+    classes = manifest.get("num_classes", len(manifest["class_names"]))
+    if not _count(classes, 10**6) or classes != len(manifest["class_names"]):
+        return f"num_classes {classes!r} does not match its {len(manifest['class_names'])} class_names"
+    if not isinstance(manifest.get("eval", {}), dict):
+        return "'eval' is not an object"
     if not manifest["artifacts"]:
         return "it lists no artifacts"
     for key, entry in manifest["artifacts"].items():

@@ -632,7 +632,11 @@ def _broken_copy(export_dir: Path, where: Path, change) -> Path:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda m: m.update(num_classes=12), "logits of shape"),
+        (lambda m: m.update(num_classes=12, class_names=[str(i) for i in range(12)]), "logits of shape"),
+        (lambda m: m.update(num_classes="x"), "num_classes 'x' does not match its 10 class_names"),
+        (lambda m: m["input"].update(shape=[None, 3, -32, 32]), "needs 1-4 channels and sides of 1-4096 pixels"),
+        (lambda m: m["input"].update(shape=[None, 3, 100000, 100000]), "sides of 1-4096 pixels"),
+        (lambda m: m.update(eval="x"), "'eval' is not an object"),
         (lambda m: m["preprocessing"].update(mean=[0.5]), "three numbers each for mean and std"),
         (lambda m: m["preprocessing"].update(resize=[28, 28]), "cannot run on the input the manifest describes"),
         (lambda m: "manifest", "top level is str"),
