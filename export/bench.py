@@ -224,6 +224,11 @@ def _plan(manifest: Mapping[str, Any], runtimes: Sequence[str], precisions: Sequ
     return plan
 
 
+MAX_BATCH = 4096  # a latency benchmark; larger batches only measure memory
+MAX_THREADS = 1024  # far past any core count; a runtime asked for 100000 threads hangs creating them
+MAX_INPUT_BYTES = 2**31  # the random input of one batch size
+
+
 def _check_options(runtimes, precisions, batches, threads, warmup, iters, seconds, ov_hint, ov_streams) -> None:
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
@@ -231,10 +236,10 @@ def _check_options(runtimes, precisions, batches, threads, warmup, iters, second
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise EdgeKDError(f"unknown precision {', '.join(bad) or '(none given)'}; choose from {', '.join(PRECISIONS)}")
-    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
-        raise EdgeKDError(f"batch sizes must be integers >= 1, got {list(batches)}")
-    if not threads or any(t is not None and (not isinstance(t, int) or t < 1) for t in threads):
-        raise EdgeKDError(f"threads must be integers >= 1 or None (the runtime's default), got {list(threads)}")
+    if not batches or any(not isinstance(b, int) or not 1 <= b <= MAX_BATCH for b in batches):
+        raise EdgeKDError(f"batch sizes must be integers from 1 to {MAX_BATCH}, got {list(batches)}")
+    if not threads or any(t is not None and (not isinstance(t, int) or not 1 <= t <= MAX_THREADS) for t in threads):
+        raise EdgeKDError(f"threads must be integers from 1 to {MAX_THREADS} or None (the runtime's default), got {list(threads)}")
     if warmup < 0 or (iters is not None and iters < 1) or not 0 < seconds < math.inf:
         raise EdgeKDError(f"need warmup >= 0, iters >= 1 (or None) and seconds > 0; got {warmup}, {iters}, {seconds}")
     if ov_hint.upper() not in OV_HINTS:
@@ -281,6 +286,9 @@ def run_bench(
     shape = manifest["input"]["shape"]
     if any(not isinstance(d, int) for d in shape[1:]):
         raise EdgeKDError(f"{export_dir}/manifest.json input shape {shape} is not fixed apart from the batch; re-run `edgekd export`")
+    for b in batches:
+        if b * math.prod(shape[1:]) * 4 > MAX_INPUT_BYTES:
+            raise EdgeKDError(f"batch {b} of {'x'.join(map(str, shape[1:]))} inputs needs more than 2 GiB of input; pass a smaller --batch")
     machine = machine_info()
     ov_options = {"hint": ov_hint.upper(), "streams": ov_streams}
     rng = np.random.default_rng(0)
