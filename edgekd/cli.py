@@ -378,6 +378,9 @@ def bench(
         console.print(f"benchmarking on {escape(remote)} ...")
         remote_rows = run_remote(remote, export_dir, options, port=ssh_port, identity=identity, remote_python=remote_python)
         rows = merge_reports(rows, remote_rows)
+    if not any(r["status"] == "ok" for r in rows):  # a report of failures only is no benchmark: say why, write nothing
+        reasons = dict.fromkeys(r["status"] for r in rows)
+        raise EdgeKDError(f"nothing in {export_dir} could be measured: {'; '.join(reasons)}")
     title = f"edgekd bench: {export_dir}"
     paths = write_report(rows, out, title)
     _print_bench(rows, title)

@@ -302,6 +302,22 @@ def test_bench_command_exits_1_when_an_artifact_failed_and_keeps_the_report(tiny
     assert code == 2 and "seconds > 0" in err and not (tmp_path / "r2").exists()
 
 
+def test_bench_command_with_nothing_measurable_is_one_line_and_writes_nothing(tiny_export, tmp_path, monkeypatch, capsys):
+    from edgekd.cli import main
+
+    broken = shutil.copytree(tiny_export, tmp_path / "newer")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for entry in manifest["artifacts"].values():
+        entry["format"] = "tflite"  # from a newer edgekd: skipped, not a crash
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(broken), "--runtimes", "ort", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and not (tmp_path / "r").exists()
+    assert f"error: nothing in {broken} could be measured: skipped: no ort fp32 artifact" in " ".join(err.split())
+
+
 def test_dropped_artifact_says_why(tiny_export, tmp_path):
     d = shutil.copytree(tiny_export, tmp_path / "dropped")
     manifest = json.loads((d / "manifest.json").read_text())
