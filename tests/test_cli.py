@@ -44,6 +44,7 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
     "args, message",
     [
         (["train", "--model", "resnet9000", "--epochs", "1"], "unknown model"),
+        (["models", "--num-classes", "100000000"], "num_classes must be an integer from 1 to 100,000"),  # was a 25 GB allocation
         (["train", "--epochs", "-3"], "epochs must be > 0"),
         (["train", "--data", "imagefolder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
         (["train", "--data", "mnist", "--epochs", "1"], "unknown dataset"),

@@ -77,6 +77,9 @@ def list_models() -> list[str]:
     return [e.name for e in _REGISTRY.values()]
 
 
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a classifier head for 10**8 classes would take gigabytes
+
+
 def create_model(name: str, num_classes: int) -> nn.Module:
     """Build a freshly initialised model by name; no weights are ever downloaded.
 
@@ -84,8 +87,8 @@ def create_model(name: str, num_classes: int) -> nn.Module:
     refer to it.
     """
     entry = _entry(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise EdgeKDError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise EdgeKDError(f"num_classes must be an integer from 1 to {MAX_CLASSES:,}, got {num_classes!r}")
     model = entry.build(num_classes)
     model.arch_name = entry.name
     return model
