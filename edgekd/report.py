@@ -133,8 +133,20 @@ def _read_history(path: Path, notes: list[str]) -> list[dict[str, Any]]:
             notes.append(f"skipped line {i} of {path}: not JSON")
             continue
         if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
+            if _history_row_ok(row):
+                rows.append(row)
+            else:
+                notes.append(f"skipped line {i} of {path}: not an epoch row written by edgekd")
     return rows
+
+
+def _history_row_ok(row: dict[str, Any]) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    losses = row.get("losses", {})
+    return (number(row["epoch"]) and isinstance(losses, dict) and all(number(v) for v in losses.values())
+            and all(number(row[k]) for k in ("train_acc", "val_acc", "lr", "seconds", "images_per_s") if k in row))
 
 
 def discover(root: Path) -> Found:
@@ -155,10 +167,12 @@ def discover(root: Path) -> Found:
             found.runs.append(Run(rel, summary if isinstance(summary, dict) else {}, [], model))
         if (d / "manifest.json").exists():
             manifest = _read_json(d / "manifest.json", found.notes)
-            if isinstance(manifest, dict) and isinstance(manifest.get("artifacts"), dict):
+            if (isinstance(manifest, dict) and isinstance(manifest.get("artifacts"), dict)
+                    and all(isinstance(a, dict) for a in manifest["artifacts"].values())
+                    and isinstance(manifest.get("eval") or {}, dict)):
                 found.exports.append(Export(rel, manifest))
             elif manifest is not None:
-                found.notes.append(f"skipped {d / 'manifest.json'}: no artifacts (not written by edgekd export)")
+                found.notes.append(f"skipped {d / 'manifest.json'}: no artifacts, or malformed (not written by edgekd export)")
         if (d / "bench.json").exists():
             try:
                 found.benches.append(Bench(rel, read_rows(d / "bench.json")))

@@ -92,7 +92,27 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         rows = doc["rows"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise EdgeKDError(f"{path} is not a bench.json written by edgekd bench ({e})") from None
+    problem = "'rows' is not a list" if not isinstance(rows, list) else next(
+        (f"row {i}: {p}" for i, r in enumerate(rows, 1) if (p := _row_problem(r))), None)
+    if problem:
+        raise EdgeKDError(f"{path} is not a bench.json written by edgekd bench ({problem})")
     return rows
+
+
+_ROW_TEXT = ("runtime", "precision", "status")
+_ROW_NUMBERS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips", "size_mb", "accuracy", "speedup")
+
+
+def _row_problem(row: Any) -> str | None:
+    """What a report could not show from a bench row (the fields every reader of bench.json relies on)."""
+    if not isinstance(row, dict):
+        return f"{type(row).__name__}, not an object"
+    bad = [k for k in _ROW_TEXT if not isinstance(row.get(k), str)]
+    bad += [k for k in ("batch",) if isinstance(row.get(k), bool) or not isinstance(row.get(k), int)]
+    bad += [k for k in ("threads",) if row.get(k) is not None and not isinstance(row.get(k), int)]
+    bad += [k for k in _ROW_NUMBERS if row.get(k) is not None and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))]
+    bad += [k for k in ("machine",) if k in row and not isinstance(row[k], dict)]
+    return f"bad or missing {', '.join(bad)}" if bad else None
 
 
 def merge_reports(local_rows: Sequence[Mapping[str, Any]], remote_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

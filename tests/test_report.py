@@ -182,6 +182,22 @@ def test_sections_without_data_say_so(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_malformed_files_are_skipped_with_a_note(tmp_path):
+    """Hand-edited or foreign files are listed under 'Skipped files'; the rest of the page is still written."""
+    row = {"runtime": "ort", "precision": "fp32", "batch": 1, "threads": None, "status": "ok", "p50_ms": 1.0, "machine": "x"}
+    for name, doc in {"list": {"rows": ["x"]}, "text": {"rows": "x"}, "machine": {"rows": [row]}}.items():
+        _write(tmp_path / name / "bench.json", doc)
+    _write(tmp_path / "export" / "manifest.json", {"artifacts": {"onnx-fp32": {"format": "onnx"}}, "eval": "x"})
+    (tmp_path / "run").mkdir()
+    _write(tmp_path / "run" / "summary.json", {"method": "ce", "best_acc": 0.5})
+    lines = [{"epoch": 1, "losses": {"ce": 2.0}, "val_acc": 0.5}, {"epoch": 2, "losses": [1], "val_acc": 0.6}]
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    skipped = _section(build_report(tmp_path).read_text(encoding="utf-8"), "Skipped files")
+    assert "row 1: str, not an object" in skipped and "&#x27;rows&#x27; is not a list" in skipped
+    assert "row 1: bad or missing machine" in skipped and "export/manifest.json: no artifacts, or malformed" in skipped
+    assert "skipped line 2 of" in skipped and "not an epoch row written by edgekd" in skipped
+
+
 def test_nothing_to_report_is_a_user_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(EdgeKDError, match="nothing to report in .*: pass a run dir, export dir or demo dir"):
