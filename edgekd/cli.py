@@ -359,6 +359,10 @@ def bench(
     from edgekd.fsutil import check_can_create
 
     check_can_create(out, "folder")  # before minutes of measuring, not after
+    if remote:
+        from edgekd.export.remote import check_remote_options
+
+        check_remote_options(remote, ssh_port, identity)
 
     options = {
         "runtimes": _csv(runtimes),

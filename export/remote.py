@@ -26,9 +26,18 @@ INSTALL_HINT = "pip install 'edgekd[device]'"
 def parse_target(target: str) -> tuple[str, str | None]:
     """``user@host[:path]`` -> (``user@host``, path or None)."""
     dest, sep, path = target.partition(":")
-    if not dest or dest.startswith("-") or (sep and not path):
+    if not dest or dest.startswith("-") or any(c.isspace() for c in dest) or (sep and not path):
         raise EdgeKDError(f"bad SSH target {target!r}; write it as user@host or user@host:/remote/folder")
     return dest, path or None
+
+
+def check_remote_options(target: str, port: int | None, identity: str | Path | None) -> None:
+    """The SSH settings of a remote bench, checked before the local measurements take their minutes."""
+    parse_target(target)
+    if port is not None and not 1 <= port <= 65535:
+        raise EdgeKDError(f"SSH port must be between 1 and 65535, got {port}")
+    if identity is not None and not Path(identity).is_file():
+        raise EdgeKDError(f"SSH key {identity} does not exist; pass the private key file with --identity")
 
 
 def _last_line(text: str) -> str:
@@ -94,6 +103,7 @@ def run_remote(
     """
     export_dir = Path(export_dir).resolve()
     load_manifest(export_dir)  # a bad export dir fails here, before anything is copied
+    check_remote_options(target, port, identity)
     dest, path = parse_target(target)
     ssh = _Ssh(dest, port, identity, ssh_options)
     make_dir = f"mkdir -p {shlex.quote(path)} && echo {shlex.quote(path)}" if path else "mktemp -d"

@@ -243,6 +243,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
+MAX_BATCH = 1024  # images per model call; far past where batching stops paying on a CPU
+
+
 def create_app(
     export_dir: str | Path,
     *,
@@ -263,6 +266,8 @@ def create_app(
         raise EdgeKDError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
     if max_batch < 1 or queue_size < 1 or not 0 <= batch_timeout_ms < math.inf or not 0 < max_upload_mb < math.inf or max_pixels < 1:
         raise EdgeKDError("max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0 (finite)")
+    if max_batch > MAX_BATCH:  # the warm-up runs one batch this large
+        raise EdgeKDError(f"max_batch must be at most {MAX_BATCH}, got {max_batch}")
     if threads is not None and threads < 1:
         raise EdgeKDError(f"threads must be >= 1 (or left out for the runtime's default); got {threads}")
     if api_key is not None and not api_key.strip():

@@ -60,6 +60,9 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["export", "/no/[bold]run", "--out", "/tmp/never-written"], "run dir /no/[bold]run does not exist"),
         (["serve", "/no/export", "--port", "99999"], "port must be between 1 and 65535"),
         (["serve", "/no/export", "--threads", "0"], "threads must be >= 1"),
+        (["serve", "/no/export", "--max-batch", "100000000"], "max_batch must be at most 1024"),
+        (["bench", "/no/export", "--remote", "bad host:x"], "bad SSH target 'bad host:x'"),  # before the local bench
+        (["bench", "/no/export", "--remote", "pi@h", "--ssh-port", "0"], "SSH port must be between 1 and 65535"),
         (["serve", "/no/export", "--queue-size", "0", "--max-pixels", "100"], "queue_size and max_pixels must be >= 1"),
         (["serve", "/no/export", "--log-level", "loud"], "unknown log level"),
         (["serve", "/no/export", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
