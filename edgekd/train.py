@@ -125,7 +125,8 @@ def check_run_dir(out: Path, resume: bool) -> None:
         raise EdgeKDError(f"--resume: {ckpt} does not exist; start without --resume")
     if not resume and (ckpt.exists() or (out / "model.safetensors").exists()):
         raise EdgeKDError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES) if out.is_dir() else []
+    # hidden names are skipped: under DDP another rank may be mid-way through an atomic write (.config.yaml.*.tmp)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".")) if out.is_dir() else []
     if not resume and foreign:
         raise EdgeKDError(f"{out} already exists and holds other files ({', '.join(foreign[:3])}); choose another --out or remove it")
 
