@@ -16,7 +16,7 @@ from rich.text import Text
 from rich.table import Table
 
 from edgekd.config import TrainConfig
-from edgekd.errors import EdgeKDError, hand_to_launcher
+from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -476,6 +476,6 @@ def main() -> None:
         )
         sys.exit(2)
     except SystemExit as e:
-        if e.code == 130 and not hand_to_launcher(""):  # typer turns Ctrl-C into a silent exit 130
+        if e.code == 130 and RANK_ERRORS_ENV not in os.environ:  # typer makes Ctrl-C a silent exit 130; a launcher says it once
             Console(stderr=True).print("interrupted")
         raise

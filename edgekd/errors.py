@@ -30,6 +30,5 @@ def hand_to_launcher(message: str) -> bool:
     folder = os.environ.get(RANK_ERRORS_ENV)
     if not folder:
         return False
-    if message:
-        Path(folder, f"rank-{int(os.environ.get('RANK', '0')):05d}").write_text(message, encoding="utf-8")
+    Path(folder, f"rank-{int(os.environ.get('RANK', '0')):05d}").write_text(message, encoding="utf-8")
     return True

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError, one_line
+from edgekd.export.manifest import is_count
 from edgekd.fsutil import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
@@ -68,7 +69,7 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weig
         if m is None:
             raise EdgeKDError(f"model.json names layer {name!r}, which {type(model).__name__} does not have")
         keys = next((k for t, k in _SHAPE_KEYS.items() if isinstance(m, t)), ())
-        if not isinstance(s, dict) or any(not _positive_int(s.get(k)) for k in keys):
+        if not isinstance(s, dict) or any(not is_count(s.get(k)) for k in keys):
             raise EdgeKDError(f"model.json layer_shapes[{name!r}] needs positive integers {', '.join(keys)}; the run dir is corrupt")
         if isinstance(m, nn.Conv2d):
             expected = (s["out"], s["in"] // s["groups"], *m.kernel_size)
@@ -103,10 +104,6 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weig
             if m.bias is not None:
                 m.bias = nn.Parameter(m.bias.new_empty(s["out"]))
     return model
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _number_list(value: Any, length: int) -> bool:
@@ -153,9 +150,9 @@ def _description_problem(desc: dict[str, Any]) -> str | None:
     size, classes = desc["input_size"], desc["num_classes"]
     if not isinstance(desc["arch"], str) or not desc["arch"]:
         return f"arch must be a model name, got {desc['arch']!r}"
-    if not _positive_int(classes):
+    if not is_count(classes):
         return f"num_classes must be a positive integer, got {classes!r}"
-    if not isinstance(size, list) or len(size) != 3 or not all(_positive_int(v) for v in size) or size[0] != 3:
+    if not isinstance(size, list) or len(size) != 3 or not all(is_count(v) for v in size) or size[0] != 3:
         return f"input_size must be [3, height, width] with positive sizes, got {size!r}"
     if not _number_list(desc["mean"], 3) or not _number_list(desc["std"], 3) or min(desc["std"]) <= 0:
         return f"mean and std must be 3 finite numbers, std > 0, got {desc['mean']!r} and {desc['std']!r}"

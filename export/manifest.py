@@ -60,7 +60,8 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
 MAX_SIDE = 4096  # pixels: the benchmark and the server allocate whole batches of this input
 
 
-def _count(value: Any, most: int) -> bool:
+def is_count(value: Any, most: float = float("inf")) -> bool:
+    """A whole number from 1 to ``most`` (JSON's true/false are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
 
 
@@ -76,10 +77,10 @@ def _structure_problem(manifest: Any) -> str | None:
     shape = manifest["input"].get("shape")
     if not isinstance(shape, list) or len(shape) != 4:
         return f"input shape {shape!r} is not [batch, channels, height, width]"
-    if not (shape[0] is None or _count(shape[0], 1)) or not _count(shape[1], 4) or not all(_count(v, MAX_SIDE) for v in shape[2:]):
+    if not (shape[0] is None or is_count(shape[0], 1)) or not is_count(shape[1], 4) or not all(is_count(v, MAX_SIDE) for v in shape[2:]):
         return f"input shape {shape!r} needs 1-4 channels and sides of 1-{MAX_SIDE} pixels"
     classes = manifest.get("num_classes", len(manifest["class_names"]))
-    if not _count(classes, 10**6) or classes != len(manifest["class_names"]):
+    if not is_count(classes, 10**6) or classes != len(manifest["class_names"]):
         return f"num_classes {classes!r} does not match its {len(manifest['class_names'])} class_names"
     if not isinstance(manifest.get("eval", {}), dict):
         return "'eval' is not an object"
