@@ -30,6 +30,7 @@ from edgekd.export.bench_report import (
     machine_name,
     read_rows,
 )
+from edgekd.export.manifest import is_number
 from edgekd.fsutil import write_text
 
 DEFAULT_NAME = "report.html"
@@ -141,12 +142,9 @@ def _read_history(path: Path, notes: list[str]) -> list[dict[str, Any]]:
 
 
 def _history_row_ok(row: dict[str, Any]) -> bool:
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     losses = row.get("losses", {})
-    return (number(row["epoch"]) and isinstance(losses, dict) and all(number(v) for v in losses.values())
-            and all(number(row[k]) for k in ("train_acc", "val_acc", "lr", "seconds", "images_per_s") if k in row))
+    return (is_number(row["epoch"]) and isinstance(losses, dict) and all(is_number(v) for v in losses.values())
+            and all(is_number(row[k]) for k in ("train_acc", "val_acc", "lr", "seconds", "images_per_s") if k in row))
 
 
 def discover(root: Path) -> Found:

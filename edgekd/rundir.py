@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError, one_line
-from edgekd.export.manifest import is_count
+from edgekd.export.manifest import is_count, is_number
 from edgekd.fsutil import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
@@ -108,7 +108,7 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weig
 
 def _number_list(value: Any, length: int) -> bool:
     return (isinstance(value, list) and len(value) == length
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+            and all(is_number(v) and math.isfinite(v) for v in value))
 
 
 def save_model(run_dir: str | Path, model: nn.Module, description: dict[str, Any]) -> None:

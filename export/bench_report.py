@@ -15,6 +15,7 @@ from typing import Any
 
 from edgekd.errors import EdgeKDError
 from edgekd.export.bench import fastest, machine_key
+from edgekd.export.manifest import is_number
 from edgekd.fsutil import atomic_path, write_json as _write_json_file, write_text
 
 RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
@@ -110,7 +111,7 @@ def _row_problem(row: Any) -> str | None:
     bad = [k for k in _ROW_TEXT if not isinstance(row.get(k), str)]
     bad += [k for k in ("batch",) if isinstance(row.get(k), bool) or not isinstance(row.get(k), int)]
     bad += [k for k in ("threads",) if row.get(k) is not None and not isinstance(row.get(k), int)]
-    bad += [k for k in _ROW_NUMBERS if row.get(k) is not None and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))]
+    bad += [k for k in _ROW_NUMBERS if row.get(k) is not None and not is_number(row[k])]
     bad += [k for k in ("machine",) if k in row and not isinstance(row[k], dict)]
     return f"bad or missing {', '.join(bad)}" if bad else None
 

@@ -60,6 +60,11 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
 MAX_SIDE = 4096  # pixels: the benchmark and the server allocate whole batches of this input
 
 
+def is_number(value: Any) -> bool:
+    """An int or float (JSON's true/false are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def is_count(value: Any, most: float = float("inf")) -> bool:
     """A whole number from 1 to ``most`` (JSON's true/false are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
@@ -95,7 +100,7 @@ def _structure_problem(manifest: Any) -> str | None:
         if not isinstance(sha, dict) or not all(isinstance(sha.get(f), str) for f in files):
             return f"artifact {key!r} needs a 'sha256' for each of its files"
         for field in NUMERIC_FIELDS:
-            if field in entry and (isinstance(entry[field], bool) or not isinstance(entry[field], (int, float))):
+            if field in entry and not is_number(entry[field]):
                 return f"artifact {key!r} has {field} {entry[field]!r}, not a number"
     return None
 
