@@ -298,10 +298,16 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         assert client.get("/v2/health/ready").json() == {"ready": True}
         assert client.get("/docs").status_code == 200
         spec = client.get("/openapi.json").json()
-        assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+        predict = spec["paths"]["/predict"]["post"]  # a Starlette route, documented by hand: check the document is whole
+        assert "multipart/form-data" in predict["requestBody"]["content"]
+        assert [p["name"] for p in predict["parameters"]] == ["top_k"]
+        assert predict["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
+        assert set(predict["responses"]) == {"200", "400", "401", "413", "415", "422", "503"}
         infer_body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert infer_body == {"$ref": "#/components/schemas/InferRequest"}
         schemas = spec["components"]["schemas"]
+        assert schemas["PredictResponse"]["properties"]["predictions"]["items"] == {"$ref": "#/components/schemas/Prediction"}
+        assert "ErrorResponse" in schemas
         assert schemas["InferRequest"]["properties"]["inputs"]["items"] == {"$ref": "#/components/schemas/InferInputTensor"}
         assert "data" in schemas["InferInputTensor"]["properties"]
         text = client.get("/metrics").text
@@ -403,7 +409,9 @@ def test_api_key(strict_server: LiveServer):
     with httpx.Client(base_url=strict_server.url, timeout=60) as client:
         for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
             r = client.post("/predict", files=body, headers=headers)
-            assert r.status_code == 401 and "API key" in r.json()["detail"]
+            assert r.status_code == 401 and "API key" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+        assert client.post("/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 401  # before the body
+        assert client.post("/predict?top_k=0", files=body).status_code == 401
         assert client.get("/metrics").status_code == 401
         assert client.get("/v2/models/x").status_code == 401
         for content in (b"{not json", b'{"inputs": []}'):  # the key is checked before the body is parsed
@@ -414,6 +422,8 @@ def test_api_key(strict_server: LiveServer):
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
         assert client.get("/metrics", headers=KEY).status_code == 200
+        security = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["security"]
+        assert {name for scheme in security for name in scheme} == {"HTTPBearer", "APIKeyHeader"}
 
 
 def test_full_queue_answers_503_with_retry_after(strict_server: LiveServer):
