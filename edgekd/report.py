@@ -226,7 +226,7 @@ def _pct(v: Any) -> str:
 
 def _num(v: Any) -> str:
     """One decimal from 10 up, three significant digits below (a 40 kB model is 0.0400 MB, not 0.00)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+    if not is_number(v) or not math.isfinite(v):
         return "—" if v is None else str(v)
     if isinstance(v, int):
         return f"{v:,}"
@@ -453,7 +453,7 @@ def _summary_section(found: Found, root: Path) -> str:
 
 def _demo_cell(key: str, value: Any) -> Cell:
     """Accuracy as a percentage, speed-up as a ratio, other numbers as numbers, text as is."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return ("—" if value is None else str(value), False)
     if key == "accuracy":
         return (_pct(value), True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgekd.errors import EdgeKDError
 from edgekd.export.bench import fastest, machine_key
-from edgekd.export.manifest import is_number
+from edgekd.export.manifest import is_count, is_number
 from edgekd.fsutil import atomic_path, write_json as _write_json_file, write_text
 
 RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
@@ -109,7 +109,7 @@ def _row_problem(row: Any) -> str | None:
     if not isinstance(row, dict):
         return f"{type(row).__name__}, not an object"
     bad = [k for k in _ROW_TEXT if not isinstance(row.get(k), str)]
-    bad += [k for k in ("batch",) if isinstance(row.get(k), bool) or not isinstance(row.get(k), int)]
+    bad += [k for k in ("batch",) if not is_count(row.get(k))]
     bad += [k for k in ("threads",) if row.get(k) is not None and not isinstance(row.get(k), int)]
     bad += [k for k in _ROW_NUMBERS if row.get(k) is not None and not is_number(row[k])]
     bad += [k for k in ("machine",) if k in row and not isinstance(row[k], dict)]

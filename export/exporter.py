@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgekd import __version__
 from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import ARTIFACT_KINDS, FORMAT_VERSION, MANIFEST, artifact_entry
+from edgekd.export.manifest import ARTIFACT_KINDS, FORMAT_VERSION, MANIFEST, artifact_entry, is_count, is_number
 from edgekd.export.verify import verify_file
 from edgekd.fsutil import atomic_dir, write_json
 
@@ -42,11 +42,11 @@ def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise EdgeKDError(f"unsupported export format {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}")
-    if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
+    if not is_count(calib_samples):
         raise EdgeKDError(f"calib_samples must be a positive integer, got {calib_samples!r}")
     if calib_method not in CALIB_METHODS:
         raise EdgeKDError(f"unknown calibration method {calib_method!r}; choose from {', '.join(CALIB_METHODS)}")
-    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100):
+    if max_drop is not None and not (is_number(max_drop) and 0 <= max_drop <= 100):
         raise EdgeKDError(f"max_drop is a number of top-1 accuracy points between 0 and 100, got {max_drop!r}")
     if fp16 and "openvino" not in formats:
         raise EdgeKDError("fp16 writes an OpenVINO FP16 IR; add the openvino format or drop --fp16")
