@@ -184,8 +184,11 @@ def test_sections_without_data_say_so(tmp_path):
 
 def test_malformed_files_are_skipped_with_a_note(tmp_path):
     """Hand-edited or foreign files are listed under 'Skipped files'; the rest of the page is still written."""
-    row = {"runtime": "ort", "precision": "fp32", "batch": 1, "threads": None, "status": "ok", "p50_ms": 1.0, "machine": "x"}
-    for name, doc in {"list": {"rows": ["x"]}, "text": {"rows": "x"}, "machine": {"rows": [row]}}.items():
+    row = {"runtime": "ort", "precision": "fp32", "batch": 1, "threads": None, "status": "ok", "p50_ms": 1.0, "p99_ms": 1.2, "machine": "x"}
+    unmeasured = {**row, "machine": {"cpu": "x"}, "p50_ms": None}
+    docs = {"list": {"rows": ["x"]}, "text": {"rows": "x"}, "machine": {"rows": [row]}, "nomachine": {"rows": [{**row, "machine": None}]},
+            "unmeasured": {"rows": [unmeasured]}}
+    for name, doc in docs.items():
         _write(tmp_path / name / "bench.json", doc)
     _write(tmp_path / "export" / "manifest.json", {"artifacts": {"onnx-fp32": {"format": "onnx"}}, "eval": "x"})
     (tmp_path / "run").mkdir()
@@ -194,7 +197,8 @@ def test_malformed_files_are_skipped_with_a_note(tmp_path):
     (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     skipped = _section(build_report(tmp_path).read_text(encoding="utf-8"), "Skipped files")
     assert "row 1: str, not an object" in skipped and "&#x27;rows&#x27; is not a list" in skipped
-    assert "row 1: bad or missing machine" in skipped and "export/manifest.json: no artifacts, or malformed" in skipped
+    assert skipped.count("row 1: bad or missing machine") == 2 and "row 1: bad or missing p50_ms)" in skipped
+    assert "export/manifest.json: no artifacts, or malformed" in skipped
     assert "skipped line 2 of" in skipped and "not an epoch row written by edgekd" in skipped
 
 
