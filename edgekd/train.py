@@ -137,7 +137,7 @@ def preflight(cfg: TrainConfig, processes: int) -> None:
     ``--nproc`` runs them once before launching its processes, so a user mistake is one line, not one per rank.
     """
     from edgekd.data import check_data_spec
-    from edgekd.methods.base import check_teacher_given
+    from edgekd.methods.base import check_teacher_given, method_class
 
     if resolve_device(cfg.device).type == "cuda" and processes > torch.cuda.device_count():
         raise EdgeKDError(
@@ -146,7 +146,8 @@ def preflight(cfg: TrainConfig, processes: int) -> None:
         )
     check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
     check_data_spec(cfg.data)
-    check_teacher_given(cfg.method, check_teacher_path(cfg) is not None, cfg.rectify)
+    self_taught = method_class(cfg.method).wants_self_teacher(cfg.method_args)  # its teacher is trained first when none is given
+    check_teacher_given(cfg.method, self_taught or check_teacher_path(cfg) is not None, cfg.rectify)
 
 
 class _Run:
@@ -297,6 +298,7 @@ class _Run:
                     if progress is not None:
                         progress.console.print(_epoch_line(row, cfg.epochs))
         final = self.history[-1]
+        seconds = sum(r["seconds"] for r in self.history)
         teacher = self.teacher_label
         summary = {
             "best_acc": self.best_acc,
@@ -307,8 +309,8 @@ class _Run:
             "teacher": teacher,
             "dataset": self.bundle.spec,
             "params": sum(p.numel() for p in self.method.student.parameters()),
-            "seconds": sum(r["seconds"] for r in self.history),
-            "images_per_s": final["images_per_s"],
+            "seconds": seconds,
+            "images_per_s": sum(r["images_per_s"] * r["seconds"] for r in self.history) / seconds,  # the whole run's rate
             "world_size": self.info.world_size,
             "device": str(self.device),
         }

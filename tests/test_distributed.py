@@ -86,3 +86,12 @@ def test_nproc_asks_one_gpu_per_process(monkeypatch, tmp_path):
     with pytest.raises(EdgeKDError, match="--nproc 4 needs one GPU per process, and 2 are visible; pass --nproc 2, or --device cpu"):
         preflight(cfg, 4)
     preflight(load_config(overrides={"device": "cpu", "out": str(tmp_path / "run")}), 4)
+
+
+@pytest.mark.parametrize("method, args", [("tfkd-self", {}), ("drkd", {"teacher": "pretrained"})])
+def test_nproc_lets_self_teacher_methods_train_their_teacher(tmp_path, method, args):
+    """Without --teacher these train a CE copy of the student first, as on one process; --nproc refused them."""
+    from edgekd.config import load_config
+    from edgekd.train import preflight
+
+    preflight(load_config(overrides={"device": "cpu", "method": method, "method_args": args, "out": str(tmp_path / "run")}), 2)

@@ -35,6 +35,9 @@ def test_run_dir_contract(tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["final_acc"] == rows[-1]["val_acc"] == summary["final_acc"]
     assert saved["best_acc"] == max(r["val_acc"] for r in rows)
+    images = 2 * (1437 // 128 * 128)  # two epochs of the digits training split in whole batches of 128
+    assert saved["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
+    assert saved["images_per_s"] == pytest.approx(images / saved["seconds"])  # the run's rate, not the last epoch's
     assert set(load_file(str(out / "model.safetensors"))) >= {"conv1.weight", "fc.weight"}
     # a second run into the same dir without --resume is refused, and changes nothing
     before = (out / "model.safetensors").read_bytes()
