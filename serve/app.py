@@ -42,7 +42,7 @@ from edgekd.serve.schemas import ErrorResponse, InferRequest, InferResponse, Mod
 
 log = logging.getLogger("edgekd.serve")
 
-MB = 1 << 20
+MB = 1_000_000  # --max-upload-mb in SI megabytes, like every size edgekd prints
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, on top of --max-upload-mb
 MAX_INFER_BATCH = 64  # samples in one /v2 infer request
 MAX_REPORTED_ERRORS = 10  # validation errors listed in one 422

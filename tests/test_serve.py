@@ -392,6 +392,10 @@ def test_size_limits_answer_413_while_reading(strict_server: LiveServer):
         assert r.status_code == 413 and "detail" in r.json()
         r = client.post("/predict", files={"file": ("bomb.png", bomb, "image/png")})
         assert r.status_code == 413 and "pixels" in r.json()["detail"]
+        small = png(Image.new("L", (8, 8), 50))
+        for size, status in ((50_000, 200), (50_001, 413)):  # 0.05 MB is 50,000 bytes (SI, as every size edgekd prints)
+            r = client.post("/predict", files={"file": ("pad.png", small + b"\0" * (size - len(small)), "image/png")})
+            assert r.status_code == status, (size, r.text)
 
         def chunks():  # no Content-Length: the server must stop at the cap while the body streams in
             yield b'--abc\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
