@@ -399,7 +399,7 @@ def bench(
 @app.command()
 def serve(
     export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
-    runtime: Optional[str] = typer.Option(None, help="ort or openvino (default: the fastest available artifact)."),
+    runtime: Optional[str] = typer.Option(None, help="ort or openvino (default: ONNX Runtime when the export has it for the chosen precision)."),
     precision: Optional[str] = typer.Option(None, help="int8, fp32, or fp16 (an OpenVINO export with --fp16); default: int8 when exported."),
     host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8000, envvar="EDGEKD_PORT", help="TCP port."),

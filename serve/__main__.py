@@ -14,7 +14,7 @@ from edgekd.serve.server import LOG_LEVELS, run_server
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edgekd.serve", description="Serve an edgekd export dir over HTTP.")
     p.add_argument("export_dir", help="folder written by `edgekd export` (with manifest.json)")
-    p.add_argument("--runtime", choices=["ort", "openvino"], default=None, help="default: the manifest's preferred artifact")
+    p.add_argument("--runtime", choices=["ort", "openvino"], default=None, help="default: ONNX Runtime when the export has it for the chosen precision")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="default: INT8 when exported")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to accept remote clients)")
     p.add_argument("--port", type=int, default=os.environ.get("EDGEKD_PORT", "8000"), help="TCP port (default: env EDGEKD_PORT, else 8000)")
