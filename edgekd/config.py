@@ -126,7 +126,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(loaded, dict):
             raise EdgeKDError(f"{path} must hold a mapping of config keys, not {type(loaded).__name__}")
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "method_args" and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}  # --arg adds to (or changes) a recipe's method options, not replaces them
+        values[key] = value
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise EdgeKDError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(_FIELDS)}")

@@ -13,6 +13,12 @@ def test_yaml_then_flags(tmp_path):
     assert load_config(tmp_path / "out.yaml") == cfg
 
 
+def test_arg_flags_add_to_a_recipes_method_options(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("method: r2kd\nmethod_args: {rank: soft, prune_ratio: 0.2}\n")
+    assert load_config(path, {"method_args": {"rank": "hard"}}).method_args == {"rank": "hard", "prune_ratio": 0.2}
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
