@@ -124,7 +124,9 @@ class R2KD(Method):
             target[:b] = drkd_rectify(target[:b], y)
         logp_t = F.log_softmax(target / T, dim=1)
         p_t = logp_t.exp()
-        z = self.student(views)
+        # the student sees each view in its own call, as in the authors' release: its batch norm then normalises
+        # (and keeps running statistics of) clean images apart from augmented ones; the eval-mode teachers can share one
+        z = torch.cat([self.student(views[v : v + b]) for v in range(0, views.shape[0], b)])
         logp_s = F.log_softmax(z / T, dim=1)
         p_s = logp_s.exp()
         value = rank = z.new_zeros(())
