@@ -271,6 +271,11 @@ class APIKeyCheck:
         return require_api_key
 
 
+def _error_body(request: Request, detail: Any, message: str) -> dict[str, Any]:
+    """``{"detail": ...}`` (DESIGN §3); on /v2 routes also the Open Inference Protocol's ``{"error": "message"}``."""
+    return {"detail": detail, "error": message} if request.url.path.startswith("/v2/") else {"detail": detail}
+
+
 def process_age() -> float | None:
     """Seconds since this process started (Linux /proc), for the cold-start log line; None elsewhere."""
     try:
@@ -378,7 +383,13 @@ def create_app(
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 without echoing the offending input back (it can be megabytes) and with at most ten errors."""
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:MAX_REPORTED_ERRORS]]
-        return JSONResponse({"detail": errors}, status_code=422)
+        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return JSONResponse(_error_body(request, errors, summary), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's ``{"detail": ...}`` answer, with the protocol's ``error`` string beside it on /v2 routes."""
+        return JSONResponse(_error_body(request, exc.detail, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientDisconnect)
     async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:

@@ -290,10 +290,13 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         r = infer(data=[None] * 1_000_000)  # every element wrong: one error, no echo of the input
         assert r.status_code == 422 and len(r.content) < 1000 and time.perf_counter() - start < 5, (len(r.content), r.content[:300])
         assert r.json()["detail"] == [{"loc": ["body", "inputs", 0, "data", 0], "msg": "Input should be a valid number", "type": "float_type"}]
+        assert r.json()["error"] == "body.inputs.0.data.0: Input should be a valid number"  # the protocol's error string
         assert client.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 422
         assert client.post(f"/v2/models/{name}/infer", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
-        assert client.post("/v2/models/other/infer", json=request).status_code == 404
+        r = client.post("/v2/models/other/infer", json=request)
+        assert r.status_code == 404 and r.json()["error"] == r.json()["detail"] == f"unknown model 'other'; this server serves {name!r}"
         assert client.get("/v2/models/other").status_code == 404
+        assert "error" not in client.post("/predict", params={"top_k": 0}).json()  # outside /v2: DESIGN's {"detail": ...} alone
         assert client.get("/v2/health/live").json() == {"live": True}
         assert client.get("/v2/health/ready").json() == {"ready": True}
         assert client.get("/docs").status_code == 200
