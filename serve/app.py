@@ -273,7 +273,8 @@ class APIKeyCheck:
 
 def _error_body(request: Request, detail: Any, message: str) -> dict[str, Any]:
     """``{"detail": ...}`` (DESIGN §3); on /v2 routes also the Open Inference Protocol's ``{"error": "message"}``."""
-    return {"detail": detail, "error": message} if request.url.path.startswith("/v2/") else {"detail": detail}
+    path = request.url.path
+    return {"detail": detail, "error": message} if path == "/v2" or path.startswith("/v2/") else {"detail": detail}
 
 
 def process_age() -> float | None:

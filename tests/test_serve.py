@@ -421,6 +421,7 @@ def test_api_key(strict_server: LiveServer):
         assert client.post("/predict?top_k=0", files=body).status_code == 401
         assert client.get("/metrics").status_code == 401
         assert client.get("/v2/models/x").status_code == 401
+        assert client.get("/v2").json()["error"].startswith("missing or wrong API key")  # the server metadata route too
         for content in (b"{not json", b'{"inputs": []}'):  # the key is checked before the body is parsed
             r = client.post("/v2/models/x/infer", content=content, headers={"content-type": "application/json"})
             assert r.status_code == 401, r.text
