@@ -24,7 +24,8 @@ from edgekd.data import build_data, make_loader
 from edgekd.export import export_run
 from edgekd.models import create_model
 from edgekd.rundir import load_model, model_description, save_model
-from edgekd.serve.runtime import OpenVINORuntime, OrtRuntime
+from edgekd.runtimes.openvino import OpenVINORuntime
+from edgekd.runtimes.ort import OrtRuntime
 
 RESULTS = Path(__file__).parent / "results" / "export.md"
 # (label, arch, dataset spec, dataset options, epochs): minutes on a laptop CPU, enough to learn real boundaries

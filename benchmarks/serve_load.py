@@ -181,9 +181,9 @@ def http_caller(port: int, bodies: list[bytes]):
 
 def naive_app(export_dir: str, threads: int | None = None):
     """One inference per request, run in FastAPI's thread pool: the baseline dynamic batching must beat."""
-    from edgekd.export.manifest import load_manifest, select_artifact
+    from edgekd.contracts.manifest import load_manifest
+    from edgekd.runtimes import open_artifact, select_artifact
     from edgekd.serve.preprocess import Preprocessor
-    from edgekd.serve.runtime import open_artifact
 
     manifest = load_manifest(export_dir)
     runtime = open_artifact(export_dir, manifest, select_artifact(manifest), threads=threads)
@@ -260,9 +260,9 @@ def median_row(samples: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> str:
-    from edgekd.export.manifest import load_manifest, select_artifact
+    from edgekd.contracts.manifest import load_manifest
+    from edgekd.runtimes import open_artifact, select_artifact
     from edgekd.serve.preprocess import Preprocessor
-    from edgekd.serve.runtime import open_artifact
 
     export_dir = args.export_dir
     manifest = load_manifest(export_dir)

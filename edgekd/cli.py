@@ -16,7 +16,9 @@ from rich.text import Text
 from rich.table import Table
 
 from edgekd.config import TrainConfig
+from edgekd.contracts.values import int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
+from edgekd.export import bench as bench_options
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -131,7 +133,7 @@ def train(
 ) -> None:
     """Train a model with plain cross-entropy (teachers and baselines)."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
-    overrides["milestones"] = None if milestones is None else _int_list(milestones, "--milestones", allow_empty=True)
+    overrides["milestones"] = None if milestones is None else int_list(milestones, "--milestones", allow_empty=True)
     overrides.update(method="ce", method_args={}, rectify=False)  # a recipe's distillation keys do not apply
     overrides["resume"] = resume or None
     _run_training(overrides, config, nproc)
@@ -168,7 +170,7 @@ def distill(
     """Distil a student from a teacher (or from itself: drkd, tfkd-self) with a registered method."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "nproc", "student", "arg")}
     overrides["model"] = student
-    overrides["milestones"] = None if milestones is None else _int_list(milestones, "--milestones", allow_empty=True)
+    overrides["milestones"] = None if milestones is None else int_list(milestones, "--milestones", allow_empty=True)
     overrides["resume"] = resume or None
     if arg:
         overrides["method_args"] = _parse_args(arg)
@@ -319,34 +321,18 @@ def _print_export(rows: list[dict[str, str]], title: str) -> None:
         console.print(f"❎ {escape(name)}: {escape(status)}", highlight=False)
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _int_list(text: str, flag: str, *, allow_empty: bool = False) -> list[int]:
-    try:
-        values = [int(t) for t in _csv(text)]
-    except ValueError:
-        raise EdgeKDError(f"{flag} takes comma-separated integers, got {text!r}") from None
-    if not values and allow_empty:
-        return values
-    if not values or min(values) < 1:
-        raise EdgeKDError(f"{flag} values must be >= 1, got {text!r}")
-    return values
-
-
 @app.command()
 def bench(
     export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export` (reads only its manifest and artifacts)."),
-    runtimes: str = typer.Option("ort,openvino,torch", help="Comma-separated: ort, openvino, torch (baseline; only where torch is installed)."),
-    precisions: str = typer.Option("fp32,int8", help="Comma-separated: fp32, int8, fp16."),
-    batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8,32."),
-    threads: str = typer.Option("auto", help="Comma-separated thread counts; auto = the runtime's default."),
-    warmup: int = typer.Option(20, help="Warm-up calls before timing."),
-    iters: Optional[int] = typer.Option(None, help="Timed calls per configuration (default: as many as fit in --seconds)."),
-    seconds: float = typer.Option(2.0, help="Time budget per configuration when --iters is not given."),
-    ov_hint: str = typer.Option("LATENCY", help="OpenVINO performance hint: LATENCY or THROUGHPUT."),
-    ov_streams: Optional[int] = typer.Option(None, help="OpenVINO inference streams."),
+    runtimes: str = bench_options.RuntimesOpt,
+    precisions: str = bench_options.PrecisionsOpt,
+    batch: str = bench_options.BatchOpt,
+    threads: str = bench_options.ThreadsOpt,
+    warmup: int = bench_options.WarmupOpt,
+    iters: Optional[int] = bench_options.ItersOpt,
+    seconds: float = bench_options.SecondsOpt,
+    ov_hint: str = bench_options.OvHintOpt,
+    ov_streams: Optional[int] = bench_options.OvStreamsOpt,
     remote: Optional[str] = typer.Option(None, help="Also run on user@host[:path] over SSH (edgekd\\[device] installed there)."),
     remote_python: str = typer.Option("python3", help="Python on the remote machine."),
     ssh_port: Optional[int] = typer.Option(None, help="SSH port of --remote."),
@@ -363,18 +349,7 @@ def bench(
         from edgekd.export.remote import check_remote_options
 
         check_remote_options(remote, ssh_port, identity)
-
-    options = {
-        "runtimes": _csv(runtimes),
-        "precisions": _csv(precisions),
-        "batches": list(dict.fromkeys(_int_list(batch, "--batch"))),
-        "threads": [None if t == "auto" else _int_list(t, "--threads")[0] for t in _csv(threads)],
-        "warmup": warmup,
-        "iters": iters,
-        "seconds": seconds,
-        "ov_hint": ov_hint,
-        "ov_streams": ov_streams,
-    }
+    options = bench_options.measurement_options(runtimes, precisions, batch, threads, warmup, iters, seconds, ov_hint, ov_streams)
     rows = run_bench(export_dir, **options)
     if remote:
         from edgekd.export.remote import run_remote

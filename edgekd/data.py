@@ -1,8 +1,9 @@
 """Datasets: every source becomes a `DataBundle` of RGB PIL images plus the transforms that feed a model.
 
 Raw splits hold untransformed ``(PIL RGB image, int label)`` items so that training augmentation, evaluation and
-INT8 calibration share one source of truth. The eval transform is kept bit-compatible with PIL + numpy
-(resize bilinear, /255, (x - mean) / std) because the torch-free server reproduces it without torchvision.
+INT8 calibration share one source of truth. The eval transform is built from the bundle's preprocessing spec
+(``edgekd.contracts.preprocessing``), which the exporter writes into the manifest and the torch-free server
+rebuilds with PIL + numpy.
 Nothing here downloads: a source that is not on disk is a user error that says which layout is expected.
 """
 
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.transforms import v2
 
+from edgekd.contracts.preprocessing import PreprocessSpec
 from edgekd.errors import EdgeKDError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,14 +143,30 @@ class _CIFAR100Files(CIFAR100):
 # --------------------------------------------------------------------------------------------- bundle
 
 
-def make_eval_transform(size: tuple[int, int], mean, std) -> v2.Compose:
-    """Resize (PIL bilinear) -> float in [0, 1] -> normalise: what the server redoes with PIL + numpy."""
-    return v2.Compose([
-        v2.Resize(size),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+def make_eval_transform(spec: PreprocessSpec) -> v2.Compose:
+    """The spec's steps in torchvision v2: resize (exact, or shorter side + centre crop), scale, normalise, order."""
+    interpolation = v2.InterpolationMode[spec.interpolation.upper()]
+    if spec.resize_policy == "exact":
+        steps: list[Any] = [v2.Resize(spec.size, interpolation)]
+    else:
+        steps = [v2.Resize(spec.shorter_side, interpolation), v2.CenterCrop(spec.size)]
+    steps += [v2.ToImage(), _ScaleAndOrder(spec.scale, spec.channel_order == "BGR"), v2.Normalize(list(spec.mean), list(spec.std))]
+    return v2.Compose(steps)
+
+
+@dataclass(frozen=True)
+class _ScaleAndOrder:
+    """uint8 CHW -> float32 times ``scale`` (the multiply ``ToDtype(scale=True)`` does), channels reversed for BGR.
+
+    A module-level class, not a lambda, so that DataLoader workers started by spawn can pickle the transform.
+    """
+
+    scale: float
+    bgr: bool
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(torch.float32) * self.scale
+        return x.flip(0) if self.bgr else x
 
 
 def make_train_transform(size: tuple[int, int], mean, std, *, hflip: bool) -> v2.Compose:
@@ -181,7 +199,12 @@ class DataBundle:
     def __post_init__(self) -> None:
         size = (self.input_size[1], self.input_size[2])
         self.train_transform = make_train_transform(size, self.mean, self.std, hflip=self.hflip)
-        self.eval_transform = make_eval_transform(size, self.mean, self.std)
+        self.eval_transform = make_eval_transform(self.preprocessing)
+
+    @property
+    def preprocessing(self) -> PreprocessSpec:
+        """The CIFAR-style models' spec: an exact resize to the input size, then the dataset's mean and std."""
+        return PreprocessSpec(size=(self.input_size[1], self.input_size[2]), mean=tuple(self.mean), std=tuple(self.std))
 
     def train_set(self) -> Dataset:
         return TransformedDataset(self.raw_train, self.train_transform)

@@ -6,7 +6,10 @@ Raise it with a message that says what was wrong and what to do instead.
 
 
 import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 RANK_ERRORS_ENV = "EDGEKD_RANK_ERRORS"  # set by `--nproc`'s launcher: a folder where ranks leave their messages
 
@@ -32,3 +35,30 @@ def hand_to_launcher(message: str) -> bool:
         return False
     Path(folder, f"rank-{int(os.environ.get('RANK', '0')):05d}").write_text(message, encoding="utf-8")
     return True
+
+
+def run_command(function: Callable[..., Any], argv: Sequence[str] | None, prog_name: str) -> int:
+    """Run a Typer command function as a program of its own (``python -m ...``); returns the exit code.
+
+    A user mistake is one line on stderr and exit code 2, as in the ``edgekd`` CLI; usage errors are click's.
+    """
+    import click
+    import typer
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(function)
+    try:
+        typer.main.get_command(app).main(args=list(argv) if argv is not None else None, prog_name=prog_name,
+                                         standalone_mode=False)
+    except click.exceptions.Exit as e:  # --help
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except EdgeKDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

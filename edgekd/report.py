@@ -20,17 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edgekd.contracts.bench_rows import BENCH_JSON, read_rows
+from edgekd.contracts.manifest import MANIFEST
+from edgekd.contracts.rundir import DESCRIPTION, METRICS, SUMMARY
+from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
-from edgekd.export.bench_report import (
-    EMULATED_NOTE,
-    baseline_label,
-    fastest_entries,
-    format_label,
-    machine_label,
-    machine_name,
-    read_rows,
-)
-from edgekd.export.manifest import is_number
+from edgekd.export.bench_report import EMULATED_NOTE, baseline_label, fastest_entries, format_label, machine_label, machine_name
 from edgekd.fsutil import write_text
 
 DEFAULT_NAME = "report.html"
@@ -153,27 +148,27 @@ def discover(root: Path) -> Found:
     dirs = sorted(p for p in [root, *(d for d in root.rglob("*") if d.is_dir())] if _visible(p, root))
     for d in dirs:
         rel = _rel(d, root)
-        summary_path, model_path = d / "summary.json", d / "model.json"
+        summary_path, model_path = d / SUMMARY, d / DESCRIPTION
         model = _read_json(model_path, found.notes) if model_path.exists() else {}
         model = model if isinstance(model, dict) else {}
-        if summary_path.exists() and (d / "metrics.jsonl").exists():
+        if summary_path.exists() and (d / METRICS).exists():
             summary = _read_json(summary_path, found.notes)
             if isinstance(summary, dict):
-                found.runs.append(Run(rel, summary, _read_history(d / "metrics.jsonl", found.notes), model))
+                found.runs.append(Run(rel, summary, _read_history(d / METRICS, found.notes), model))
         elif model.get("pruned"):
             summary = _read_json(summary_path, found.notes) if summary_path.exists() else None
             found.runs.append(Run(rel, summary if isinstance(summary, dict) else {}, [], model))
-        if (d / "manifest.json").exists():
-            manifest = _read_json(d / "manifest.json", found.notes)
+        if (d / MANIFEST).exists():
+            manifest = _read_json(d / MANIFEST, found.notes)
             if (isinstance(manifest, dict) and isinstance(manifest.get("artifacts"), dict)
                     and all(isinstance(a, dict) for a in manifest["artifacts"].values())
                     and isinstance(manifest.get("eval") or {}, dict)):
                 found.exports.append(Export(rel, manifest))
             elif manifest is not None:
-                found.notes.append(f"skipped {d / 'manifest.json'}: no artifacts, or malformed (not written by edgekd export)")
-        if (d / "bench.json").exists():
+                found.notes.append(f"skipped {d / MANIFEST}: no artifacts, or malformed (not written by edgekd export)")
+        if (d / BENCH_JSON).exists():
             try:
-                found.benches.append(Bench(rel, read_rows(d / "bench.json")))
+                found.benches.append(Bench(rel, read_rows(d / BENCH_JSON)))
             except EdgeKDError as e:
                 found.notes.append(f"skipped {e}")
         if (d / "demo-summary.json").exists() and found.demo is None:

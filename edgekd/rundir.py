@@ -1,26 +1,20 @@
-"""The run directory contract (DESIGN §3): weights in safetensors plus a JSON description.
+"""Save and rebuild the network of a run dir (its files and ``model.json`` reader: ``edgekd.contracts.rundir``).
 
-``model.json`` carries everything needed to rebuild the network without the training code's state:
-architecture name, classes, input size, normalisation, the dataset spec, and, for pruned models, the
-shape of every resized layer so the smaller channel counts survive a save/load round trip.
+A pruned model records the shape of every resized layer, so the smaller channel counts survive a save/load round trip.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgekd.contracts.rundir import DESCRIPTION, WEIGHTS, read_description
+from edgekd.contracts.values import is_count
 from edgekd.errors import EdgeKDError, one_line
-from edgekd.export.manifest import is_count, is_number
 from edgekd.fsutil import atomic_path, write_json
-
-WEIGHTS = "model.safetensors"
-DESCRIPTION = "model.json"
 
 
 def model_description(arch: str, bundle, **extra: Any) -> dict[str, Any]:
@@ -33,6 +27,7 @@ def model_description(arch: str, bundle, **extra: Any) -> dict[str, Any]:
         "input_size": list(bundle.input_size),
         "mean": list(bundle.mean),
         "std": list(bundle.std),
+        "preprocessing": bundle.preprocessing.to_dict(),
         "class_names": list(bundle.class_names),
         "dataset": bundle.spec,
         "dataset_options": bundle.options,
@@ -106,11 +101,6 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weig
     return model
 
 
-def _number_list(value: Any, length: int) -> bool:
-    return (isinstance(value, list) and len(value) == length
-            and all(is_number(v) and math.isfinite(v) for v in value))
-
-
 def save_model(run_dir: str | Path, model: nn.Module, description: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``model.json`` atomically (a pruned model also records its layer shapes)."""
     from safetensors.torch import save_file
@@ -121,49 +111,6 @@ def save_model(run_dir: str | Path, model: nn.Module, description: dict[str, Any
     with atomic_path(run_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"arch": description["arch"]})
     write_json(run_dir / DESCRIPTION, description)
-
-
-def read_description(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    path = run_dir / DESCRIPTION
-    if not run_dir.is_dir():
-        raise EdgeKDError(f"run dir {run_dir} does not exist; pass the --out folder of `edgekd train` or `edgekd distill`")
-    if not path.is_file() or not (run_dir / WEIGHTS).is_file():
-        raise EdgeKDError(f"{run_dir} is not an edgekd run dir: it needs {WEIGHTS} and {DESCRIPTION}")
-    try:
-        desc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgeKDError(f"{path} is not valid JSON ({e}); the run dir is corrupt") from None
-    if not isinstance(desc, dict):
-        raise EdgeKDError(f"{path} must hold a JSON object; the run dir is corrupt")
-    missing = [k for k in ("arch", "num_classes", "input_size", "mean", "std", "class_names", "dataset") if k not in desc]
-    if missing:
-        raise EdgeKDError(f"{path} lacks {', '.join(missing)}; the run dir is corrupt")
-    problem = _description_problem(desc)
-    if problem:
-        raise EdgeKDError(f"{path}: {problem}; the run dir is corrupt")
-    return desc
-
-
-def _description_problem(desc: dict[str, Any]) -> str | None:
-    """What is wrong with a ``model.json``'s values, if anything: later stages build models and exports from them."""
-    size, classes = desc["input_size"], desc["num_classes"]
-    if not isinstance(desc["arch"], str) or not desc["arch"]:
-        return f"arch must be a model name, got {desc['arch']!r}"
-    if not is_count(classes):
-        return f"num_classes must be a positive integer, got {classes!r}"
-    if not isinstance(size, list) or len(size) != 3 or not all(is_count(v) for v in size) or size[0] != 3:
-        return f"input_size must be [3, height, width] with positive sizes, got {size!r}"
-    if not _number_list(desc["mean"], 3) or not _number_list(desc["std"], 3) or min(desc["std"]) <= 0:
-        return f"mean and std must be 3 finite numbers, std > 0, got {desc['mean']!r} and {desc['std']!r}"
-    names = desc["class_names"]
-    if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
-        return f"class_names must be {classes} strings (num_classes), got {str(names)[:80]}"
-    if not isinstance(desc["dataset"], str) or not isinstance(desc.get("dataset_options", {}), dict):
-        return "dataset must be a dataset spec and dataset_options an object"
-    if not isinstance(desc.get("layer_shapes", {}), dict):
-        return "layer_shapes must be an object of layer name -> shape"
-    return None
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

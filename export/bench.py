@@ -1,13 +1,12 @@
 """Latency benchmark of an export dir: each runtime x precision x batch x threads, timed on this machine.
 
-Torch-free: this is what runs on the device (also as ``python -m edgekd.export.bench`` over SSH). The
-PyTorch eager baseline lives in ``edgekd.export.torch_baseline`` and is imported only when the torch row
-is asked for, so a device without torch gets a "skipped" row instead of an ImportError.
+Torch-free: this is what runs on the device (also as ``python -m edgekd.export.bench`` over SSH). Every runtime
+comes from the registry (``edgekd.runtimes``); the PyTorch eager baseline is the one that runs the source run dir
+and imports torch only when its row is measured, so a device without torch gets a "skipped" row instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -16,21 +15,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+import typer
 
-from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import ARTIFACT_KINDS, RUNTIME_OF_FORMAT, load_manifest
-from edgekd.serve.runtime import Runtime, open_artifact
+from edgekd.contracts.bench_rows import bench_row, machine_key
+from edgekd.contracts.manifest import PRECISIONS, load_manifest
+from edgekd.contracts.rundir import WEIGHTS
+from edgekd.contracts.values import csv_list, int_list
+from edgekd.errors import EdgeKDError, run_command
+from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, open_artifact
+from edgekd.runtimes.openvino import HINTS as OV_HINTS
 
-RUNTIMES = ("ort", "openvino", "torch")
-PRECISIONS = tuple(dict.fromkeys(p for _, p in ARTIFACT_KINDS.values()))
-OV_HINTS = ("LATENCY", "THROUGHPUT")
-# the Python package each runtime needs, for "skipped: X not installed" rows and the machine's versions
-PACKAGES = {"ort": "onnxruntime", "openvino": "openvino", "torch": "torch"}
 MIN_TIMED_ITERS = 10  # a time-boxed run still gets enough samples for a p90
 
 
@@ -80,23 +78,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _installed_version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on: CPU, architecture, usable cores, OS and runtime versions."""
     from edgekd import __version__
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {"edgekd": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for runtime in ("ort", "openvino"):
-        v = _installed_version(PACKAGES[runtime])
+    for runtime in artifact_runtimes():
+        v = RUNTIMES[runtime].installed_version()
         if v:
-            versions[PACKAGES[runtime]] = v
+            versions[RUNTIMES[runtime].package] = v
     return {
         "host": platform.node(),
         "cpu": _cpu_model(),
@@ -107,65 +98,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def machine_key(machine: Mapping[str, Any]) -> tuple:
-    """Rows measured on the same machine share this key (rows merged from several machines are compared within one)."""
-    return (machine.get("target"), machine.get("host"), machine.get("cpu"), machine.get("arch"))
-
-
-def fastest(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The measured (ok, not emulated) row with the lowest p50 for each batch size; p99 breaks ties."""
-    best: dict[int, dict[str, Any]] = {}
-    for r in rows:
-        if r["status"] != "ok" or r.get("emulated"):
-            continue
-        cur = best.get(r["batch"])
-        if cur is None or (r["p50_ms"], r["p99_ms"]) < (cur["p50_ms"], cur["p99_ms"]):
-            best[r["batch"]] = dict(r)
-    return dict(sorted(best.items()))
-
-
 def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Set ``speedup`` (baseline p50 / row p50) and ``baseline`` on each row, within one machine, batch and threads.
 
-    The baseline is PyTorch eager FP32 when it was measured, else ONNX Runtime FP32.
+    The baseline is the source-run runtime's FP32 (PyTorch eager) when it was measured, else the FP32 row of the
+    first registered artifact runtime (ONNX Runtime).
     """
+    order = [name for name, cls in RUNTIMES.items() if cls.source_run] + artifact_runtimes()
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((machine_key(r["machine"]), r["batch"], r["threads"]), []).append(r)
     for group in groups.values():
         ok = {(r["runtime"], r["precision"]): r for r in group if r["status"] == "ok"}
-        base = ok.get(("torch", "fp32")) or ok.get(("ort", "fp32"))
+        base = next((ok[(name, "fp32")] for name in order if (name, "fp32") in ok), None)
         for r in group:
             measured = base is not None and r["status"] == "ok"
             r["baseline"] = f"{base['runtime']} {base['precision']}" if base is not None else None
             r["speedup"] = round(base["p50_ms"] / r["p50_ms"], 3) if measured else None
     return rows
-
-
-def _row(runtime: str, precision: str, batch: int, threads: int | None, status: str, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "runtime": runtime,
-        "precision": precision,
-        "batch": batch,
-        "threads": threads,
-        "status": status,
-        "p50_ms": None,
-        "p90_ms": None,
-        "p99_ms": None,
-        "mean_ms": None,
-        "iters": None,
-        "throughput_ips": None,
-        "size_mb": None,
-        "accuracy": None,
-        "speedup": None,
-        "baseline": None,
-        "artifact": None,
-        "options": {},
-        "machine": None,
-        "emulated": False,
-    }
-    row.update(fields)
-    return row
 
 
 def _error_text(e: BaseException) -> str:
@@ -181,45 +131,45 @@ def _source_run(export_dir: Path, manifest: Mapping[str, Any]) -> tuple[Path | N
         return None, "skipped: the manifest names no source run to load the PyTorch model from"
     p = Path(manifest["source_run"])
     for cand in ([p] if p.is_absolute() else [export_dir / p, p]):
-        if (cand / "model.safetensors").is_file():
+        if (cand / WEIGHTS).is_file():
             return cand, None
     return None, f"skipped: source run {p} is not on this machine"
 
 
 @contextlib.contextmanager
 def _open(export_dir: Path, manifest: dict[str, Any], runtime: str, key: str | None, run_dir: Path | None,
-          threads: int | None, verify: bool, ov_options: dict[str, Any]) -> Iterator[Runtime]:
-    """The loaded model for one configuration (torch: the source run); ImportError: the runtime is not installed."""
-    if runtime == "torch":
-        from edgekd.export import torch_baseline  # needs torch; ImportError when it is not installed
+          threads: int | None, verify: bool, options: dict[str, Any]) -> Iterator[Runtime]:
+    """The loaded model for one configuration (a baseline: the source run); ImportError: the runtime is not installed."""
+    if RUNTIMES[runtime].source_run:
+        rt = RUNTIMES[runtime](run_dir, threads=threads)
+    else:
+        rt = open_artifact(export_dir, manifest, key, runtime=runtime, verify=verify, threads=threads, **options)
+    try:
+        yield rt
+    finally:
+        rt.close()
 
-        with torch_baseline.torch_runtime(run_dir, threads=threads) as rt:
-            yield rt
-        return
-    opts = ov_options if runtime == "openvino" else {}
-    yield open_artifact(export_dir, manifest, key, verify=verify, threads=threads, **opts)
 
-
-def _kind(entry: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(runtime, precision) of a manifest entry, written or dropped (None for a format no runtime here reads)."""
-    return RUNTIME_OF_FORMAT.get(entry.get("format")), entry.get("precision")
+def _runs(runtime: str, precision: str, entry: Mapping[str, Any]) -> bool:
+    """Whether ``runtime`` runs a manifest entry (written or dropped) of ``precision``."""
+    return entry.get("format") in RUNTIMES[runtime].formats and entry.get("precision") == precision
 
 
 def _plan(manifest: Mapping[str, Any], runtimes: Sequence[str], precisions: Sequence[str]) -> list[tuple[str, str, str | None, str | None]]:
-    """(runtime, precision, artifact key, skip reason) to measure; torch has no key: it loads the source run."""
+    """(runtime, precision, artifact key, skip reason) to measure; a baseline has no key: it loads the source run."""
     dropped = manifest.get("dropped") or {}
     plan = []
     for runtime in runtimes:
         for precision in precisions:
-            if runtime == "torch":
+            if RUNTIMES[runtime].source_run:
                 if precision == "fp32":  # the eager baseline is FP32 only
                     plan.append((runtime, precision, None, None))
                 continue
-            keys = [k for k, a in manifest["artifacts"].items() if _kind(a) == (runtime, precision)]
+            keys = [k for k, a in manifest["artifacts"].items() if _runs(runtime, precision, a)]
             plan.extend((runtime, precision, k, None) for k in keys)
             if not keys:
                 why = [f"{k} was dropped at export: {a.get('reason', 'no reason given')}" for k, a in dropped.items()
-                       if _kind(a) == (runtime, precision)]
+                       if _runs(runtime, precision, a)]
                 plan.append((runtime, precision, None, "skipped: " + ("; ".join(why) or f"no {runtime} {precision} artifact in this export")))
     return plan
 
@@ -261,7 +211,7 @@ def _progress(enabled: bool):
 def run_bench(
     export_dir: str | Path,
     *,
-    runtimes: Sequence[str] = ("ort", "openvino", "torch"),
+    runtimes: Sequence[str] | None = None,
     precisions: Sequence[str] = ("fp32", "int8"),
     batches: Sequence[int] = (1,),
     threads: Sequence[int | None] = (None,),
@@ -279,7 +229,8 @@ def run_bench(
     speed-up over the baseline, the machine, and a status ("ok", "skipped: why", "error: what"). ``emulated``
     marks rows measured under an emulator (e.g. QEMU), which report that the artifact runs, not device speed.
     """
-    runtimes, precisions, batches, threads = list(runtimes), list(precisions), list(batches), list(threads)
+    runtimes = list(RUNTIMES) if runtimes is None else list(runtimes)
+    precisions, batches, threads = list(precisions), list(batches), list(threads)
     _check_options(runtimes, precisions, batches, threads, warmup, iters, seconds, ov_hint, ov_streams)
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
@@ -290,7 +241,7 @@ def run_bench(
         if b * math.prod(shape[1:]) * 4 > MAX_INPUT_BYTES:
             raise EdgeKDError(f"batch {b} of {'x'.join(map(str, shape[1:]))} inputs needs more than 2 GiB of input; pass a smaller --batch")
     machine = machine_info()
-    ov_options = {"hint": ov_hint.upper(), "streams": ov_streams}
+    options = {"hint": ov_hint.upper(), "streams": ov_streams}  # each runtime takes those it declares
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *shape[1:]), dtype=np.float32) for b in batches}
     plan = _plan(manifest, runtimes, precisions)
@@ -301,18 +252,19 @@ def run_bench(
         for runtime, precision, key, skip in plan:
             entry = manifest["artifacts"].get(key, {}) if key else {}
             run_dir = None
-            if runtime == "torch":
+            cls = RUNTIMES[runtime]
+            if cls.source_run:
                 run_dir, skip = _source_run(export_dir, manifest)
             fields = {
                 "artifact": key,
                 "size_mb": round(entry["size_bytes"] / 1e6, 6) if "size_bytes" in entry else None,
                 "accuracy": entry.get("accuracy"),
-                "options": dict(ov_options) if runtime == "openvino" else {},
+                "options": {k: v for k, v in options.items() if k in cls.options},
                 "machine": machine,
                 "emulated": emulated,
             }
             if run_dir is not None:
-                fields["size_mb"] = round((run_dir / "model.safetensors").stat().st_size / 1e6, 6)
+                fields["size_mb"] = round((run_dir / WEIGHTS).stat().st_size / 1e6, 6)
                 fields["accuracy"] = (manifest.get("eval") or {}).get("torch_accuracy")
             for n_threads in threads:
                 with contextlib.ExitStack() as stack:
@@ -320,20 +272,20 @@ def run_bench(
                     if status is None:
                         try:
                             rt = stack.enter_context(
-                                _open(export_dir, manifest, runtime, key, run_dir, n_threads, key not in verified, ov_options)
+                                _open(export_dir, manifest, runtime, key, run_dir, n_threads, key not in verified, options)
                             )
                         except ImportError as e:
-                            hint = "" if runtime == "torch" else " (pip install 'edgekd[device]')"
-                            status = f"skipped: {e.name or PACKAGES[runtime]} not installed{hint}"
+                            hint = "" if cls.source_run else " (pip install 'edgekd[device]')"
+                            status = f"skipped: {e.name or cls.package} not installed{hint}"
                         except Exception as e:  # a broken artifact or runtime fails this configuration, not the bench
                             status = _error_text(e)
                     if rt is not None:
                         verified.add(key)
                         if run_dir is not None:
-                            fields["machine"] = {**machine, "versions": {**machine["versions"], "torch": rt.version()}}
+                            fields["machine"] = {**machine, "versions": {**machine["versions"], cls.package: rt.version()}}
                     for batch in batches:
                         bar.update(task, description=f"{runtime} {precision} batch {batch} threads {n_threads or 'auto'}")
-                        row = _row(runtime, precision, batch, n_threads, status or "ok", **fields)
+                        row = bench_row(runtime, precision, batch, n_threads, status or "ok", **fields)
                         if rt is not None:
                             _measure(row, rt, inputs[batch], warmup=warmup, iters=iters, seconds=seconds)
                         rows.append(row)
@@ -354,81 +306,92 @@ def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, it
     row["throughput_ips"] = round(len(x) * 1000.0 / stats["mean_ms"], 2)
 
 
-def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        try:
-            return [kind(item.strip()) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a comma-separated list of {kind.__name__}: {text!r}") from None
+# The measurement options of `edgekd bench` and of `python -m edgekd.export.bench` (what `edgekd bench --remote` runs
+# on the device): one definition, turned into ``run_bench`` keywords by ``measurement_options`` and back into this
+# command line by ``bench_argv``.
+RuntimesOpt = typer.Option(
+    ",".join(RUNTIMES), help=f"Comma-separated: {', '.join(RUNTIMES)} (torch: the PyTorch baseline, only where torch is installed).")
+PrecisionsOpt = typer.Option("fp32,int8", help=f"Comma-separated: {', '.join(PRECISIONS)}.")
+BatchOpt = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8,32.")
+ThreadsOpt = typer.Option("auto", help="Comma-separated thread counts; auto = the runtime's default.")
+WarmupOpt = typer.Option(20, help="Warm-up calls before timing.")
+ItersOpt = typer.Option(None, help="Timed calls per configuration (default: as many as fit in --seconds).")
+SecondsOpt = typer.Option(2.0, help="Time budget per configuration when --iters is not given.")
+OvHintOpt = typer.Option("LATENCY", help=f"OpenVINO performance hint: {' or '.join(OV_HINTS)}.")
+OvStreamsOpt = typer.Option(None, help="OpenVINO inference streams.")
 
-    return parse
 
-
-def _threads(item: str) -> int | None:
-    return None if item.lower() == "auto" else int(item)
+def measurement_options(runtimes: str, precisions: str, batch: str, threads: str, warmup: int, iters: int | None,
+                        seconds: float, ov_hint: str, ov_streams: int | None) -> dict[str, Any]:
+    """The command line's measurement options as ``run_bench`` keywords."""
+    return {
+        "runtimes": csv_list(runtimes),
+        "precisions": csv_list(precisions),
+        "batches": list(dict.fromkeys(int_list(batch, "--batch"))),
+        "threads": [None if t == "auto" else int_list(t, "--threads")[0] for t in csv_list(threads)],
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "ov_hint": ov_hint,
+        "ov_streams": ov_streams,
+    }
 
 
 def bench_argv(options: Mapping[str, Any]) -> list[str]:
     """Command-line arguments of ``python -m edgekd.export.bench`` for ``run_bench`` keyword ``options``."""
     argv: list[str] = []
     for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if name in ("runtimes", "precisions", "batches"):
-            argv += [flag, ",".join(str(v) for v in value)]
+        if name in ("runtimes", "precisions"):
+            argv += ["--" + name, ",".join(value)]
+        elif name == "batches":
+            argv += ["--batch", ",".join(str(v) for v in value)]
         elif name == "threads":
-            argv += [flag, ",".join("auto" if t is None else str(t) for t in value)]
+            argv += ["--threads", ",".join("auto" if t is None else str(t) for t in value)]
         elif name in ("progress", "emulated"):
             if bool(value) != (name == "progress"):
                 argv.append("--no-progress" if name == "progress" else "--emulated")
         elif name in ("warmup", "iters", "seconds", "ov_hint", "ov_streams"):
             if value is not None:
-                argv += [flag, str(value)]
+                argv += ["--" + name.replace("_", "-"), str(value)]
         else:
             raise EdgeKDError(f"unknown bench option {name!r}")
     return argv
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m edgekd.export.bench",
-        description="Benchmark an edgekd export dir on this machine (no torch needed).",
-    )
-    p.add_argument("export_dir", type=Path)
-    out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--out", type=Path, help="write bench.json, bench.md and bench.png into this folder")
-    out.add_argument("--json", type=Path, help="write only bench.json, at this path")
-    p.add_argument("--title", default=None)
-    p.add_argument("--runtimes", type=_csv(str), default=["ort", "openvino", "torch"])
-    p.add_argument("--precisions", type=_csv(str), default=["fp32", "int8"])
-    p.add_argument("--batches", type=_csv(int), default=[1])
-    p.add_argument("--threads", type=_csv(_threads), default=[None], help="comma-separated; 'auto' is the runtime's default")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--ov-hint", default="LATENCY")
-    p.add_argument("--ov-streams", type=int, default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--emulated", action="store_true")
-    return p
+def device_bench(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    out: Optional[Path] = typer.Option(None, help="Write bench.json, bench.md and bench.png into this folder."),
+    json: Optional[Path] = typer.Option(None, help="Write only bench.json, at this path."),
+    title: Optional[str] = typer.Option(None, help="The report's title (default: edgekd bench: EXPORT_DIR's name)."),
+    runtimes: str = RuntimesOpt,
+    precisions: str = PrecisionsOpt,
+    batch: str = BatchOpt,
+    threads: str = ThreadsOpt,
+    warmup: int = WarmupOpt,
+    iters: Optional[int] = ItersOpt,
+    seconds: float = SecondsOpt,
+    ov_hint: str = OvHintOpt,
+    ov_streams: Optional[int] = OvStreamsOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    emulated: bool = typer.Option(False, "--emulated", help="Mark the rows as measured under an emulator (QEMU)."),
+) -> None:
+    """Benchmark an edgekd export dir on this machine (no torch needed)."""
+    from edgekd.export import bench_report
+
+    if (out is None) == (json is None):
+        raise EdgeKDError("pass exactly one of --out (the whole report) and --json (bench.json only)")
+    options = measurement_options(runtimes, precisions, batch, threads, warmup, iters, seconds, ov_hint, ov_streams)
+    rows = run_bench(export_dir, **options, progress=progress, emulated=emulated)
+    title = title or f"edgekd bench: {export_dir.resolve().name}"
+    if out is not None:
+        bench_report.write_report(rows, out, title)
+    else:
+        bench_report.write_json(rows, json, title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m edgekd.export.bench`` (what ``edgekd bench --remote`` runs on the device)."""
-    from edgekd.export import bench_report
-
-    args = vars(build_parser().parse_args(argv))
-    export_dir, out, json_path = args.pop("export_dir"), args.pop("out"), args.pop("json")
-    title = args.pop("title") or f"edgekd bench: {export_dir.resolve().name}"
-    try:
-        rows = run_bench(export_dir, **args)
-        if out is not None:
-            bench_report.write_report(rows, out, title)
-        else:
-            bench_report.write_json(rows, json_path, title)
-    except EdgeKDError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(device_bench, argv, "python -m edgekd.export.bench")
 
 
 if __name__ == "__main__":

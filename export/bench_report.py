@@ -13,12 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edgekd.contracts.bench_rows import BENCH_JSON, fastest, machine_key
+from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
-from edgekd.export.bench import fastest, machine_key
-from edgekd.export.manifest import is_count, is_number
 from edgekd.fsutil import atomic_path, write_json as _write_json_file, write_text
-
-RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
+from edgekd.runtimes import RUNTIMES
 MD_HEADER = ("Format", "Batch", "Threads", "Status", "Size (MB)", "Accuracy", "p50 (ms)", "p99 (ms)", "Throughput (img/s)", "Speed-up")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 EMULATED_NOTE = (
@@ -29,7 +28,8 @@ EMULATED_NOTE = (
 
 def format_label(row: Mapping[str, Any]) -> str:
     """'ONNX Runtime INT8', 'PyTorch FP32', …"""
-    return f"{RUNTIME_NAMES.get(row['runtime'], row['runtime'])} {row['precision'].upper()}"
+    cls = RUNTIMES.get(row["runtime"])
+    return f"{cls.title if cls else row['runtime']} {row['precision'].upper()}"
 
 
 def machine_name(machine: Mapping[str, Any]) -> str:
@@ -84,37 +84,6 @@ def write_json(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) 
     """Write only ``bench.json`` (what a remote device sends back)."""
     _write_json_file(path, report_document(rows, title))
     return Path(path)
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``bench.json``."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows = doc["rows"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise EdgeKDError(f"{path} is not a bench.json written by edgekd bench ({e})") from None
-    problem = "'rows' is not a list" if not isinstance(rows, list) else next(
-        (f"row {i}: {p}" for i, r in enumerate(rows, 1) if (p := _row_problem(r))), None)
-    if problem:
-        raise EdgeKDError(f"{path} is not a bench.json written by edgekd bench ({problem})")
-    return rows
-
-
-_ROW_TEXT = ("runtime", "precision", "status")
-_ROW_NUMBERS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips", "size_mb", "accuracy", "speedup")
-
-
-def _row_problem(row: Any) -> str | None:
-    """What a report could not show from a bench row (the fields every reader of bench.json relies on)."""
-    if not isinstance(row, dict):
-        return f"{type(row).__name__}, not an object"
-    bad = [k for k in _ROW_TEXT if not isinstance(row.get(k), str)]
-    bad += [k for k in ("batch",) if not is_count(row.get(k))]
-    bad += [k for k in ("threads",) if row.get(k) is not None and not isinstance(row.get(k), int)]
-    bad += [k for k in _ROW_NUMBERS if row.get(k) is not None and not is_number(row[k])]
-    bad += [k for k in ("p50_ms", "p99_ms") if row.get("status") == "ok" and row.get(k) is None]  # what a measured row is
-    bad += [k for k in ("machine",) if not isinstance(row.get(k), dict)]
-    return f"bad or missing {', '.join(bad)}" if bad else None
 
 
 def merge_reports(local_rows: Sequence[Mapping[str, Any]], remote_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -317,7 +286,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title: 
     doc = json.dumps(report_document(rows, title), indent=2) + "\n"
     md = render_markdown(rows, title)
     png = render_png(rows, title)
-    paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "png": out_dir / "bench.png"}
+    paths = {"json": out_dir / BENCH_JSON, "md": out_dir / "bench.md", "png": out_dir / "bench.png"}
     write_text(paths["json"], doc)
     write_text(paths["md"], md)
     with atomic_path(paths["png"]) as tmp:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgekd import __version__
+from edgekd.contracts.manifest import FORMAT_VERSION, MANIFEST, artifact_entry, artifact_key
+from edgekd.contracts.rundir import description_preprocessing
+from edgekd.contracts.values import is_count, is_number
 from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import ARTIFACT_KINDS, FORMAT_VERSION, MANIFEST, artifact_entry, is_count, is_number
+from edgekd.export.formats import FORMATS, ExportFormat
+from edgekd.export.formats.onnx import CALIBRATOR_OPTIONS, export_onnx
 from edgekd.export.verify import verify_file
 from edgekd.fsutil import atomic_dir, write_json
 
-FORMATS = ("onnx", "openvino")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-FILES = {
-    "onnx-fp32": ["model.onnx"],
-    "onnx-int8": ["model.int8.onnx"],
-    "openvino-fp32": ["openvino-fp32/model.xml", "openvino-fp32/model.bin"],
-    "openvino-fp16": ["openvino-fp16/model.xml", "openvino-fp16/model.bin"],
-    "openvino-int8": ["openvino-int8/model.xml", "openvino-int8/model.bin"],
-}
+CALIB_METHODS = tuple(CALIBRATOR_OPTIONS)
 
 
 def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop: Any, fp16: bool) -> tuple[str, ...]:
@@ -42,14 +38,16 @@ def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise EdgeKDError(f"unsupported export format {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}")
+    formats = tuple(f for f in FORMATS if f in formats)  # written in registry order: the ONNX graph first
     if not is_count(calib_samples):
         raise EdgeKDError(f"calib_samples must be a positive integer, got {calib_samples!r}")
     if calib_method not in CALIB_METHODS:
         raise EdgeKDError(f"unknown calibration method {calib_method!r}; choose from {', '.join(CALIB_METHODS)}")
     if max_drop is not None and not (is_number(max_drop) and 0 <= max_drop <= 100):
         raise EdgeKDError(f"max_drop is a number of top-1 accuracy points between 0 and 100, got {max_drop!r}")
-    if fp16 and "openvino" not in formats:
-        raise EdgeKDError("fp16 writes an OpenVINO FP16 IR; add the openvino format or drop --fp16")
+    with_fp16 = [f for f in FORMATS if "fp16" in FORMATS[f].files]
+    if fp16 and not set(with_fp16) & set(formats):
+        raise EdgeKDError(f"fp16 writes an FP16 artifact of {', '.join(with_fp16)}; add such a format or drop --fp16")
     return formats
 
 
@@ -97,7 +95,7 @@ def export_run(
     run_dir: str | Path,
     out: str | Path,
     *,
-    formats: tuple[str, ...] | list[str] = FORMATS,
+    formats: tuple[str, ...] | list[str] = tuple(FORMATS),
     int8: bool = False,
     calib_samples: int = 300,
     calib_method: str = "minmax",
@@ -116,9 +114,14 @@ def export_run(
     if max_drop is not None and not int8:
         raise EdgeKDError("max_drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
     with atomic_dir(out, overwrite=overwrite) as tmp:  # refuses an existing export dir before any work
-        job = _Job.prepare(run_dir, int8, calib_samples, calib_method, max_drop)
         with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch, _progress(progress) as bar:
-            job.run(Path(tmp), Path(scratch), bar, formats, int8, fp16)
+            job = ExportJob.prepare(run_dir, Path(tmp), Path(scratch), bar, int8, calib_samples, calib_method, max_drop)
+            precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
+            for key in formats:
+                fmt = FORMATS[key]()
+                for precision in fmt.files:
+                    if precision in precisions:
+                        job.write(fmt, precision)
         write_json(Path(tmp) / MANIFEST, job.manifest)
     return job.manifest
 
@@ -127,15 +130,7 @@ def _describe(run_dir: str | Path, desc: dict[str, Any], bundle: Any, val_sample
     """The manifest skeleton (no artifacts yet) and the metadata embedded in every model file."""
     size = [int(v) for v in desc["input_size"]]
     name = f"{desc['arch']}-{bundle.name}"
-    preprocessing = {
-        "resize": size[1:],
-        "interpolation": "bilinear",
-        "mean": list(desc["mean"]),
-        "std": list(desc["std"]),
-        "channel_order": "RGB",
-        "layout": "NCHW",
-        "scale": 1 / 255,
-    }
+    preprocessing = description_preprocessing(desc).to_dict()
     source = str(Path(run_dir).resolve())
     metadata = {
         "model": name,
@@ -170,17 +165,22 @@ def _describe(run_dir: str | Path, desc: dict[str, Any], bundle: Any, val_sample
     return manifest, metadata
 
 
-class _Job:
-    """One export: holds the evaluation data and fills the manifest as artifacts are written and verified."""
+class ExportJob:
+    """One export: the model, its evaluation and calibration data, and the manifest filled as formats write
+    artifacts (``ExportFormat.write``) and each is verified."""
 
-    def __init__(self, model, val_images, val_labels, reference, torch_acc, calib, calib_method, max_drop, metadata, manifest) -> None:
+    def __init__(self, model, val_images, val_labels, reference, torch_acc, calib, calib_method, max_drop, metadata,
+                 manifest, out: Path, scratch: Path, bar: Progress) -> None:
         self.model = model
         self.val_images, self.val_labels, self.reference, self.torch_acc = val_images, val_labels, reference, torch_acc
         self.calib, self.calib_method, self.max_drop = calib, calib_method, max_drop
         self.metadata, self.manifest = metadata, manifest
+        self.out, self.scratch, self.bar = out, scratch, bar
+        self._graph: Path | None = None
 
     @classmethod
-    def prepare(cls, run_dir: str | Path, int8: bool, calib_samples: int, calib_method: str, max_drop: float | None) -> _Job:
+    def prepare(cls, run_dir: str | Path, out: Path, scratch: Path, bar: Progress, int8: bool, calib_samples: int,
+                calib_method: str, max_drop: float | None) -> ExportJob:
         """Load the run's model and data once: held-out images, PyTorch reference logits, calibration images."""
         from edgekd.data import build_data
         from edgekd.rundir import load_model
@@ -204,87 +204,55 @@ class _Job:
             picks = np.sort(np.random.default_rng(0).choice(len(bundle.raw_train), n, replace=False))
             calib, _ = _stack(bundle.calib_set(), picks)
         manifest, metadata = _describe(run_dir, desc, bundle, len(val_labels), torch_acc)
-        return cls(model, val_images, val_labels, reference, torch_acc, calib, calib_method, max_drop, metadata, manifest)
+        return cls(model, val_images, val_labels, reference, torch_acc, calib, calib_method, max_drop, metadata,
+                   manifest, out, scratch, bar)
 
-    def run(self, out: Path, scratch: Path, bar: Progress, formats: tuple[str, ...], int8: bool, fp16: bool) -> None:
-        from edgekd.export import onnx_export
+    def graph(self, path: Path | None = None) -> Path:
+        """The FP32 ONNX graph every artifact descends from, exported once: at ``path`` when the ONNX format asks
+        for it there, else in scratch space for the formats converted from it."""
+        if self._graph is None:
+            self._graph = path or self.scratch / "graph.onnx"
+            advance = self.task("ONNX FP32 export", 1)
+            with self.stage("ONNX export"):
+                example = torch.from_numpy(self.val_images[: min(2, len(self.val_images))])
+                export_onnx(self.model, example, self._graph, self.metadata)
+            advance(1)
+        elif path is not None and path != self._graph:
+            raise EdgeKDError(f"the ONNX graph was already exported to {self._graph}, not {path}")
+        return self._graph
 
-        onnx_fp32 = (out if "onnx" in formats else scratch) / FILES["onnx-fp32"][0]
-        task = bar.add_task("ONNX FP32 export", total=1)
-        start = time.perf_counter()
-        with _stage("ONNX export"):
-            example = torch.from_numpy(self.val_images[: min(2, len(self.val_images))])
-            onnx_export.export_onnx(self.model, example, onnx_fp32, self.metadata)
-        onnx_seconds = time.perf_counter() - start
-        bar.advance(task)
-        if "onnx" in formats:
-            self._add(out, "onnx-fp32", onnx_seconds, bar, opset=onnx_export.OPSET)
-        if "onnx" in formats and int8:
-            task = bar.add_task("ONNX INT8 calibration", total=len(self.calib))
-            start = time.perf_counter()
-            with _stage("ONNX Runtime INT8 quantization"):
-                onnx_export.quantize_onnx(
-                    onnx_fp32, out / FILES["onnx-int8"][0], self.calib, self.calib_method, self.metadata,
-                    lambda n: bar.advance(task, n), scratch,
-                )
-            quant = {"tool": "onnxruntime", "format": "QDQ", "per_channel": True, "weights": "int8",
-                     "activations": "uint8", "reduce_range": True, "calibration": self._calibration(self.calib_method)}
-            self._add(out, "onnx-int8", time.perf_counter() - start, bar, opset=onnx_export.OPSET, quantization=quant)
-        if "openvino" in formats:
-            self._openvino(out, onnx_fp32, bar, int8, fp16)
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        """A progress bar; returns its advance function."""
+        task = self.bar.add_task(description, total=total)
+        return lambda n: self.bar.advance(task, n)
 
-    def _openvino(self, out: Path, onnx_fp32: Path, bar: Progress, int8: bool, fp16: bool) -> None:
-        from edgekd.export import openvino_export
+    def stage(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """Turn a third-party failure inside the block into a one-line error that names ``what`` failed."""
+        return _stage(what)
 
-        task = bar.add_task("OpenVINO conversion", total=1)
-        start = time.perf_counter()
-        with _stage("OpenVINO conversion"):
-            ov_model = openvino_export.read_onnx(onnx_fp32, self.metadata)
-            openvino_export.save_ir(ov_model, out / FILES["openvino-fp32"][0])
-        convert_seconds = time.perf_counter() - start
-        bar.advance(task)
-        self._add(out, "openvino-fp32", convert_seconds, bar)
-        if fp16:
-            start = time.perf_counter()
-            with _stage("OpenVINO FP16 compression"):
-                openvino_export.save_ir(ov_model, out / FILES["openvino-fp16"][0], fp16=True)
-            self._add(out, "openvino-fp16", convert_seconds + time.perf_counter() - start, bar)
-        if int8:
-            accuracy_control = self.max_drop is not None
-            task = bar.add_task("OpenVINO INT8 (NNCF)" + (" with accuracy control" if accuracy_control else ""), total=1)
-            start = time.perf_counter()
-            with _stage("NNCF INT8 quantization"):
-                quantized = openvino_export.quantize_ir(
-                    ov_model, self.calib, max_drop=self.max_drop,
-                    val_images=self.val_images if accuracy_control else None, val_labels=self.val_labels,
-                )
-                openvino_export.save_ir(quantized, out / FILES["openvino-int8"][0])
-            bar.advance(task)
-            quant = {"tool": "nncf", "preset": openvino_export.PRESET, "bias_correction": openvino_export.BIAS_CORRECTION,
-                     "accuracy_control": accuracy_control,
-                     "calibration": self._calibration("minmax")}
-            self._add(out, "openvino-int8", convert_seconds + time.perf_counter() - start, bar, quantization=quant)
-
-    def _calibration(self, method: str) -> dict[str, Any]:
+    def calibration(self, method: str) -> dict[str, Any]:
+        """How INT8 was calibrated, for the manifest."""
         return {"split": "train", "samples": int(len(self.calib)), "method": method}
 
-    def _add(self, out: Path, key: str, seconds: float, bar: Progress, **extra: Any) -> None:
-        """Verify a written artifact; keep it in the manifest, or remove it if INT8 misses ``max_drop``."""
-        fmt, precision = ARTIFACT_KINDS[key]
-        files = FILES[key]
-        task = bar.add_task(f"verify {key}", total=1)
+    def write(self, fmt: ExportFormat, precision: str) -> None:
+        """Write one artifact, verify it, and keep it in the manifest, or remove it if INT8 misses ``max_drop``."""
+        key, files = artifact_key(fmt.key, precision), fmt.files[precision]
+        start = time.perf_counter()
+        extra = fmt.write(precision, self)
+        seconds = time.perf_counter() - start
+        advance = self.task(f"verify {key}", 1)
         with _stage(f"verifying {key}"):
-            scores = verify_file(out / files[0], fmt, self.val_images, self.val_labels, self.reference)
-        bar.advance(task)
+            scores = verify_file(self.out / files[0], fmt.key, self.val_images, self.val_labels, self.reference)
+        advance(1)
         drop = (self.torch_acc - scores["accuracy"]) * 100
-        fields = {"format": fmt, "precision": precision, **scores, "export_seconds": round(seconds, 3), **extra}
+        fields = {"format": fmt.key, "precision": precision, **scores, "export_seconds": round(seconds, 3), **extra}
         if precision == "int8" and self.max_drop is not None and drop > self.max_drop:
             for f in files:
-                (out / f).unlink()
-                if (out / f).parent != out and not any((out / f).parent.iterdir()):
-                    (out / f).parent.rmdir()
+                (self.out / f).unlink()
+                if (self.out / f).parent != self.out and not any((self.out / f).parent.iterdir()):
+                    (self.out / f).parent.rmdir()
             reason = f"top-1 drop {drop:.2f} points > max_drop {self.max_drop:g}"
             self.manifest["dropped"][key] = {**fields, "reason": reason}
             self.manifest["notes"].append(f"{key} not written: {reason}")
             return
-        self.manifest["artifacts"][key] = artifact_entry(out, files, **fields)
+        self.manifest["artifacts"][key] = artifact_entry(self.out, files, **fields)

@@ -17,8 +17,8 @@ from typing import Any
 
 from edgekd.errors import EdgeKDError
 from edgekd.export.bench import bench_argv
-from edgekd.export.bench_report import read_rows
-from edgekd.export.manifest import load_manifest
+from edgekd.contracts.bench_rows import BENCH_JSON, read_rows
+from edgekd.contracts.manifest import load_manifest
 
 INSTALL_HINT = "pip install 'edgekd[device]'"
 
@@ -116,7 +116,7 @@ def run_remote(
         raise EdgeKDError(f"preparing {ssh.host} failed (exit {r.returncode}: {_last_line(r.stderr)})")
     workdir = _last_line(r.stdout)
     remote_export = f"{workdir}/{export_dir.name}"
-    remote_json = f"{workdir}/bench.json"
+    remote_json = f"{workdir}/{BENCH_JSON}"
     try:
         ssh.copy(str(export_dir), f"{dest}:{workdir}/")
         argv = [remote_export, "--json", remote_json, *bench_argv({**(bench_args or {}), "progress": False})]
@@ -125,7 +125,7 @@ def run_remote(
             raise EdgeKDError(f"the benchmark failed on {ssh.host} (exit {r.returncode}): {_last_line(r.stderr)}")
         with tempfile.TemporaryDirectory(prefix="edgekd-remote-") as tmp:
             ssh.copy(f"{dest}:{remote_json}", tmp)
-            rows = read_rows(Path(tmp) / "bench.json")
+            rows = read_rows(Path(tmp) / BENCH_JSON)
     finally:
         if not path:
             with contextlib.suppress(EdgeKDError):  # a failed clean-up must not hide the bench's own error

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.export.manifest import RUNTIME_OF_FORMAT
-from edgekd.serve.runtime import RUNTIMES
+from edgekd.runtimes import RUNTIMES, runtime_of
 
 BATCH = 64
 
@@ -34,7 +33,7 @@ def compare_logits(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray
 
 def verify_file(model_file: Path, fmt: str, images: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Load ``model_file`` with the runtime of ``fmt`` and compare its logits with the reference logits."""
-    runtime = RUNTIMES[RUNTIME_OF_FORMAT[fmt]](model_file)
+    runtime = RUNTIMES[runtime_of(fmt)](model_file)
     return compare_logits(run_batched(runtime, images), reference, labels)
 
 

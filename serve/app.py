@@ -33,11 +33,11 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from edgekd import __version__
 from edgekd.errors import EdgeKDError, one_line
-from edgekd.export.manifest import RUNTIME_OF_FORMAT, check_runtime_name, load_manifest, select_artifact
+from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS, INLINE_MAX_PIXELS, ImageError, Preprocessor
-from edgekd.serve.runtime import Runtime, open_artifact
+from edgekd.runtimes import RUNTIMES, Runtime, check_runtime_name, open_artifact, runtime_of, select_artifact
 from edgekd.serve.schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata, PredictResponse
 
 log = logging.getLogger("edgekd.serve")
@@ -47,7 +47,6 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, o
 MAX_INFER_BATCH = 64  # samples in one /v2 infer request
 MAX_REPORTED_ERRORS = 10  # validation errors listed in one 422
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up before the answer
-PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino": "openvino_ir"}
 INFER_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}
 }
@@ -129,9 +128,9 @@ class ServeState:
         start = time.perf_counter()
         self.manifest = load_manifest(self.export_dir)
         self.artifact = select_artifact(self.manifest, self.runtime_name, self.precision)
-        runtime_name = RUNTIME_OF_FORMAT[self.manifest["artifacts"][self.artifact]["format"]]
-        options = {"spin": False} if runtime_name == "ort" else {}  # between batches the cores are the event loop's
-        runtime = open_artifact(self.export_dir, self.manifest, self.artifact, verify=True, threads=self.threads, **options)
+        # spin off (ORT): between batches the cores are the event loop's
+        runtime = open_artifact(self.export_dir, self.manifest, self.artifact, runtime=self.runtime_name, verify=True,
+                                threads=self.threads, spin=False)
         self.preprocess = Preprocessor.from_manifest(self.manifest, self.max_pixels)
         sample = io.BytesIO()
         Image.new("RGB", (8, 8), (128, 64, 32)).save(sample, "PNG")
@@ -312,8 +311,8 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving the export in ``export_dir`` (loaded when the app starts; see module doc)."""
     check_runtime_name(runtime)
-    if precision is not None and precision not in ("fp32", "fp16", "int8"):
-        raise EdgeKDError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
+    if precision is not None and precision not in PRECISIONS:
+        raise EdgeKDError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if max_batch < 1 or queue_size < 1 or not 0 <= batch_timeout_ms < math.inf or not 0 < max_upload_mb < math.inf or max_pixels < 1:
         raise EdgeKDError("max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0 (finite)")
     if max_batch > MAX_BATCH:  # the warm-up runs one batch this large
@@ -354,7 +353,7 @@ def create_app(
             "ready: %s, artifact %s (%s, %s) verified, loaded and warmed up in %.2f s%s",
             state.model_name,
             state.artifact,
-            RUNTIME_OF_FORMAT[entry["format"]],
+            state.runtime_name or runtime_of(entry["format"]),
             entry["precision"],
             state.load_seconds,
             f"; cold start {age:.2f} s after process start" if age is not None else "",
@@ -532,7 +531,7 @@ def create_app(
         return {
             "name": s.model_name,
             "versions": [s.artifact],
-            "platform": PLATFORMS.get(fmt, fmt),
+            "platform": RUNTIMES[s.runtime_name or runtime_of(fmt)].platform,
             "inputs": [{"name": s.input_name, "datatype": "FP32", "shape": [-1, *s.sample_shape]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, s.num_classes]}],
         }

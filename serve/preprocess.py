@@ -1,8 +1,8 @@
-"""Image bytes -> the float32 CHW tensor an exported model expects, as the manifest's ``preprocessing`` says.
+"""Image bytes -> the float32 CHW tensor an exported model expects, as the manifest's preprocessing spec says.
 
-The steps mirror the training eval transform on a PIL RGB image, bit for bit: ``Resize((H, W))`` (PIL,
-bilinear by default), ``ToImage`` + ``ToDtype(float32, scale=True)`` (uint8 times float32 1/255), then
-``Normalize`` ((x - mean) / std in float32). Before that, whatever the client sent is turned into the RGB
+The spec's steps (``edgekd.contracts.preprocessing``) in PIL + numpy, bit for bit the training eval transform
+built from the same spec with torchvision: resize (exact, or shorter side then centre crop) with the spec's PIL
+filter, uint8 times float32 ``scale``, then (x - mean) / std in float32. Before that, whatever the client sent is turned into the RGB
 image training would have seen:
 
 - EXIF orientation is applied (a phone photo is classified the way it is displayed);
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edgekd.errors import EdgeKDError
+from edgekd.contracts.manifest import manifest_preprocessing
+from edgekd.contracts.preprocessing import PreprocessSpec
 
 # 25 megapixels covers 24 MP camera photos; decoding one as RGB takes 75 MB, which keeps the server in budget.
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -117,60 +118,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """The manifest's preprocessing as a callable: image bytes -> float32 array of shape (3, H, W)."""
+    """A preprocessing spec (``edgekd.contracts.preprocessing``) as a callable: image bytes -> float32 (3, H, W)."""
 
-    size: tuple[int, int]  # (H, W)
-    mean: np.ndarray  # (3, 1, 1) float32
-    std: np.ndarray  # (3, 1, 1) float32
-    scale: np.float32
-    resample: Image.Resampling
-    bgr: bool = False
+    spec: PreprocessSpec
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocessor:
-        """Build from ``manifest["preprocessing"]``; an unsupported setting is an export problem, said so."""
-        pre = manifest["preprocessing"]
-        shape = manifest["input"].get("shape") or [None, 3, None, None]
-        size = pre.get("resize") or shape[2:]
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise EdgeKDError(f"manifest preprocessing has no usable resize (got {size!r}); re-run `edgekd export`")
-        layout = pre.get("layout", "NCHW")
-        order = pre.get("channel_order", "RGB")
-        interpolation = pre.get("interpolation", "bilinear")
-        if layout != "NCHW" or order not in ("RGB", "BGR") or interpolation not in RESAMPLING:
-            raise EdgeKDError(
-                f"manifest preprocessing layout={layout} channel_order={order} interpolation={interpolation} is not "
-                f"supported; the server handles NCHW, RGB/BGR and {', '.join(RESAMPLING)}"
-            )
-        try:
-            mean = np.asarray(pre.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(3, 1, 1)
-            std = np.asarray(pre.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(3, 1, 1)
-            scale = np.float32(pre.get("scale", 1.0 / 255.0))
-        except (TypeError, ValueError):
-            raise EdgeKDError(
-                f"manifest preprocessing needs three numbers each for mean and std and a number for scale (got mean="
-                f"{pre.get('mean')!r}, std={pre.get('std')!r}, scale={pre.get('scale')!r}); re-run `edgekd export`"
-            ) from None
-        if not np.all(std > 0):
-            raise EdgeKDError(f"manifest preprocessing std {std.ravel().tolist()} must be positive; re-run `edgekd export`")
-        return cls(
-            size=(int(size[0]), int(size[1])),
-            mean=mean,
-            std=std,
-            scale=scale,
-            resample=RESAMPLING[interpolation],
-            bgr=order == "BGR",
-            max_pixels=max_pixels,
-        )
+        """Build from the manifest's spec; an unusable spec is an export problem, said so."""
+        return cls(manifest_preprocessing(manifest), max_pixels)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the model input."""
+        return self.spec.size
 
     def image_to_array(self, img: Image.Image) -> np.ndarray:
         """An RGB PIL image -> normalised float32 (3, H, W), exactly like the torchvision eval transform."""
-        height, width = self.size
+        width, height = self.spec.resized_size(*img.size)
         if img.size != (width, height):
-            img = img.resize((width, height), self.resample)
+            img = img.resize((width, height), RESAMPLING[self.spec.interpolation])
+        box = self.spec.crop_box(width, height)
+        if box is not None:
+            img = img.crop(box)
         chw = np.asarray(img).transpose(2, 0, 1)
-        if self.bgr:
+        if self.spec.channel_order == "BGR":
             chw = chw[::-1]
         out = np.empty(chw.shape, np.float32)
         for c in range(3):
@@ -184,8 +156,10 @@ class Preprocessor:
         The same float32 operations as the eval transform, done once per value: a table lookup per pixel then
         gives bit-identical results at half the cost of doing the arithmetic on every pixel.
         """
-        values = np.arange(256, dtype=np.float32) * self.scale
-        return (values - self.mean.reshape(3, 1)) / self.std.reshape(3, 1)
+        values = np.arange(256, dtype=np.float32) * np.float32(self.spec.scale)
+        mean = np.asarray(self.spec.mean, dtype=np.float32).reshape(3, 1)
+        std = np.asarray(self.spec.std, dtype=np.float32).reshape(3, 1)
+        return (values - mean) / std
 
     def open(self, data: bytes) -> Image.Image:
         """The image's header, checked against ``max_pixels``: enough to decide where to decode it."""

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgekd.export.manifest import load_manifest
+from edgekd.contracts.manifest import load_manifest
 
 ARM64_CACHE = Path(os.environ.get("EDGEKD_ARM64_CACHE") or Path.home() / ".cache" / "edgekd" / "arm64")
 RUNNER = Path(__file__).with_name("arm64_runner.py")

@@ -16,9 +16,11 @@ import pytest
 
 from edgekd.errors import EdgeKDError
 from edgekd.export import bench
-from edgekd.export.bench import add_speedups, bench_argv, build_parser, fastest, latency_stats, run_bench, time_calls
-from edgekd.export.bench_report import MD_HEADER, merge_reports, read_rows, render_markdown, write_report
-from edgekd.export.manifest import artifact_entry, load_manifest
+from edgekd.contracts.bench_rows import fastest, read_rows
+from edgekd.export import bench_report
+from edgekd.export.bench import add_speedups, bench_argv, latency_stats, run_bench, time_calls
+from edgekd.export.bench_report import MD_HEADER, merge_reports, render_markdown, write_report
+from edgekd.contracts.manifest import artifact_entry, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -327,12 +329,16 @@ def test_dropped_artifact_says_why(tiny_export, tmp_path):
     assert rows[0]["status"] == "skipped: openvino-int8 was dropped at export: accuracy drop 2.1 points > 0.5"
 
 
-def test_bench_argv_round_trips_through_the_parser():
+def test_bench_argv_round_trips_through_the_device_command(monkeypatch, tmp_path):
+    """What `edgekd bench --remote` sends is what the device's `python -m edgekd.export.bench` hands to run_bench."""
     options = {"runtimes": ["ort", "openvino"], "precisions": ["int8"], "batches": [1, 8], "threads": [None, 2],
                "warmup": 3, "iters": 7, "seconds": 0.5, "ov_hint": "THROUGHPUT", "ov_streams": 2, "progress": False,
                "emulated": True}
-    parsed = vars(build_parser().parse_args(["exp", "--json", "b.json", *bench_argv(options)]))
-    assert {k: parsed[k] for k in options} == options
+    parsed = {}
+    monkeypatch.setattr(bench, "run_bench", lambda export_dir, **kwargs: parsed.update(kwargs) or [])
+    monkeypatch.setattr(bench_report, "write_json", lambda rows, path, title: path)
+    assert bench.main(["exp", "--json", str(tmp_path / "b.json"), *bench_argv(options)]) == 0
+    assert parsed == options
     with pytest.raises(EdgeKDError, match="unknown bench option"):
         bench_argv({"turbo": True})
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import ARTIFACT_KINDS, load_manifest, sha256_file
+from edgekd.contracts.manifest import load_manifest, sha256_file
+from edgekd.export.formats import artifact_kinds
 
 pytestmark = pytest.mark.slow
 ALL = {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"}
@@ -61,7 +62,7 @@ def test_every_artifact_written_and_verified(manifest: dict) -> None:
     assert manifest["dropped"] == {} and manifest["notes"] == []
     assert manifest["eval"]["torch_accuracy"] > 0.85  # the fixture's model is a real classifier
     for key, a in manifest["artifacts"].items():
-        assert (a["format"], a["precision"]) == ARTIFACT_KINDS[key]
+        assert (a["format"], a["precision"]) == artifact_kinds()[key]
         assert a["agreement"] == 1.0 if a["precision"] == "fp32" else a["agreement"] >= 0.98, key
         assert abs(a["accuracy"] - manifest["eval"]["torch_accuracy"]) <= (0 if a["precision"] == "fp32" else 0.02), key
         assert a["export_seconds"] > 0
@@ -198,7 +199,8 @@ def test_unsupported_format(tmp_path: Path, digits_run_dir: Path, formats) -> No
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, digits_run_dir: Path, monkeypatch) -> None:
-    from edgekd.export import export_run, openvino_export
+    from edgekd.export import export_run
+    from edgekd.export.formats import openvino as openvino_export
 
     def broken(*args, **kwargs):
         raise RuntimeError("converter exploded\nsecond line")
@@ -337,7 +339,7 @@ def test_entropy_and_percentile_calibration_really_clip_the_ranges(tmp_path: Pat
 
 @pytest.mark.parametrize("count, batch", [(300, 15), (32, 16), (7, 7), (293, 1)])
 def test_calibration_batches_are_equal_and_cover_every_image(count: int, batch: int) -> None:
-    from edgekd.export.onnx_export import _CalibrationReader
+    from edgekd.export.formats.onnx import _CalibrationReader
 
     images = np.arange(count, dtype=np.float32).reshape(count, 1, 1, 1)
     seen: list[int] = []

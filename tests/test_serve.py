@@ -26,13 +26,14 @@ from conftest import wait_until_ready
 import uvicorn
 from PIL import Image
 
+from edgekd.contracts.manifest import load_manifest
+from edgekd.contracts.preprocessing import PreprocessSpec
 from edgekd.errors import EdgeKDError
-from edgekd.export.manifest import load_manifest, select_artifact
+from edgekd.runtimes import open_artifact, select_artifact
 from edgekd.serve.app import create_app
 from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, load_image, open_image, to_rgb
-from edgekd.serve.runtime import open_artifact
 
 
 class LiveServer:
@@ -117,7 +118,7 @@ def test_preprocess_matches_the_torchvision_eval_transform(export_dir: Path):
     manifest = load_manifest(export_dir)
     pre = Preprocessor.from_manifest(manifest)
     p = manifest["preprocessing"]
-    reference = make_eval_transform(tuple(p["resize"]), p["mean"], p["std"])
+    reference = make_eval_transform(pre.spec)
     rng = np.random.default_rng(0)
     for h, w in [(8, 8), (32, 32), (45, 19), (300, 200)]:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -129,7 +130,8 @@ def test_preprocess_matches_the_torchvision_eval_transform(export_dir: Path):
     bgr = Preprocessor.from_manifest({**manifest, "preprocessing": {**p, "mean": mean, "std": std, "channel_order": "BGR"}})
     img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     swapped = Image.fromarray(np.ascontiguousarray(np.asarray(img)[..., ::-1]))
-    np.testing.assert_array_equal(bgr(png(img)), make_eval_transform(tuple(p["resize"]), mean, std)(swapped).numpy())
+    rgb_spec = PreprocessSpec(tuple(p["resize"]), tuple(mean), tuple(std))
+    np.testing.assert_array_equal(bgr(png(img)), make_eval_transform(rgb_spec)(swapped).numpy())
 
 
 def test_every_image_mode_becomes_the_rgb_training_would_see():

@@ -1,4 +1,5 @@
-"""ONNX FP32 -> OpenVINO IR (FP32, optional FP16) and INT8 through NNCF post-training quantization.
+"""OpenVINO IR: FP32 converted from the exporter's ONNX graph, FP16 on request, and INT8 through NNCF
+post-training quantization (accuracy-controlled with ``--max-drop``).
 
 The IR is converted from the exporter's ONNX file rather than traced again from torch, so every artifact of
 an export dir descends from one graph.
@@ -12,10 +13,17 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import openvino as ov
+
+from edgekd.export.formats import register_format
+from edgekd.export.formats.base import ExportFormat
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from edgekd.export.exporter import ExportJob
 
 PRESET = "mixed"
 # NNCF's fast bias correction, fitted on a few hundred calibration images, cost 2-3 points of top-1 agreement
@@ -23,8 +31,42 @@ PRESET = "mixed"
 BIAS_CORRECTION = False
 
 
+@register_format
+class OpenVINOFormat(ExportFormat):
+    key = "openvino"
+    title = "OpenVINO IR"
+    runtime = "openvino"
+    files = {p: [f"openvino-{p}/model.xml", f"openvino-{p}/model.bin"] for p in ("fp32", "fp16", "int8")}
+
+    def __init__(self) -> None:
+        self.model: ov.Model | None = None  # converted once, saved at every precision
+
+    def write(self, precision: str, job: ExportJob) -> dict[str, Any]:
+        xml = self.paths(precision, job.out)[0]
+        if self.model is None:
+            with job.stage("OpenVINO conversion"):
+                self.model = read_onnx(job.graph(), job.metadata)
+        if precision != "int8":
+            with job.stage("OpenVINO FP16 compression" if precision == "fp16" else "OpenVINO conversion"):
+                save_ir(self.model, xml, fp16=precision == "fp16")
+            return {}
+        accuracy_control = job.max_drop is not None
+        advance = job.task("OpenVINO INT8 (NNCF)" + (" with accuracy control" if accuracy_control else ""), 1)
+        with job.stage("NNCF INT8 quantization"):
+            quantized = quantize_ir(
+                self.model, job.calib, max_drop=job.max_drop,
+                val_images=job.val_images if accuracy_control else None, val_labels=job.val_labels,
+            )
+            save_ir(quantized, xml)
+        advance(1)
+        return {"quantization": {"tool": "nncf", "preset": PRESET, "bias_correction": BIAS_CORRECTION,
+                                 "accuracy_control": accuracy_control, "calibration": job.calibration("minmax")}}
+
+
 def read_onnx(onnx_path: Path, metadata: dict[str, Any]) -> ov.Model:
     """The OpenVINO model of an ONNX file, with ``metadata`` copied into its rt_info under ``edgekd``."""
+    import openvino as ov
+
     model = ov.convert_model(str(onnx_path))
     for key, value in metadata.items():
         model.set_rt_info(value if isinstance(value, str) else json.dumps(value), ["edgekd", key])
@@ -33,6 +75,8 @@ def read_onnx(onnx_path: Path, metadata: dict[str, Any]) -> ov.Model:
 
 def save_ir(model: ov.Model, xml_path: Path, *, fp16: bool = False) -> list[Path]:
     """Write ``model.xml`` + ``model.bin``; FP16 compression only when asked (FP32 stays bit-exact)."""
+    import openvino as ov
+
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
     return [xml_path, xml_path.with_suffix(".bin")]

@@ -1,6 +1,7 @@
 """The export dir contract (DESIGN §3): ``manifest.json`` is all the server and the benchmark read.
 
-Torch-free: this module runs on the device.
+Which runtime runs which artifact is the runtime registry's business (``edgekd.runtimes``); this module knows only
+the file's shape, its checksums and its precisions.
 """
 
 from __future__ import annotations
@@ -10,19 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgekd.contracts.preprocessing import PreprocessSpec
+from edgekd.contracts.values import is_count, is_number
 from edgekd.errors import EdgeKDError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-# artifact key -> (format, precision); the runtime that executes each format
-ARTIFACT_KINDS = {
-    "onnx-fp32": ("onnx", "fp32"),
-    "onnx-int8": ("onnx", "int8"),
-    "openvino-fp32": ("openvino", "fp32"),
-    "openvino-fp16": ("openvino", "fp16"),
-    "openvino-int8": ("openvino", "int8"),
-}
-RUNTIME_OF_FORMAT = {"onnx": "ort", "openvino": "openvino"}
+PRECISIONS = ("int8", "fp16", "fp32")  # an artifact's precision; the order is the server's preference
 NUMERIC_FIELDS = ("size_bytes", "accuracy", "agreement", "max_abs_diff")  # what reports compute with
 
 
@@ -60,16 +55,6 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
 MAX_SIDE = 4096  # pixels: the benchmark and the server allocate whole batches of this input
 
 
-def is_number(value: Any) -> bool:
-    """An int or float (JSON's true/false are not numbers here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_count(value: Any, most: float = float("inf")) -> bool:
-    """A whole number from 1 to ``most`` (JSON's true/false are not numbers here)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
-
-
 def _structure_problem(manifest: Any) -> str | None:
     """What is wrong with the shape of a parsed manifest (None when the readers' assumptions hold)."""
     if not isinstance(manifest, dict):
@@ -105,29 +90,9 @@ def _structure_problem(manifest: Any) -> str | None:
     return None
 
 
-def check_runtime_name(runtime: str | None) -> None:
-    """A ``--runtime`` value this edgekd can run (None: any)."""
-    if runtime is not None and runtime not in RUNTIME_OF_FORMAT.values():
-        raise EdgeKDError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(set(RUNTIME_OF_FORMAT.values())))}")
-
-
-def select_artifact(manifest: dict[str, Any], runtime: str | None = None, precision: str | None = None) -> str:
-    """The artifact key for a runtime/precision pair; with ``None`` the preferred available one (INT8 first)."""
-    check_runtime_name(runtime)
-    keys = [
-        k
-        for k, a in manifest["artifacts"].items()
-        if a["format"] in RUNTIME_OF_FORMAT  # formats from a newer edgekd are skipped, not a crash
-        and (runtime is None or RUNTIME_OF_FORMAT[a["format"]] == runtime)
-        and (precision is None or a["precision"] == precision)
-    ]
-    if not keys:
-        have = ", ".join(f"{k} ({a['format']})" for k, a in manifest["artifacts"].items())
-        raise EdgeKDError(
-            f"no artifact this edgekd can run for runtime={runtime or 'any'} precision={precision or 'any'}; this export has: {have}"
-        )
-    order = {"int8": 0, "fp16": 1, "fp32": 2}
-    return min(keys, key=lambda k: (order.get(manifest["artifacts"][k]["precision"], 9), manifest["artifacts"][k]["format"] != "onnx"))
+def artifact_key(fmt: str, precision: str) -> str:
+    """The manifest key of a format's artifact at a precision: ``onnx-int8``, ``openvino-fp32``, ..."""
+    return f"{fmt}-{precision}"
 
 
 def verify_artifact(export_dir: str | Path, manifest: dict[str, Any], key: str) -> list[Path]:
@@ -143,3 +108,8 @@ def verify_artifact(export_dir: str | Path, manifest: dict[str, Any], key: str) 
             raise EdgeKDError(f"artifact {key}: {p} does not match its sha256 in {MANIFEST}; the file was changed or corrupted")
         paths.append(p)
     return paths
+
+
+def manifest_preprocessing(manifest: dict[str, Any]) -> PreprocessSpec:
+    """The manifest's preprocessing spec (a missing ``resize`` is the input shape's [H, W])."""
+    return PreprocessSpec.from_dict(manifest["preprocessing"], manifest["input"].get("shape", [None] * 4)[2:])

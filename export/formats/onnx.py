@@ -1,4 +1,4 @@
-"""PyTorch -> ONNX FP32, and ONNX FP32 -> INT8 with ONNX Runtime's static QDQ quantization.
+"""ONNX: the FP32 graph from torch, and INT8 with ONNX Runtime's static QDQ quantization.
 
 The FP32 graph comes from the TorchScript exporter (``dynamo=False``). Both exporters of torch 2.13 give a
 clean, checker-valid graph with a symbolic batch axis and logits equal to 1e-6 (BatchNorm folded into Conv;
@@ -6,6 +6,7 @@ TorchScript keeps GlobalAveragePool and a few Identity aliases of shared zero bi
 but the dynamo exporter costs ~10 CPU-seconds of first-call setup against <1 s here for a ResNet-8, which
 dominates an export on a 2-core edge box. TorchScript export is deprecated upstream: moving is the
 ``dynamo=True, dynamic_shapes=...`` pair of arguments below, and the tests pin the resulting contract.
+Every other format descends from this graph (the exporter's ``ExportJob.graph``).
 """
 
 from __future__ import annotations
@@ -16,32 +17,58 @@ import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-import torch
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-from onnxruntime.quantization.shape_inference import quant_pre_process
-from torch import nn
+
+from edgekd.export.formats import register_format
+from edgekd.export.formats.base import ExportFormat
+
+if TYPE_CHECKING:
+    import onnx as onnx_lib
+    from torch import Tensor, nn
+
+    from edgekd.export.exporter import ExportJob
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 18
 CALIB_BATCH = 16
-# ORT's calibrator and its options per --calib-method. quantize_static forwards no bin counts to its calibrator,
-# and ORT's entropy defaults (128 histogram bins, 128 quantized bins) leave one candidate threshold, the full
-# range: minmax again. 2048 bins as PyTorch's observers.
-CALIBRATORS: dict[str, tuple[CalibrationMethod, dict[str, Any]]] = {
-    "minmax": (CalibrationMethod.MinMax, {}),
-    "entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}),
-    "percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": 99.999}),
+# ORT's calibrator options per --calib-method. quantize_static forwards no bin counts to its calibrator, and ORT's
+# entropy defaults (128 histogram bins, 128 quantized bins) leave one candidate threshold, the full range: minmax
+# again. 2048 bins as PyTorch's observers.
+CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048, "percentile": 99.999},
 }
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
+@register_format
+class OnnxFormat(ExportFormat):
+    key = "onnx"
+    title = "ONNX (ONNX Runtime)"
+    runtime = "ort"
+    files = {"fp32": ["model.onnx"], "int8": ["model.int8.onnx"]}
+
+    def write(self, precision: str, job: ExportJob) -> dict[str, Any]:
+        (path,) = self.paths(precision, job.out)
+        if precision == "fp32":
+            job.graph(path)
+            return {"opset": OPSET}
+        advance = job.task("ONNX INT8 calibration", len(job.calib))
+        with job.stage("ONNX Runtime INT8 quantization"):
+            quantize_onnx(job.graph(), path, job.calib, job.calib_method, job.metadata, advance, job.scratch)
+        quantization = {"tool": "onnxruntime", "format": "QDQ", "per_channel": True, "weights": "int8",
+                        "activations": "uint8", "reduce_range": True, "calibration": job.calibration(job.calib_method)}
+        return {"opset": OPSET, "quantization": quantization}
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: Path, metadata: dict[str, Any]) -> None:
     """Write ``model`` as one self-contained, checked ONNX file with a dynamic batch axis and metadata."""
+    import onnx
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice is not the user's concern
         torch.onnx.export(
@@ -60,18 +87,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: d
     onnx.save(proto, str(path))
 
 
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+def set_metadata(proto: onnx_lib.ModelProto, metadata: dict[str, Any]) -> None:
     """Store ``metadata`` in ``metadata_props`` (non-string values as JSON) so the file describes itself."""
+    import onnx
+
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     onnx.helper.set_model_props(proto, values)
 
 
-class _CalibrationReader(CalibrationDataReader):
+class _CalibrationReader:
     """Feeds calibration images to ORT in equal batches and advances a progress callback per batch.
 
-    Equal, because ORT's histogram calibrators (entropy, percentile) stack the batches' outputs with
-    ``np.asarray``, which fails on a short last batch: the batch is the largest size up to ``CALIB_BATCH``
-    that divides the number of images.
+    ORT's ``CalibrationDataReader`` accepts any class with ``get_next``. Equal batches, because ORT's histogram
+    calibrators (entropy, percentile) stack the batches' outputs with ``np.asarray``, which fails on a short last
+    batch: the batch is the largest size up to ``CALIB_BATCH`` that divides the number of images.
     """
 
     def __init__(self, images: np.ndarray, advance: Callable[[int], None]) -> None:
@@ -110,13 +139,19 @@ def quantize_onnx(
     Measured on the digits resnet8x4, 1 thread, AMD EPYC (AVX2): FP32 4.36 ms; U8S8 + reduce_range 2.16 ms at
     98.3 % agreement; U8S8 2.16 ms but 90.6 % (saturation); S8S8 3.59 ms at 98.6 %.
     """
-    calibrate_method, options = CALIBRATORS[method]
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
     prepared, ranges = scratch / "prepared.onnx", scratch / "calibration.json"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
         calibrator = create_calibrator(
             prepared, augmented_model_path=str(scratch / "augmented.onnx"), calibrate_method=calibrate_method,
-            extra_options=options,
+            extra_options=CALIBRATOR_OPTIONS[method],
         )
         calibrator.collect_data(_CalibrationReader(calib, advance))
         save_tensors_data(calibrator.compute_data(), ranges)

@@ -1,0 +1,128 @@
+"""The export format and runtime registries: what each entry declares, and that a new format with its runtime is one
+class each, which export, verification, bench and serve then use without any other change."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekd.contracts.manifest import PRECISIONS, load_manifest
+from edgekd.errors import EdgeKDError
+from edgekd.export.formats import FORMATS, ExportFormat, artifact_kinds, register_format
+from edgekd.runtimes import RUNTIMES, artifact_runtimes, open_artifact, register_runtime, runtime_of, select_artifact
+from edgekd.runtimes.openvino import OpenVINORuntime
+from edgekd.runtimes.ort import OrtRuntime
+
+
+def test_every_format_names_a_runtime_that_runs_it() -> None:
+    assert list(FORMATS) == ["onnx", "openvino"]
+    for key, fmt in FORMATS.items():
+        assert fmt.files["fp32"] and set(fmt.files) <= set(PRECISIONS), key
+        assert fmt.runtime in RUNTIMES and key in RUNTIMES[fmt.runtime].formats and runtime_of(key) == fmt.runtime
+    assert artifact_kinds() == {"onnx-fp32": ("onnx", "fp32"), "onnx-int8": ("onnx", "int8"),
+                                "openvino-fp32": ("openvino", "fp32"), "openvino-fp16": ("openvino", "fp16"),
+                                "openvino-int8": ("openvino", "int8")}
+
+
+def test_every_runtime_declares_itself() -> None:
+    assert list(RUNTIMES) == ["ort", "openvino", "torch"] and artifact_runtimes() == ["ort", "openvino"]
+    for name, cls in RUNTIMES.items():
+        assert cls.name == name and cls.title and cls.package
+        assert bool(cls.formats) != cls.source_run, name  # an artifact runtime, or the source-run baseline
+    assert RUNTIMES["ort"].installed_version() and RUNTIMES["openvino"].installed_version()
+    with pytest.raises(ValueError, match="registered twice"):
+        register_runtime(type("Other", (OrtRuntime,), {"name": "ort"}))
+
+
+def test_a_runtime_can_declare_another_runtimes_format(export_dir: Path) -> None:
+    """OpenVINO reads ONNX files too: a runtime that says so runs the ONNX artifacts, and only when named."""
+
+    class OpenVINOOnnx(OpenVINORuntime):
+        name = "openvino-onnx"
+        formats = ("onnx",)
+
+    manifest = load_manifest(export_dir)
+    register_runtime(OpenVINOOnnx)
+    try:
+        assert select_artifact(manifest, runtime="openvino-onnx") == "onnx-int8"
+        assert select_artifact(manifest) == "onnx-int8" and runtime_of("onnx") == "ort"  # ORT stays the default
+        x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+        ov_logits = open_artifact(export_dir, manifest, "onnx-fp32", runtime="openvino-onnx", hint="THROUGHPUT").run(x)
+        ort_logits = open_artifact(export_dir, manifest, "onnx-fp32", spin=False).run(x)
+        np.testing.assert_allclose(ov_logits, ort_logits, atol=1e-3)
+        with pytest.raises(EdgeKDError, match="is openvino, which openvino-onnx does not run"):
+            open_artifact(export_dir, manifest, "openvino-fp32", runtime="openvino-onnx")
+    finally:
+        RUNTIMES.pop("openvino-onnx")
+
+
+# A format and its runtime, as a contributor would add them: ONNX Runtime's offline-optimized graph.
+
+
+class OrtOptimizedRuntime(OrtRuntime):
+    name = "ort-optimized"
+    title = "ONNX Runtime (optimized graph)"
+    formats = ("ort-optimized",)
+
+
+class OrtOptimizedFormat(ExportFormat):
+    key = "ort-optimized"
+    title = "ONNX, optimized offline by ONNX Runtime"
+    runtime = "ort-optimized"
+    files = {"fp32": ["model.optimized.onnx"]}
+
+    def write(self, precision: str, job) -> dict:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(self.paths(precision, job.out)[0])
+        with job.stage("ONNX Runtime graph optimization"):
+            ort.InferenceSession(str(job.graph()), opts, providers=["CPUExecutionProvider"])
+        return {"optimization": "basic"}
+
+
+@pytest.fixture
+def ort_optimized():
+    register_format(OrtOptimizedFormat)
+    register_runtime(OrtOptimizedRuntime)
+    try:
+        yield
+    finally:
+        FORMATS.pop(OrtOptimizedFormat.key)
+        RUNTIMES.pop(OrtOptimizedRuntime.name)
+
+
+@pytest.mark.slow
+def test_a_new_format_and_runtime_work_in_every_stage(ort_optimized, digits_run_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from edgekd.export import export_run
+    from edgekd.export.bench import run_bench
+    from edgekd.serve.app import create_app
+
+    out = tmp_path / "exp"
+    manifest = export_run(digits_run_dir, out, formats=("ort-optimized",), progress=False)
+    entry = manifest["artifacts"]["ort-optimized-fp32"]
+    assert list(manifest["artifacts"]) == ["ort-optimized-fp32"] and entry["optimization"] == "basic"
+    assert entry["agreement"] == 1.0 and entry["max_abs_diff"] < 1e-4 and entry["files"] == ["model.optimized.onnx"]
+    assert not (out / "model.onnx").exists()  # the graph it descends from stayed in scratch space
+
+    rows = run_bench(out, precisions=("fp32",), warmup=0, iters=3, progress=False)
+    assert [(r["runtime"], r["status"]) for r in rows] == [("ort", "skipped: no ort fp32 artifact in this export"),
+                                                           ("openvino", "skipped: no openvino fp32 artifact in this export"),
+                                                           ("torch", "ok"), ("ort-optimized", "ok")]
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (20, 200, 20)).save(buf, "PNG")
+    with TestClient(create_app(out, runtime="ort-optimized")) as client:
+        r = client.post("/predict", files={"file": ("x.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 5
+        meta = client.get(f"/v2/models/{manifest['model']}").json()
+        assert meta["versions"] == ["ort-optimized-fp32"] and meta["platform"] == OrtOptimizedRuntime.platform
+    with pytest.raises(EdgeKDError, match="unsupported export format"):
+        export_run(digits_run_dir, tmp_path / "none", formats=("tflite",), progress=False)
