@@ -30,7 +30,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_torchvision_loaded = False
+_LAZY_SOURCES: list[Callable[[], None]] = []  # run once, the first time a name is not found or all are listed
 
 
 def register_model(
@@ -51,19 +51,20 @@ def register_model(
     return wrap
 
 
-def _load_torchvision() -> None:
-    global _torchvision_loaded
-    if not _torchvision_loaded:
-        from edgekd.models import torchvision_models
+def register_lazy_source(register_all: Callable[[], None]) -> None:
+    """Add a function that registers a whole family of models when first needed (torchvision's: seconds to import)."""
+    _LAZY_SOURCES.append(register_all)
 
-        torchvision_models.register_all()
-        _torchvision_loaded = True
+
+def _load_lazy_sources() -> None:
+    while _LAZY_SOURCES:
+        _LAZY_SOURCES.pop(0)()
 
 
 def _entry(name: str) -> ModelEntry:
     key = name.strip().lower()
     if key not in _REGISTRY:
-        _load_torchvision()
+        _load_lazy_sources()
     if key in _REGISTRY:
         return _REGISTRY[key]
     close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.6)
@@ -73,7 +74,7 @@ def _entry(name: str) -> ModelEntry:
 
 def list_models() -> list[str]:
     """All registered names: the CIFAR family first, then torchvision's ``tv/...`` models."""
-    _load_torchvision()
+    _load_lazy_sources()
     return [e.name for e in _REGISTRY.values()]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision
 from torch import nn
 
 from edgekd.models.registry import TORCHVISION_PREFIX, register_model
@@ -23,6 +22,8 @@ _EXTRA_KWARGS: dict[str, dict[str, bool]] = {
 
 
 def _build(name: str, num_classes: int) -> nn.Module:
+    import torchvision
+
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **_EXTRA_KWARGS.get(name, {}))
 
 
@@ -32,6 +33,7 @@ def _native_size(name: str) -> tuple[int, int, int]:
     The smallest one, because ViT-style models built without weights are fixed to 224 even where
     the default weights were fine-tuned at a larger size.
     """
+    import torchvision
     crops = [w.transforms().crop_size[0] for w in torchvision.models.get_model_weights(name)]
     side = min(crops) if crops else 224
     return (3, side, side)
@@ -39,5 +41,7 @@ def _native_size(name: str) -> tuple[int, int, int]:
 
 def register_all() -> None:
     """Register every classification model torchvision ships (detection/segmentation/video excluded)."""
+    import torchvision  # seconds: only when a tv/ model or the whole list is first asked for
+
     for name in torchvision.models.list_models(module=torchvision.models):
         register_model(TORCHVISION_PREFIX + name, input_size=_native_size(name))(partial(_build, name))
