@@ -140,10 +140,13 @@ def test_device_venv_without_torch(export_dir: Path, tmp_path: Path):
 
 def test_image_entrypoint_listens_on_edgekd_port(monkeypatch):
     """The HEALTHCHECK asks EDGEKD_PORT; the server the ENTRYPOINT starts must listen there."""
-    from edgekd.serve.__main__ import parse_args
+    from edgekd.serve import server
+    from edgekd.serve.__main__ import main
 
+    ports = []
+    monkeypatch.setattr(server, "run_server", lambda export_dir, **options: ports.append(options["port"]))
     monkeypatch.setenv("EDGEKD_PORT", "9123")
-    assert parse_args(["/models"]).port == 9123
-    assert parse_args(["/models", "--port", "9000"]).port == 9000
+    assert main(["/models"]) == 0 and ports[-1] == 9123
+    assert main(["/models", "--port", "9000"]) == 0 and ports[-1] == 9000
     monkeypatch.delenv("EDGEKD_PORT")
-    assert parse_args(["/models"]).port == 8000
+    assert main(["/models"]) == 0 and ports[-1] == 8000

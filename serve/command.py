@@ -1,0 +1,44 @@
+"""The serve command's options, defined once: ``edgekd serve`` and ``python -m edgekd.serve`` (the Docker image's
+entry point, for torch-free installs) are both this function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgekd.contracts.manifest import PRECISIONS
+from edgekd.runtimes import artifact_runtimes
+
+
+def serve(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    runtime: Optional[str] = typer.Option(
+        None, help=f"{' or '.join(artifact_runtimes())} (default: ONNX Runtime when the export has it for the chosen precision)."),
+    precision: Optional[str] = typer.Option(
+        None, help=f"{', '.join(PRECISIONS)} (fp16: an OpenVINO export with --fp16); default: int8 when exported."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, envvar="EDGEKD_PORT", help="TCP port."),
+    max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
+    batch_timeout_ms: float = typer.Option(
+        0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call (best on CPU)."),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
+    max_pixels: Optional[int] = typer.Option(
+        None, help="Largest accepted image in pixels, the decompression-bomb guard (default: 25 million; 413 above)."),
+    queue_size: int = typer.Option(256, help="Requests waiting for the model before new ones get 503 + Retry-After."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's)."),
+    log_level: str = typer.Option("info", help="critical, error, warning, info or debug."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+) -> None:
+    """Serve an exported model over HTTP: POST /predict, KServe v2 endpoints, /metrics. No torch needed."""
+    from edgekd.serve.server import run_server
+
+    limits = {"max_pixels": max_pixels} if max_pixels is not None else {}
+    run_server(
+        export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime, precision=precision,
+        max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key, max_upload_mb=max_upload_mb,
+        queue_size=queue_size, threads=threads, **limits,
+    )
