@@ -24,8 +24,7 @@ from edgekd.data import build_data, make_loader
 from edgekd.export import export_run
 from edgekd.models import create_model
 from edgekd.rundir import load_model, model_description, save_model
-from edgekd.runtimes.openvino import OpenVINORuntime
-from edgekd.runtimes.ort import OrtRuntime
+from edgekd.runtimes import open_artifact
 
 RESULTS = Path(__file__).parent / "results" / "export.md"
 # (label, arch, dataset spec, dataset options, epochs): minutes on a laptop CPU, enough to learn real boundaries
@@ -92,10 +91,8 @@ def bench_case(label: str, arch: str, spec: str, options: dict, epochs: int, wor
             model(xt)
 
     runners = {"pytorch-fp32": torch_run}
-    for key, a in manifest["artifacts"].items():
-        path = export_dir / a["files"][0]
-        runtime = OrtRuntime(path, threads=threads) if a["format"] == "onnx" else OpenVINORuntime(path, threads=threads)
-        runners[key] = runtime.run
+    for key in manifest["artifacts"]:
+        runners[key] = open_artifact(export_dir, manifest, key, threads=threads).run
     latency = time_runners(runners, x, iters, warmup)
     return {"label": label, "manifest": manifest, "latency": latency, "train_seconds": train_seconds,
             "export_seconds": export_seconds}

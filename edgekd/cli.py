@@ -16,9 +16,10 @@ from rich.text import Text
 from rich.table import Table
 
 from edgekd.config import TrainConfig
-from edgekd.contracts.values import int_list
+from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
+from edgekd.export.formats import FORMATS
 from edgekd.serve.command import serve as serve_command
 
 app = typer.Typer(
@@ -290,17 +291,18 @@ def export(
     run: Path = typer.Argument(..., help="Run dir from `edgekd train`, `distill` or `prune`."),
     out: Path = typer.Option(..., "--out", "-o", help="Export dir to write (manifest.json + artifacts)."),
     int8: bool = typer.Option(False, "--int8", help="Also quantize to INT8 (ORT static QDQ, OpenVINO NNCF)."),
-    formats: str = typer.Option("onnx,openvino", help="Comma-separated: onnx, openvino."),
+    formats: str = typer.Option(
+        ",".join(FORMATS), help="Comma-separated: " + ", ".join(f"{k} ({f.title})" for k, f in FORMATS.items()) + "."),
     calib_samples: int = typer.Option(300, help="Training images used to calibrate INT8."),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
     max_drop: Optional[float] = typer.Option(None, help="Largest top-1 drop (points) an INT8 artifact may have; with OpenVINO, accuracy-controlled quantization."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write an OpenVINO FP16-compressed IR."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 artifacts where a format has them (an OpenVINO FP16-compressed IR)."),
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
     from edgekd.export import export_run, manifest_table_rows
 
     manifest = export_run(
-        run, out, formats=tuple(f.strip() for f in formats.split(",") if f.strip()), int8=int8,
+        run, out, formats=tuple(csv_list(formats)), int8=int8,
         calib_samples=calib_samples, calib_method=calib_method, max_drop=max_drop, fp16=fp16,
     )
     _print_export(manifest_table_rows(manifest), f"export of {run} -> {out}")

@@ -114,6 +114,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     from edgekd.export.bench_report import write_report
     from edgekd.prune import prune_run
     from edgekd.report import build_report
+    from edgekd.runtimes import runtime_of, select_artifact
     from edgekd.train import resolve_device, run_training
 
     console = console or Console()
@@ -143,7 +144,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     _stage(console, 5, total, f"pruning the best student ({best}) and exporting it to INT8 ONNX and OpenVINO")
     pruned = prune_run(best_dir, out / "pruned", ratio=plan.prune_ratio, method="structured")
     export_dir = out / "export"
-    manifest = export_run(best_dir, export_dir, formats=("onnx", "openvino"), int8=True, calib_samples=plan.calib_samples)
+    manifest = export_run(best_dir, export_dir, int8=True, calib_samples=plan.calib_samples)
 
     _stage(console, 6, total, "benchmarking every artifact against PyTorch eager")
     rows = run_bench(export_dir, batches=(1,), seconds=plan.bench_seconds, warmup=10)
@@ -152,10 +153,9 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     _stage(console, 7, total, "serving the INT8 model and classifying held-out digits over HTTP")
     bundle = build_data("digits")
     images = [bundle.raw_val[i] for i in range(len(bundle.raw_val))]  # the whole held-out split, as PNGs
-    served = next(k for k in ("onnx-int8", "openvino-int8", "onnx-fp32") if k in manifest["artifacts"])
+    served = select_artifact(manifest)  # what `edgekd serve` picks by default: INT8 first, ONNX Runtime first
     entry = manifest["artifacts"][served]
-    runtime = "ort" if entry["format"] == "onnx" else "openvino"
-    with running_server(export_dir, out / "serve.log", "--runtime", runtime, "--precision", entry["precision"]) as url:
+    with running_server(export_dir, out / "serve.log", "--runtime", runtime_of(entry["format"]), "--precision", entry["precision"]) as url:
         http = classify_over_http(url, images)
 
     summary = _summary_rows(runs, pruned, manifest, rows, http, best, served)

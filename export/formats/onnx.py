@@ -47,7 +47,7 @@ CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
 @register_format
 class OnnxFormat(ExportFormat):
     key = "onnx"
-    title = "ONNX (ONNX Runtime)"
+    title = "ONNX"
     runtime = "ort"
     files = {"fp32": ["model.onnx"], "int8": ["model.int8.onnx"]}
 
