@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.contracts.bench_rows import BENCH_JSON, fastest, machine_key
-from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import atomic_path, write_json as _write_json_file, write_text
 from edgekd.runtimes import RUNTIMES
