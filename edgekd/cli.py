@@ -35,7 +35,12 @@ _D = TrainConfig()  # the defaults the help texts quote
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.")
 DataOpt = typer.Option(None, help="Dataset: digits (default, embedded), synthetic, cifar10:ROOT, cifar100:ROOT, imagefolder:PATH, tiny-imagenet:PATH.")
 EpochsOpt = typer.Option(None, help=f"Training epochs (default {_D.epochs}).")
-BatchOpt = typer.Option(None, "--batch-size", "-b", help=f"Batch size per process (default {_D.batch_size}).")
+BatchOpt = typer.Option(
+    None, "--batch-size", "-b",
+    help=f"Global batch per optimizer step, split evenly over the processes and --accumulate steps (default {_D.batch_size}).")
+AccumulateOpt = typer.Option(
+    None, help="Gradient accumulation: micro-batches per optimizer step in each process, for a global batch that does "
+               f"not fit at once (default {_D.accumulate}).")
 LrOpt = typer.Option(None, help=f"Peak learning rate (default {_D.lr}).")
 OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.")
 ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay by lr_decay at --milestones).")
@@ -117,6 +122,7 @@ def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
+    accumulate: Optional[int] = AccumulateOpt,
     lr: Optional[float] = LrOpt,
     optimizer: Optional[str] = OptimOpt,
     schedule: Optional[str] = ScheduleOpt,
@@ -153,6 +159,7 @@ def distill(
     data: Optional[str] = DataOpt,
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
+    accumulate: Optional[int] = AccumulateOpt,
     lr: Optional[float] = LrOpt,
     optimizer: Optional[str] = OptimOpt,
     schedule: Optional[str] = ScheduleOpt,

@@ -28,7 +28,8 @@ class TrainConfig:
     image_size: int | None = None
     model: str = "resnet20"
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: one optimizer step sees this many images, however many processes
+    accumulate: int = 1  # micro-batches per optimizer step in each process (gradient accumulation)
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -55,7 +56,7 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise EdgeKDError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:
                 raise EdgeKDError(f"{name} must be > 0, got {value}")

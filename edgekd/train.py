@@ -8,6 +8,7 @@ uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -57,6 +58,21 @@ def lr_factor(cfg: TrainConfig, progress_epochs: float) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * (progress_epochs - cfg.warmup_epochs) / span))
     milestones = cfg.milestones or [round(cfg.epochs * f) for f in (0.625, 0.75, 0.875)]
     return cfg.lr_decay ** sum(progress_epochs >= m for m in milestones)
+
+
+def micro_batch(cfg: TrainConfig, world_size: int) -> int:
+    """Images per forward pass in each process: the global ``batch_size`` over processes and accumulation steps.
+
+    The global batch is the recipe's: 1 or N processes, with or without accumulation, take the same optimizer steps.
+    """
+    share, rest = divmod(cfg.batch_size, world_size * cfg.accumulate)
+    if rest or not share:
+        parts = f"{world_size} process{'es' if world_size > 1 else ''} x {cfg.accumulate} accumulation step{'s' if cfg.accumulate > 1 else ''}"
+        raise EdgeKDError(
+            f"batch_size {cfg.batch_size} (the global batch) does not split evenly over {parts}; "
+            f"pass a multiple of {world_size * cfg.accumulate} as --batch-size, or change --nproc or --accumulate"
+        )
+    return share
 
 
 def seed_everything(seed: int) -> None:
@@ -144,6 +160,7 @@ def preflight(cfg: TrainConfig, processes: int) -> None:
             f"--nproc {processes} needs one GPU per process, and {torch.cuda.device_count()} are visible; "
             f"pass --nproc {torch.cuda.device_count()}, or --device cpu"
         )
+    micro_batch(cfg, processes)
     check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
     check_data_spec(cfg.data)
     self_taught = method_class(cfg.method).wants_self_teacher(cfg.method_args)  # its teacher is trained first when none is given
@@ -157,6 +174,7 @@ class _Run:
         from edgekd.models import create_model
 
         self.cfg, self.device, self.info = cfg, device, info
+        self.micro_batch = micro_batch(cfg, info.world_size)
         self.show_progress = show_progress and info.is_main
         self.out = Path(cfg.out) if cfg.out else default_out(cfg)
         check_run_dir(self.out, cfg.resume)
@@ -190,19 +208,20 @@ class _Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         pin = device.type == "cuda"
         self.train_loader = make_loader(
-            self.bundle.train_set(), cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers,
+            self.bundle.train_set(), self.micro_batch, shuffle=True, seed=cfg.seed, workers=cfg.workers,
             distributed=info.enabled, drop_last=True, pin_memory=pin,
         )
         val = self.bundle.val_set()
         if info.enabled:  # each rank scores its own slice; sums are reduced, so the accuracy is exact
             val = torch.utils.data.Subset(val, range(info.rank, len(val), info.world_size))
-        self.val_loader = make_loader(val, max(cfg.batch_size, 256), shuffle=False, seed=cfg.seed, workers=cfg.workers, pin_memory=pin)
-        if len(self.train_loader) == 0:
+        self.val_loader = make_loader(val, max(self.micro_batch, 256), shuffle=False, seed=cfg.seed, workers=cfg.workers, pin_memory=pin)
+        if len(self.train_loader) < cfg.accumulate:
             images = len(self.bundle.raw_train)
             split = f"the training split ({images} images)"
             if info.enabled:
                 split = f"each process's share of {split}: {images // info.world_size} over {info.world_size} processes"
-            raise EdgeKDError(f"batch_size {cfg.batch_size} (per process) is larger than {split}; lower --batch-size")
+            per = f"{self.micro_batch * cfg.accumulate} per process" if info.enabled else "one step"
+            raise EdgeKDError(f"batch_size {cfg.batch_size} (global; {per}) is larger than {split}; lower --batch-size")
         self.start_epoch, self.best_acc, self.history = 0, 0.0, []
         if cfg.resume:
             self._load_checkpoint()
@@ -327,8 +346,6 @@ class _Run:
         return summary
 
     def _progress(self):
-        import contextlib
-
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         if not self.show_progress:
@@ -349,39 +366,48 @@ class _Run:
             self.train_loader.generator.manual_seed(cfg.seed + epoch)
         self.method.on_epoch_start(epoch)
         self.engine.train()
-        steps = len(self.train_loader)
+        accumulate = cfg.accumulate
+        steps = len(self.train_loader) // accumulate  # optimizer steps; a last incomplete group is dropped
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, stats="") if progress is not None else None
         loss_sums: dict[str, float] = {}
         correct = seen = 0
         start = time.perf_counter()
-        for i, (x, y) in enumerate(self.train_loader):
+        batches = iter(self.train_loader)
+        for i in range(steps):
             lr = cfg.lr * lr_factor(cfg, epoch + i / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                logits, losses = self.engine(x, y, epoch)
-                loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                kept = (
-                    f"The last good checkpoint ({self.out / CHECKPOINT}, epoch {epoch}) is intact."
-                    if epoch > 0 else "Nothing was saved: it happened in the first epoch."
-                )
-                raise EdgeKDError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged; lower --lr "
-                    f"or check the data. {kept}"
-                )
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            for k in range(accumulate):
+                x, y = next(batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # DDP averages gradients across processes only on the last micro-batch of the step
+                last = k == accumulate - 1
+                with contextlib.nullcontext() if last or self.engine is self.method else self.engine.no_sync():
+                    with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                        logits, losses = self.engine(x, y, epoch)
+                        loss = sum(losses.values())
+                    if not torch.isfinite(loss):
+                        kept = (
+                            f"The last good checkpoint ({self.out / CHECKPOINT}, epoch {epoch}) is intact."
+                            if epoch > 0 else "Nothing was saved: it happened in the first epoch."
+                        )
+                        raise EdgeKDError(
+                            f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged; lower --lr "
+                            f"or check the data. {kept}"
+                        )
+                    # each micro-batch's loss is a mean over its images: 1/K of it makes the step's gradient the mean
+                    # over the whole global batch, as one batch of that size would give
+                    self.scaler.scale(loss / accumulate).backward()
+                n = y.shape[0]
+                for name, value in losses.items():
+                    loss_sums[name] = loss_sums.get(name, 0.0) + value.item() * n
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += n
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            n = y.shape[0]
-            for name, value in losses.items():
-                loss_sums[name] = loss_sums.get(name, 0.0) + value.item() * n
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += n
             if task is not None:
                 rate = seen / (time.perf_counter() - start)
                 progress.update(task, advance=1, stats=f"loss {loss.item():.3f}  acc {correct / seen:.3f}  {rate:,.0f} img/s")

@@ -10,7 +10,10 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-ARGS = ["--model", "resnet8", "--batch-size", "32", "--lr", "0.1", "--seed", "3", "--device", "cpu"]
+ARGS = ["--model", "resnet8", "--batch-size", "64", "--lr", "0.1", "--seed", "3", "--device", "cpu"]
+# Held-out accuracy after 4 epochs, seeds 3/4/5 on one process: 0.864, 0.892, 0.850; on two: 0.903, 0.917 (seeds
+# 3/4). Before the batch was global, two processes trained with twice the batch at the same lr: 0.44 against 0.70.
+ACCURACY_NOISE = 0.08
 
 
 def _edgekd(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -21,27 +24,30 @@ def _edgekd(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
 @pytest.mark.timeout(600)
 def test_two_process_gloo_run_then_single_process_resume(tmp_path):
     ddp = tmp_path / "ddp"
-    proc = _edgekd("train", *ARGS, "--epochs", "2", "--nproc", "2", "--out", str(ddp))
+    proc = _edgekd("train", *ARGS, "--epochs", "4", "--nproc", "2", "--out", str(ddp))  # the global batch: 2 x 32
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done:") == 1  # rank 0 alone reports
     summary = json.loads((ddp / "summary.json").read_text())
     assert summary["world_size"] == 2
     rows = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert set(load_file(str(ddp / "model.safetensors"))) >= {"conv1.weight", "fc.weight"}
 
     single = tmp_path / "single"
-    ref = _edgekd("train", *ARGS, "--epochs", "2", "--batch-size", "64", "--out", str(single))
+    ref = _edgekd("train", *ARGS, "--epochs", "4", "--out", str(single))
     assert ref.returncode == 0, ref.stderr[-3000:]
-    ref_acc = json.loads((single / "summary.json").read_text())["final_acc"]
-    # same global batch (2 x 32 vs 64) and steps: the accuracies must be in the same range
-    assert summary["final_acc"] > 0.5 and abs(summary["final_acc"] - ref_acc) < 0.2
+    ref_rows = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    # the same recipe on 1 and 2 processes: the same optimizer steps and learning rates, the same accuracy (within
+    # the noise of another data order and per-process batch norm statistics)
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
+    assert [round(r["images_per_s"] * r["seconds"]) for r in rows] == [round(r["images_per_s"] * r["seconds"]) for r in ref_rows]
+    assert abs(summary["final_acc"] - ref_rows[-1]["val_acc"]) < ACCURACY_NOISE
 
-    resumed = _edgekd("train", *ARGS, "--epochs", "3", "--out", str(ddp), "--resume")
+    resumed = _edgekd("train", *ARGS, "--epochs", "5", "--out", str(ddp), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = json.loads((ddp / "summary.json").read_text())
     rows = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
-    assert after["world_size"] == 1 and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert after["world_size"] == 1 and [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
     assert after["final_acc"] >= summary["final_acc"] - 0.05
 
 
@@ -51,6 +57,7 @@ def test_two_process_gloo_run_then_single_process_resume(tmp_path):
         (["train", *ARGS, "--device", "cuda"], "no CUDA GPU is visible"),
         (["train", *ARGS, "--data", "cifar10:/no/such/root"], "/no/such/root is not a directory"),
         (["distill", "--student", "resnet8", "--method", "kd", "--teacher-arch", "resnet8"], "needs a teacher"),
+        (["train", *ARGS, "--batch-size", "63"], "batch_size 63 (the global batch) does not split evenly over 2 processes"),
     ],
 )
 def test_nproc_checks_setup_once_before_launching(tmp_path, args, message):
@@ -63,10 +70,10 @@ def test_nproc_checks_setup_once_before_launching(tmp_path, args, message):
 @pytest.mark.timeout(300)
 def test_nproc_mistake_found_by_the_ranks_is_one_line(tmp_path):
     """Both ranks find the batch too large for their half of the data: one message, no launcher traceback."""
-    proc = _edgekd("train", *ARGS, "--epochs", "1", "--batch-size", "1000", "--nproc", "2", "--out", str(tmp_path / "run"))
+    proc = _edgekd("train", *ARGS, "--epochs", "1", "--batch-size", "2000", "--nproc", "2", "--out", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "error: batch_size 1000 (per process) is larger than each process's share of the training split "
+        "error: batch_size 2000 (global; 1000 per process) is larger than each process's share of the training split "
         "(1437 images): 718 over 2 processes; lower --batch-size"
     )
     assert not (tmp_path / "run").exists()

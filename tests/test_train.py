@@ -148,3 +148,41 @@ def test_a_teacher_trained_on_other_data_or_another_size_is_refused(tmp_path):
         run_training(_cfg(tmp_path, "other", epochs=1, method="kd", teacher=teacher, data="synthetic", image_size=16),
                      show_progress=False)
     assert not (tmp_path / "big").exists() and not (tmp_path / "other").exists()
+
+
+@pytest.fixture
+def linear_probe():
+    """A model without batch statistics, so that a step over micro-batches can equal one step over the batch."""
+    from torch import nn
+
+    from edgekd.models import register_model
+    from edgekd.models.registry import _REGISTRY
+
+    register_model("test-linear-probe")(lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes)))
+    yield "test-linear-probe"
+    _REGISTRY.pop("test-linear-probe")
+
+
+def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(tmp_path, linear_probe):
+    common = {"model": linear_probe, "epochs": 1, "batch_size": 64, "lr": 0.05}
+    run_training(_cfg(tmp_path, "whole", **common), show_progress=False)
+    run_training(_cfg(tmp_path, "accumulated", accumulate=4, **common), show_progress=False)
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    accumulated = load_file(str(tmp_path / "accumulated" / "model.safetensors"))
+    assert whole.keys() == accumulated.keys()
+    for name in whole:
+        assert not torch.equal(whole[name], torch.zeros_like(whole[name]))
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-5)
+    rows = [json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("whole", "accumulated")]
+    assert rows[0]["lr"] == rows[1]["lr"] and rows[0]["train_acc"] == pytest.approx(rows[1]["train_acc"], abs=1e-9)
+
+
+def test_the_global_batch_must_split_evenly(tmp_path):
+    from edgekd.train import micro_batch
+
+    assert micro_batch(_cfg(tmp_path, "r", batch_size=64, accumulate=2), 4) == 8
+    with pytest.raises(EdgeKDError, match=r"batch_size 60 \(the global batch\) does not split evenly over 4 processes x 2 "
+                                          r"accumulation steps; pass a multiple of 8"):
+        micro_batch(_cfg(tmp_path, "r", batch_size=60, accumulate=2), 4)
+    with pytest.raises(EdgeKDError, match="accumulate must be > 0"):
+        _cfg(tmp_path, "r", accumulate=0)
