@@ -55,6 +55,9 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from
 WorkersOpt = typer.Option(None, help=f"DataLoader worker processes (default {_D.workers}).")
 AmpOpt = typer.Option(None, help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")
 CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the student.")
+TensorBoardOpt = typer.Option(
+    None, "--tensorboard/--no-tensorboard",
+    help="Also write each epoch's losses, accuracies, lr and images/s as TensorBoard scalars (RUN_DIR/tensorboard).")
 NprocOpt = typer.Option(
     1, "--nproc",
     help="DDP processes to run on this machine, as torchrun --standalone would (gloo on CPU, NCCL on GPUs; "
@@ -134,6 +137,7 @@ def train(
     device: Optional[str] = DeviceOpt,
     amp: Optional[str] = AmpOpt,
     compile: Optional[bool] = CompileOpt,
+    tensorboard: Optional[bool] = TensorBoardOpt,
     workers: Optional[int] = WorkersOpt,
     out: Optional[str] = OutOpt,
     resume: bool = ResumeOpt,
@@ -171,6 +175,7 @@ def distill(
     device: Optional[str] = DeviceOpt,
     amp: Optional[str] = AmpOpt,
     compile: Optional[bool] = CompileOpt,
+    tensorboard: Optional[bool] = TensorBoardOpt,
     workers: Optional[int] = WorkersOpt,
     out: Optional[str] = OutOpt,
     resume: bool = ResumeOpt,
@@ -409,7 +414,7 @@ def demo(
 
 
 # What the training side needs beyond the device install (edgekd[train] in pyproject.toml), by import name
-TRAIN_MODULES = ("torch", "torchvision", "torch_pruning", "safetensors", "sklearn", "onnx", "onnxscript", "nncf")
+TRAIN_MODULES = ("torch", "torchvision", "torch_pruning", "safetensors", "sklearn", "onnx", "onnxscript", "nncf", "tensorboard")
 
 
 def _print_error(message: str, prefix: str = "error:") -> None:

@@ -48,6 +48,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    tensorboard: bool = False  # also write each epoch's scalars as TensorBoard events in the run dir
     workers: int = 0
     out: str | None = None
     resume: bool = False

@@ -16,6 +16,7 @@ import pickle
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # what a run writes before its first checkpoint; a folder holding only these is a run that stopped early
 # (its self-trained teacher is kept and reused), anything else in --out belongs to someone else
-RUN_ENTRIES = {"config.yaml", METRICS, "teacher", "curves.png", "summary.json", "model.json"}
+TENSORBOARD = "tensorboard"
+RUN_ENTRIES = {"config.yaml", METRICS, "teacher", "curves.png", "summary.json", "model.json", TENSORBOARD}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -305,7 +307,7 @@ class _Run:
 
         cfg = self.cfg
         started = time.perf_counter()
-        with self._progress() as progress:
+        with self._progress() as progress, self._scalars() as scalars:
             for epoch in range(self.start_epoch, cfg.epochs):
                 row = self._train_epoch(epoch, progress)
                 row["val_acc"] = self._evaluate()
@@ -313,6 +315,7 @@ class _Run:
                 self.history.append(row)
                 if self.info.is_main:
                     write_json_lines(self.out / METRICS, self.history)
+                    scalars(row)
                     self._save_checkpoint(epoch + 1)
                     if progress is not None:
                         progress.console.print(_epoch_line(row, cfg.epochs))
@@ -344,6 +347,31 @@ class _Run:
         summary["wall_seconds"] = time.perf_counter() - started
         summary["out"] = str(self.out)
         return summary
+
+    @contextlib.contextmanager
+    def _scalars(self) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """A function that writes one epoch's row as TensorBoard scalars (``--tensorboard``), else does nothing."""
+        if not (self.cfg.tensorboard and self.info.is_main):
+            yield lambda row: None
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # a resumed run drops the events of the epochs it redoes, as metrics.jsonl does
+        writer = SummaryWriter(str(self.out / TENSORBOARD), purge_step=self.start_epoch + 1)
+
+        def write(row: dict[str, Any]) -> None:
+            step = row["epoch"]
+            for name, value in row["losses"].items():
+                writer.add_scalar(f"loss/{name}", value, step)
+            for key, tag in (("train_acc", "accuracy/train"), ("val_acc", "accuracy/val"), ("lr", "lr"),
+                             ("images_per_s", "images_per_s")):
+                writer.add_scalar(tag, row[key], step)
+            writer.flush()
+
+        try:
+            yield write
+        finally:
+            writer.close()
 
     def _progress(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -39,6 +39,7 @@ def test_run_dir_contract(tmp_path):
     assert saved["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
     assert saved["images_per_s"] == pytest.approx(images / saved["seconds"])  # the run's rate, not the last epoch's
     assert set(load_file(str(out / "model.safetensors"))) >= {"conv1.weight", "fc.weight"}
+    assert not (out / "tensorboard").exists()  # TensorBoard events only with --tensorboard
     # a second run into the same dir without --resume is refused, and changes nothing
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(EdgeKDError, match="already holds a run"):
@@ -186,3 +187,19 @@ def test_the_global_batch_must_split_evenly(tmp_path):
         micro_batch(_cfg(tmp_path, "r", batch_size=60, accumulate=2), 4)
     with pytest.raises(EdgeKDError, match="accumulate must be > 0"):
         _cfg(tmp_path, "r", accumulate=0)
+
+
+def test_tensorboard_scalars_are_the_metrics_rows(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_training(_cfg(tmp_path, "tb", epochs=2, tensorboard=True), show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = {"loss/ce": lambda r: r["losses"]["ce"], "accuracy/train": lambda r: r["train_acc"],
+            "accuracy/val": lambda r: r["val_acc"], "lr": lambda r: r["lr"], "images_per_s": lambda r: r["images_per_s"]}
+    assert set(events.Tags()["scalars"]) == set(tags)
+    for tag, value in tags.items():
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([value(r) for r in rows], rel=1e-6)
