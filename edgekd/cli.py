@@ -62,6 +62,12 @@ NprocOpt = typer.Option(
     1, "--nproc",
     help="DDP processes to run on this machine, as torchrun --standalone would (gloo on CPU, NCCL on GPUs; "
          "each gets cores/N OpenMP threads unless OMP_NUM_THREADS is set).")
+PretrainedOpt = typer.Option(
+    None, "--pretrained/--no-pretrained",
+    help="Start the model (distill: the student) from its architecture's default published weights (tv/ models), with "
+         "a new head for the data's classes and the weights' own preprocessing.")
+WeightsOpt = typer.Option(
+    None, help="Start from these weights instead: a published name (e.g. IMAGENET1K_V1) or a torch.save state_dict file.")
 ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the dataset's own).")
 
 
@@ -123,6 +129,8 @@ def train(
     config: Optional[Path] = ConfigOpt,
     data: Optional[str] = DataOpt,
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
+    pretrained: Optional[bool] = PretrainedOpt,
+    weights: Optional[str] = WeightsOpt,
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
     accumulate: Optional[int] = AccumulateOpt,
@@ -156,6 +164,8 @@ def distill(
     config: Optional[Path] = ConfigOpt,
     method: Optional[str] = typer.Option(None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, r2kd or ce (default {_D.method})."),
     student: Optional[str] = typer.Option(None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
+    pretrained: Optional[bool] = PretrainedOpt,
+    weights: Optional[str] = WeightsOpt,
     teacher: Optional[str] = typer.Option(None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
     teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4)."),
     rectify: Optional[bool] = typer.Option(None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),

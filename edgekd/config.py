@@ -27,6 +27,8 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
     model: str = "resnet20"
+    pretrained: bool = False  # start the model (the student) from its architecture's default published weights
+    weights: str | None = None  # or from these: a published weights name (IMAGENET1K_V1) or a torch.save file
     epochs: int = 10
     batch_size: int = 64  # the global batch: one optimizer step sees this many images, however many processes
     accumulate: int = 1  # micro-batches per optimizer step in each process (gradient accumulation)
@@ -64,6 +66,8 @@ class TrainConfig:
         for name in ("weight_decay", "momentum", "warmup_epochs", "workers"):
             if getattr(self, name) < 0:
                 raise EdgeKDError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.pretrained and self.weights:
+            raise EdgeKDError(f"pass either --pretrained (the default weights) or --weights {self.weights}, not both")
         if self.image_size is not None and self.image_size <= 0:
             raise EdgeKDError(f"image_size must be > 0, got {self.image_size}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:

@@ -9,6 +9,7 @@ Nothing here downloads: a source that is not on disk is a user error that says w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -169,9 +170,15 @@ class _ScaleAndOrder:
         return x.flip(0) if self.bgr else x
 
 
-def make_train_transform(size: tuple[int, int], mean, std, *, hflip: bool) -> v2.Compose:
-    """The standard CIFAR recipe (pad-and-crop, optional mirror) at any size; batch mixing lives in methods."""
-    steps: list[Any] = [v2.Resize(size), v2.RandomCrop(size, padding=size[0] // 8)]
+def make_train_transform(spec: PreprocessSpec, *, hflip: bool) -> v2.Compose:
+    """Training augmentation for a spec: the CIFAR recipe (exact resize, pad-and-crop) for ``exact``, the ImageNet
+    one (a random-resized crop at the spec's interpolation) for ``shorter_side``; optional mirror; batch mixing lives
+    in methods."""
+    size, mean, std = spec.size, spec.mean, spec.std
+    if spec.resize_policy == "exact":
+        steps: list[Any] = [v2.Resize(size), v2.RandomCrop(size, padding=size[0] // 8)]
+    else:
+        steps = [v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode[spec.interpolation.upper()])]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
@@ -193,18 +200,24 @@ class DataBundle:
     raw_train: Dataset = field(repr=False)
     raw_val: Dataset = field(repr=False)
     hflip: bool = True
+    model_preprocessing: PreprocessSpec | None = None  # the pretrained weights' own, set by ``with_preprocessing``
     train_transform: v2.Compose = field(init=False, repr=False)
     eval_transform: v2.Compose = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        size = (self.input_size[1], self.input_size[2])
-        self.train_transform = make_train_transform(size, self.mean, self.std, hflip=self.hflip)
+        self.train_transform = make_train_transform(self.preprocessing, hflip=self.hflip)
         self.eval_transform = make_eval_transform(self.preprocessing)
 
     @property
     def preprocessing(self) -> PreprocessSpec:
-        """The CIFAR-style models' spec: an exact resize to the input size, then the dataset's mean and std."""
-        return PreprocessSpec(size=(self.input_size[1], self.input_size[2]), mean=tuple(self.mean), std=tuple(self.std))
+        """The model's spec: its pretrained weights' own, else the CIFAR-style exact resize to the input size with the
+        dataset's mean and std."""
+        return self.model_preprocessing or PreprocessSpec(
+            size=(self.input_size[1], self.input_size[2]), mean=tuple(self.mean), std=tuple(self.std))
+
+    def with_preprocessing(self, spec: PreprocessSpec) -> DataBundle:
+        """The same data fed as ``spec`` says (a pretrained model's resize, crop, mean and std)."""
+        return dataclasses.replace(self, model_preprocessing=spec, input_size=(3, *spec.size), mean=spec.mean, std=spec.std)
 
     def train_set(self) -> Dataset:
         return TransformedDataset(self.raw_train, self.train_transform)

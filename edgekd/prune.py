@@ -131,6 +131,7 @@ def prune_run(
     """
     import torch_pruning as tp
 
+    from edgekd.contracts.rundir import description_preprocessing
     from edgekd.data import build_data, make_loader
     from edgekd.fsutil import atomic_dir, write_json
     from edgekd.rundir import layer_shapes, load_model, save_model
@@ -141,6 +142,7 @@ def prune_run(
         pruned = prune_model(model, ratio, method, example).eval()
         options = desc.get("dataset_options") or {}
         bundle = build_data(desc["dataset"], image_size=desc["input_size"][-1], options=options)
+        bundle = bundle.with_preprocessing(description_preprocessing(desc))
         loader = make_loader(bundle.val_set(), batch_size, shuffle=False, seed=0)
         macs_before, params_before = tp.utils.count_ops_and_params(model, example)
         macs_after, params_after = tp.utils.count_ops_and_params(pruned, example)

@@ -173,7 +173,6 @@ class _Run:
     def __init__(self, cfg: TrainConfig, device: torch.device, info: DistInfo, show_progress: bool) -> None:
         from edgekd.data import build_data, make_loader
         from edgekd.methods import build_method, method_class
-        from edgekd.models import create_model
 
         self.cfg, self.device, self.info = cfg, device, info
         self.micro_batch = micro_batch(cfg, info.world_size)
@@ -182,7 +181,7 @@ class _Run:
         check_run_dir(self.out, cfg.resume)
         seed_everything(cfg.seed)
         self.bundle = build_data(cfg.data, image_size=cfg.image_size, options=cfg.data_options)
-        student = create_model(cfg.model, self.bundle.num_classes)
+        student = self._make_student()
         cls = method_class(cfg.method)
         teacher = load_teacher(cfg, self.bundle)
         # what summary.json and model.json name as the teacher
@@ -191,7 +190,7 @@ class _Run:
             teacher = self._train_self_teacher()
             self.teacher_label = str(self.out / "teacher")
             seed_everything(cfg.seed)
-            student = create_model(cfg.model, self.bundle.num_classes)
+            student = self._make_student()
         self.method = build_method(
             cfg.method, student, teacher, cfg.method_args, num_classes=self.bundle.num_classes, rectify=cfg.rectify,
             input_shape=self.bundle.input_size,
@@ -229,6 +228,20 @@ class _Run:
             self._load_checkpoint()
 
     # ----------------------------------------------------------------- set-up
+    def _make_student(self) -> nn.Module:
+        """A fresh student, or one started from pretrained weights, whose preprocessing the run's data then takes."""
+        from edgekd.models import create_model
+        from edgekd.models.weights import DEFAULT, pretrained_model
+
+        choice = self.cfg.weights or (DEFAULT if self.cfg.pretrained else None)
+        self.weights_source = None
+        if choice is None:
+            return create_model(self.cfg.model, self.bundle.num_classes)
+        student, spec, self.weights_source = pretrained_model(self.cfg.model, self.bundle.num_classes, choice)
+        if spec is not None:
+            self.bundle = self.bundle.with_preprocessing(spec)
+        return student
+
     def _train_self_teacher(self) -> nn.Module:
         """Train the CE copy of the student that self-distillation methods distil from, inside this run dir."""
         from edgekd.rundir import load_model
@@ -337,7 +350,8 @@ class _Run:
             "device": str(self.device),
         }
         if self.info.is_main:
-            description = model_description(cfg.model, self.bundle, method=cfg.method, teacher=teacher)
+            origin = {"weights": self.weights_source} if self.weights_source else {}  # where the model started
+            description = model_description(cfg.model, self.bundle, method=cfg.method, teacher=teacher, **origin)
             save_model(self.out, self.method.student, description)
             write_json(self.out / "summary.json", summary)
             from edgekd.plots import plot_curves

@@ -189,6 +189,7 @@ class ExportJob:
         with _stage(f"loading dataset {desc['dataset']!r}"):
             options = desc.get("dataset_options") or {}
             bundle = build_data(desc["dataset"], image_size=int(desc["input_size"][1]), options=options)
+            bundle = bundle.with_preprocessing(description_preprocessing(desc))  # the model's, e.g. pretrained weights
         if bundle.num_classes != desc["num_classes"]:
             raise EdgeKDError(
                 f"dataset {desc['dataset']!r} has {bundle.num_classes} classes but the run's model has "

@@ -73,14 +73,10 @@ def load_problem(e: BaseException) -> str:
     return one_line(e)
 
 
-def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
-    """Load a foreign checkpoint into ``model`` strictly (every key, every shape) on CPU.
-
-    Uses ``weights_only=True``: a checkpoint cannot run code on load. Raises EdgeKDError for a missing,
-    unreadable or mismatched file.
-    """
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a ``torch.save`` file, in any of the layouts above, read with ``weights_only=True`` on CPU:
+    a checkpoint cannot run code on load. Raises EdgeKDError for a missing or unreadable file."""
     path = Path(path)
-    arch = getattr(model, "arch_name", type(model).__name__)
     if not path.is_file():
         raise EdgeKDError(f"checkpoint {path} not found; pass the path of a .pth/.pt file")
     try:
@@ -89,9 +85,15 @@ def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
         raise EdgeKDError(
             f"cannot read checkpoint {path} ({load_problem(e)}); expected a file written by torch.save"
         ) from e
-    state = _extract_state_dict(obj, path)
+    return _extract_state_dict(obj, path)
+
+
+def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
+    """Load a foreign checkpoint into ``model`` strictly (every key, every shape)."""
+    state = read_state_dict(path)
     problem = _mismatch(model, state)
     if problem:
+        arch = getattr(model, "arch_name", type(model).__name__)
         raise EdgeKDError(
             f"checkpoint {path} does not match {arch}: {problem}; pass the architecture it was trained as "
             "(e.g. --teacher-arch)"
