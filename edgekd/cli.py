@@ -205,16 +205,21 @@ def distill(
 def models(
     num_classes: int = typer.Option(100, help="Classes for the parameter/MAC count."),
     tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, at their own input size; slow: builds every one)."),
+    timm: bool = typer.Option(False, "--timm", help="Also list timm's models (timm/<name>; over a thousand: narrow them with --match)."),
+    match: Optional[str] = typer.Option(None, help="Only names matching this pattern, e.g. 'timm/mobilenetv4*' or '*resnet*'."),
 ) -> None:
     """List the model registry with parameters and MACs."""
+    import fnmatch
+
     from edgekd.models import list_models, model_summary
 
+    families = {"tv/": ("torchvision", tv, "tv/resnet18", "--tv"), "timm/": ("timm", timm, "timm/efficientnet_b0", "--timm")}
+    names = list_models()
+    shown = [n for n in names if all(shown_family or not n.startswith(prefix) for prefix, (_, shown_family, _, _) in families.items())]
+    shown = [n for n in shown if match is None or fnmatch.fnmatch(n.lower(), match.lower())]
     table = Table(title=f"models ({num_classes} classes)")
     for col in ("name", "input", "params (M)", "MACs (M)"):
         table.add_column(col, justify="left" if col == "name" else "right", overflow="fold")
-    names = list_models()
-    hidden = [n for n in names if n.startswith("tv/")]
-    shown = [n for n in names if tv or not n.startswith("tv/")]
     with console.status("") as status:  # each MAC count runs the model once: seconds in all
         for i, name in enumerate(shown, 1):
             status.update(f"counting parameters and MACs: {name} ({i}/{len(shown)})")
@@ -222,8 +227,10 @@ def models(
             size = info["input_size"]
             table.add_row(name, f"{size[1]}x{size[2]}", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e6:.1f}")
     console.print(table)
-    if not tv:
-        console.print(f"plus {len(hidden)} torchvision models as tv/<name> (e.g. tv/resnet18); --tv lists them")
+    for prefix, (library, listed, example, flag) in families.items():
+        if not listed:
+            count = sum(n.startswith(prefix) for n in names)
+            console.print(f"plus {count} {library} models as {prefix}<name> (e.g. {example}); {flag} lists them")
 
 
 # bench.md's columns under the short names a terminal shows; the status becomes a mark after the format

@@ -56,11 +56,14 @@ def x32() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def test_list_models_has_cifar_family_first_then_every_torchvision_classifier():
+def test_list_models_has_cifar_family_first_then_every_torchvision_then_every_timm_classifier():
+    import timm
+
     names = list_models()
     assert sorted(names[: len(CIFAR)]) == sorted(CIFAR)
     tv = {"tv/" + n for n in torchvision.models.list_models(module=torchvision.models)}
-    assert set(names[len(CIFAR) :]) == tv
+    assert set(names[len(CIFAR) : len(CIFAR) + len(tv)]) == tv
+    assert set(names[len(CIFAR) + len(tv) :]) == {"timm/" + n for n in timm.list_models()}
     assert "tv/resnet18" in tv and "tv/mobilenet_v3_small" in tv
 
 

@@ -30,7 +30,8 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_LAZY_SOURCES: list[Callable[[], None]] = []  # run once, the first time a name is not found or all are listed
+# name prefix -> a function registering that family; run once, when one of its names is first asked for
+_LAZY_SOURCES: dict[str, Callable[[], None]] = {}
 
 
 def register_model(
@@ -51,20 +52,25 @@ def register_model(
     return wrap
 
 
-def register_lazy_source(register_all: Callable[[], None]) -> None:
-    """Add a function that registers a whole family of models when first needed (torchvision's: seconds to import)."""
-    _LAZY_SOURCES.append(register_all)
+def register_lazy_source(prefix: str, register_all: Callable[[], None]) -> None:
+    """Add a function that registers a whole family of ``prefix`` names when first needed (torchvision's and timm's
+    take seconds to import)."""
+    _LAZY_SOURCES[prefix] = register_all
 
 
-def _load_lazy_sources() -> None:
-    while _LAZY_SOURCES:
-        _LAZY_SOURCES.pop(0)()
+def _load_lazy_sources(name: str | None = None) -> None:
+    """Register the family ``name`` belongs to; without a name, or for a name of no family, all of them."""
+    prefixes = [p for p in _LAZY_SOURCES if name is not None and name.startswith(p)] or list(_LAZY_SOURCES)
+    for prefix in prefixes:
+        _LAZY_SOURCES.pop(prefix)()
 
 
 def _entry(name: str) -> ModelEntry:
     key = name.strip().lower()
     if key not in _REGISTRY:
-        _load_lazy_sources()
+        _load_lazy_sources(key)
+    if key not in _REGISTRY:
+        _load_lazy_sources()  # every family, for the suggestions below
     if key in _REGISTRY:
         return _REGISTRY[key]
     close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.6)
@@ -72,8 +78,13 @@ def _entry(name: str) -> ModelEntry:
     raise EdgeKDError(f"unknown model {name!r} ({hint}); run `edgekd models` to list the available names")
 
 
+def canonical_name(name: str) -> str:
+    """The registered spelling of a model name (names are case-insensitive); an unknown name is an EdgeKDError."""
+    return _entry(name).name
+
+
 def list_models() -> list[str]:
-    """All registered names: the CIFAR family first, then torchvision's ``tv/...`` models."""
+    """All registered names: the CIFAR family first, then torchvision's ``tv/...`` and timm's ``timm/...`` models."""
     _load_lazy_sources()
     return [e.name for e in _REGISTRY.values()]
 

@@ -1,7 +1,7 @@
 """Start a model from pretrained weights (``--pretrained``, ``--weights NAME|FILE``) with a head for the data's classes.
 
-The weights come from the library that publishes them (torchvision for ``tv/`` models, from torch.hub's cache) or
-from a local ``torch.save`` file. Every tensor whose name and shape fit the new model is copied; the classifier
+The weights come from the library that publishes them (torchvision for ``tv/`` models, from torch.hub's cache; timm
+for ``timm/`` models, through its own loading) or from a local ``torch.save`` file. Every tensor whose name and shape fit the new model is copied; the classifier
 head, which has as many outputs as the weights' own classes, keeps its fresh initialisation. The weights'
 preprocessing (resize the shorter side, centre-crop, their mean and std) goes with them into the run.
 """
@@ -14,9 +14,9 @@ from torch import nn
 
 from edgekd.contracts.preprocessing import PreprocessSpec
 from edgekd.errors import EdgeKDError
-from edgekd.models import torchvision_models
+from edgekd.models import timm_models, torchvision_models
 from edgekd.models.checkpoint import read_state_dict
-from edgekd.models.registry import TORCHVISION_PREFIX, create_model
+from edgekd.models.registry import TORCHVISION_PREFIX, canonical_name, create_model
 
 DEFAULT = "DEFAULT"  # --pretrained: the architecture's default published weights
 MAX_NEW_TENSORS = 4  # a head is a weight and a bias (two for a two-layer head); more means the weights do not fit
@@ -25,6 +25,11 @@ MAX_NEW_TENSORS = 4  # a head is a weight and a bias (two for a two-layer head);
 def pretrained_model(arch: str, num_classes: int, choice: str) -> tuple[nn.Module, PreprocessSpec | None, str]:
     """``arch`` with ``num_classes`` outputs, started from weights ``choice``: ``DEFAULT``, a published weights name,
     or a file. Returns the model, the weights' preprocessing (None: the dataset's own), and where they came from."""
+    arch = canonical_name(arch)
+    if arch.startswith(timm_models.TIMM_PREFIX):  # timm loads and re-heads its own weights
+        model, spec, source = timm_models.pretrained(arch[len(timm_models.TIMM_PREFIX):], num_classes, choice)
+        model.arch_name = arch
+        return model, spec, source
     model = create_model(arch, num_classes)
     tv_name = model.arch_name[len(TORCHVISION_PREFIX):] if model.arch_name.startswith(TORCHVISION_PREFIX) else None
     if Path(choice).is_file():
