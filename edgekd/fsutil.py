@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,19 +111,27 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+OWNER = ".edgekd-owner"  # inside a folder being built: "host pid" of the process building it
+STALE_UNOWNED_S = 3600  # a partial folder with no owner (an older edgekd's, or killed before it wrote one)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and move it into place only when the block succeeds.
 
     An existing ``path`` is replaced only if ``overwrite``; on any error the temporary tree, and any parent
-    folders made for it, are removed and ``path`` is left as it was.
+    folders made for it, are removed and ``path`` is left as it was. Temporary trees that an earlier, killed
+    command left for the same ``path`` are removed first (``remove_leftovers``).
     """
     path = check_can_create(path, "folder")
     if path.exists() and not overwrite and any(path.iterdir()):
         raise EdgeKDError(f"{path} already exists and is not empty; choose another --out or remove it")
+    remove_leftovers(path)
     with _beside(path, tempfile.mkdtemp, ".partial") as tmp:
         try:
+            (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}", encoding="utf-8")
             yield tmp
+            (tmp / OWNER).unlink()
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a container user could not read an export made here
             if path.exists():
                 shutil.rmtree(path)
@@ -128,3 +139,31 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Remove the ``.NAME.*.partial`` folders beside ``path`` whose builder is gone: a process of this host that no
+    longer runs, or, with no owner recorded, untouched for an hour. A folder another live command is building stays.
+    Returns what was removed."""
+    removed = []
+    for partial in path.parent.glob(f".{glob.escape(path.name)}.*.partial") if path.parent.is_dir() else []:
+        if partial.is_dir() and not _being_built(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+    return removed
+
+
+def _being_built(folder: Path) -> bool:
+    try:
+        host, pid = (folder / OWNER).read_text(encoding="utf-8").split()
+    except (OSError, ValueError):
+        return time.time() - folder.stat().st_mtime < STALE_UNOWNED_S
+    if host != socket.gethostname():
+        return True  # a shared folder: another machine's process cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True

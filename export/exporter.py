@@ -7,7 +7,7 @@ the whole directory is built under a temporary name, so a failure at any step le
 from __future__ import annotations
 
 import contextlib
-import tempfile
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,14 +114,19 @@ def export_run(
     if max_drop is not None and not int8:
         raise EdgeKDError("max_drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
     with atomic_dir(out, overwrite=overwrite) as tmp:  # refuses an existing export dir before any work
-        with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch, _progress(progress) as bar:
-            job = ExportJob.prepare(run_dir, Path(tmp), Path(scratch), bar, int8, calib_samples, calib_method, max_drop)
+        # scratch space inside the folder being built: a killed export leaves nothing in /tmp, and the next export to
+        # the same --out removes the whole partial folder (fsutil.remove_leftovers)
+        scratch = Path(tmp) / ".scratch"
+        scratch.mkdir()
+        with _progress(progress) as bar:
+            job = ExportJob.prepare(run_dir, Path(tmp), scratch, bar, int8, calib_samples, calib_method, max_drop)
             precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
             for key in formats:
                 fmt = FORMATS[key]()
                 for precision in fmt.files:
                     if precision in precisions:
                         job.write(fmt, precision)
+        shutil.rmtree(scratch)
         write_json(Path(tmp) / MANIFEST, job.manifest)
     return job.manifest
 

@@ -166,6 +166,31 @@ def _no_export_left(out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
+def test_scratch_space_lives_in_the_folder_being_built(tmp_path: Path, digits_run_dir: Path, monkeypatch) -> None:
+    """A killed export leaves nothing in /tmp: its scratch is inside the partial folder the next export removes."""
+    import tempfile
+
+    from edgekd.export import export_run, exporter
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "system-tmp"))
+    (tmp_path / "system-tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    seen = []
+    real_graph = exporter.ExportJob.graph
+
+    def graph(self, path=None):
+        seen.append(self.scratch)
+        return real_graph(self, path)
+
+    monkeypatch.setattr(exporter.ExportJob, "graph", graph)
+    out = tmp_path / "exports" / "exp"
+    manifest = export_run(digits_run_dir, out, formats=("openvino",), progress=False)
+    assert seen and all(s.parent.parent == out.parent and s.parent.name.startswith(".exp.") for s in seen)
+    assert list((tmp_path / "system-tmp").iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "openvino-fp32"]
+    assert manifest["artifacts"]["openvino-fp32"]["agreement"] == 1.0
+
+
 def test_missing_run_dir(tmp_path: Path) -> None:
     from edgekd.export import export_run
 

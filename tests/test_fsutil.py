@@ -71,3 +71,38 @@ def test_a_folder_no_file_can_be_made_in_is_a_one_line_error():
         with pytest.raises(EdgeKDError, match="/proc/edgekd-never"):
             with target("/proc/edgekd-never"):
                 pass
+
+
+def test_atomic_dir_removes_what_a_killed_command_left_and_keeps_what_a_live_one_builds(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from edgekd.fsutil import OWNER, STALE_UNOWNED_S
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    leftovers = {
+        "killed": (f"{host} {gone.stdout.strip()}", 0),  # its process is gone
+        "live": (f"{host} {os.getpid()}", 0),  # this process: still building it
+        "elsewhere": ("another-host 1", 0),  # cannot be checked from here
+        "old-unowned": (None, STALE_UNOWNED_S + 60),  # an older edgekd's, untouched for over an hour
+        "new-unowned": (None, 0),  # just made, its owner not written yet
+    }
+    for name, (owner, age) in leftovers.items():
+        folder = tmp_path / f".exp.{name}.partial"
+        (folder / "sub").mkdir(parents=True)
+        if owner is not None:
+            (folder / OWNER).write_text(owner)
+        if age:
+            old = time.time() - age
+            os.utime(folder, (old, old))
+    (tmp_path / ".other.x.partial").mkdir()  # another --out's
+    with atomic_dir(tmp_path / "exp") as tmp:
+        assert (tmp / OWNER).read_text() == f"{host} {os.getpid()}"
+        (tmp / "f").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".exp.elsewhere.partial", ".exp.live.partial", ".exp.new-unowned.partial", ".other.x.partial", "exp"]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["f"]  # the owner mark does not ship
