@@ -7,22 +7,15 @@ artifact's first file is the one the runtime opens (``model.onnx``, ``model.xml`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from edgekd.contracts.manifest import PRECISIONS, verify_artifact
+from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError
 from edgekd.runtimes.base import Runtime
 
-RUNTIMES: dict[str, type[Runtime]] = {}
-R = TypeVar("R", bound=type[Runtime])
-
-
-def register_runtime(cls: R) -> R:
-    """Class decorator: make a runtime known to bench, serve and the exporter's verification by its ``name``."""
-    if cls.name in RUNTIMES and RUNTIMES[cls.name] is not cls:
-        raise ValueError(f"runtime {cls.name!r} is registered twice")
-    RUNTIMES[cls.name] = cls
-    return cls
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime", "name")
+register_runtime = RUNTIMES.register  # class decorator: bench, serve and the exporter's verification then know it
 
 
 def artifact_runtimes() -> list[str]:

@@ -9,21 +9,12 @@ NNCF) only when they write, so listing the formats is cheap.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from edgekd.contracts.manifest import artifact_key
+from edgekd.contracts.registry import Registry
 from edgekd.export.formats.base import ExportFormat
 
-FORMATS: dict[str, type[ExportFormat]] = {}
-F = TypeVar("F", bound=type[ExportFormat])
-
-
-def register_format(cls: F) -> F:
-    """Class decorator: make a format known to the exporter and the CLI by its ``key``."""
-    if cls.key in FORMATS and FORMATS[cls.key] is not cls:
-        raise ValueError(f"export format {cls.key!r} is registered twice")
-    FORMATS[cls.key] = cls
-    return cls
+FORMATS: Registry[type[ExportFormat]] = Registry("export format", "key")
+register_format = FORMATS.register  # class decorator: the exporter and the CLI then know the format by its key
 
 
 def artifact_kinds() -> dict[str, tuple[str, str]]:
