@@ -41,7 +41,7 @@ def test_two_process_gloo_run_then_single_process_resume(tmp_path):
     # the noise of another data order and per-process batch norm statistics)
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
     assert [round(r["images_per_s"] * r["seconds"]) for r in rows] == [round(r["images_per_s"] * r["seconds"]) for r in ref_rows]
-    assert abs(summary["final_acc"] - ref_rows[-1]["val_acc"]) < ACCURACY_NOISE
+    assert summary["final_acc"] > 0.8 and abs(summary["final_acc"] - ref_rows[-1]["val_acc"]) < ACCURACY_NOISE
 
     resumed = _edgekd("train", *ARGS, "--epochs", "5", "--out", str(ddp), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
