@@ -151,8 +151,12 @@ def make_eval_transform(spec: PreprocessSpec) -> v2.Compose:
         steps: list[Any] = [v2.Resize(spec.size, interpolation)]
     else:
         steps = [v2.Resize(spec.shorter_side, interpolation), v2.CenterCrop(spec.size)]
-    steps += [v2.ToImage(), _ScaleAndOrder(spec.scale, spec.channel_order == "BGR"), v2.Normalize(list(spec.mean), list(spec.std))]
-    return v2.Compose(steps)
+    return v2.Compose(steps + _to_input(spec))
+
+
+def _to_input(spec: PreprocessSpec) -> list[Any]:
+    """The spec's steps after the geometry, shared by training and evaluation: scale, channel order, normalise."""
+    return [v2.ToImage(), _ScaleAndOrder(spec.scale, spec.channel_order == "BGR"), v2.Normalize(list(spec.mean), list(spec.std))]
 
 
 @dataclass(frozen=True)
@@ -174,15 +178,14 @@ def make_train_transform(spec: PreprocessSpec, *, hflip: bool) -> v2.Compose:
     """Training augmentation for a spec: the CIFAR recipe (exact resize, pad-and-crop) for ``exact``, the ImageNet
     one (a random-resized crop at the spec's interpolation) for ``shorter_side``; optional mirror; batch mixing lives
     in methods."""
-    size, mean, std = spec.size, spec.mean, spec.std
+    size = spec.size
     if spec.resize_policy == "exact":
         steps: list[Any] = [v2.Resize(size), v2.RandomCrop(size, padding=size[0] // 8)]
     else:
         steps = [v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode[spec.interpolation.upper()])]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    return v2.Compose(steps + _to_input(spec))
 
 
 @dataclass

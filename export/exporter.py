@@ -135,7 +135,7 @@ def _describe(run_dir: str | Path, desc: dict[str, Any], bundle: Any, val_sample
     """The manifest skeleton (no artifacts yet) and the metadata embedded in every model file."""
     size = [int(v) for v in desc["input_size"]]
     name = f"{desc['arch']}-{bundle.name}"
-    preprocessing = description_preprocessing(desc).to_dict()
+    preprocessing = bundle.preprocessing.to_dict()  # the model's spec, which ``prepare`` gave the bundle
     source = str(Path(run_dir).resolve())
     metadata = {
         "model": name,

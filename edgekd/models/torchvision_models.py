@@ -13,7 +13,7 @@ from torch import nn
 
 from edgekd.contracts.preprocessing import PreprocessSpec
 from edgekd.errors import EdgeKDError, one_line
-from edgekd.models.registry import TORCHVISION_PREFIX, register_model  # noqa: F401  (the family's prefix)
+from edgekd.models.registry import TORCHVISION_PREFIX, register_model
 
 # GoogLeNet and Inception v3 return (logits, aux...) tuples in training mode unless the auxiliary heads
 # are off; every edgekd model returns logits only. init_weights=True is their documented default
