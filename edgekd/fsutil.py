@@ -161,9 +161,9 @@ def _being_built(folder: Path) -> bool:
     if host != socket.gethostname():
         return True  # a shared folder: another machine's process cannot be checked from here
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError):
-        return True
+    except (PermissionError, ValueError):  # another user's process, or a mark edgekd cannot read: leave it
+        pass
     return True
