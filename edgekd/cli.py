@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.text import Text
 from rich.table import Table
 
-from edgekd.config import TrainConfig
+from edgekd.config import RECOVERY_LR, TrainConfig
 from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
@@ -68,6 +68,10 @@ PretrainedOpt = typer.Option(
          "a new head for the data's classes and the weights' own preprocessing.")
 WeightsOpt = typer.Option(
     None, help="Start from these weights instead: a published name (e.g. IMAGENET1K_V1) or a torch.save state_dict file.")
+InitOpt = typer.Option(
+    None, "--init",
+    help="Start from this run dir's model: its architecture (a pruned one included), weights and preprocessing, "
+         "instead of a fresh --model/--student.")
 ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the dataset's own).")
 
 
@@ -131,6 +135,7 @@ def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
+    init: Optional[str] = InitOpt,
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
     accumulate: Optional[int] = AccumulateOpt,
@@ -166,6 +171,7 @@ def distill(
     student: Optional[str] = typer.Option(None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
+    init: Optional[str] = InitOpt,
     teacher: Optional[str] = typer.Option(None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
     teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4)."),
     rectify: Optional[bool] = typer.Option(None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
@@ -294,23 +300,51 @@ def datasets() -> None:
 @app.command()
 def prune(
     run: Path = typer.Argument(..., help="Run dir of the model to prune."),
-    ratio: float = typer.Option(0.3, help="Channel ratio to remove (structured) or weight rate (l1-unstructured)."),
-    method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned model to."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned (and recovered) model to."),
+    ratio: Optional[float] = typer.Option(
+        None, help="Channel ratio to remove from every layer group (structured) or weight rate (l1-unstructured); default 0.3."),
+    target_macs: Optional[float] = typer.Option(
+        None, help="Instead of --ratio: prune in small steps until the model has this fraction of its MACs (e.g. 0.5)."),
+    prune_method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
+    recover_epochs: int = typer.Option(
+        0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
+                "The pruned model goes to OUT/pruned, the recovered one to OUT."),
+    method: str = typer.Option("kd", help="Recovery method: kd, r2kd, dkd, dist, ... or ce (fine-tune without the teacher)."),
+    arg: list[str] = typer.Option([], "--arg", help="Recovery method option KEY=VALUE, repeatable (e.g. --arg T=4)."),
+    lr: float = typer.Option(RECOVERY_LR, help="Recovery peak learning rate (a fine-tune of trained weights)."),
+    batch_size: Optional[int] = BatchOpt,
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
 ) -> None:
-    """Prune a trained model once (no fine-tuning) into a new run dir that later stages load."""
-    if not 0.0 < ratio < 1.0:
-        raise EdgeKDError(f"--ratio must be between 0 and 1, got {ratio}")
-    from edgekd.prune import prune_run
+    """Prune a trained model (structured: really fewer channels) and, with --recover-epochs, win its accuracy back."""
+    from edgekd.prune import PRUNE_METHODS, prune_run
 
-    result = prune_run(run, out, ratio=ratio, method=method)
-    table = Table(title=Text(f"pruned {run} ({method}, ratio {ratio})"))
+    if method in PRUNE_METHODS:
+        raise EdgeKDError(f"--method names the recovery method now; pass --prune-method {method}")
+    if ratio is not None and target_macs is not None:
+        raise EdgeKDError("pass either --ratio or --target-macs, not both")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise EdgeKDError(f"--ratio must be between 0 and 1, got {ratio}")
+    if recover_epochs < 0:
+        raise EdgeKDError(f"--recover-epochs must be >= 0, got {recover_epochs}")
+    ratio = 0.3 if ratio is None and target_macs is None else ratio or 0.0
+    recover = None
+    if recover_epochs:
+        given = {"batch_size": batch_size, "seed": seed, "device": device, "workers": workers}
+        recover = {"epochs": recover_epochs, "method": method, "method_args": _parse_args(arg), "lr": lr,
+                   **{k: v for k, v in given.items() if v is not None}}
+    result = prune_run(run, out, ratio=ratio, method=prune_method, target_macs=target_macs, recover=recover)
+    how = f"to {target_macs:g} of the MACs" if target_macs is not None else f"ratio {ratio}"
+    table = Table(title=Text(f"pruned {run} ({prune_method}, {how})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right", overflow="fold")
-    for when in ("before", "after"):
-        table.add_row(
-            when, f"{result[f'macs_{when}'] / 1e6:.2f}", f"{result[f'params_{when}'] / 1e6:.3f}", f"{result[f'acc_{when}']:.4f}"
-        )
+    stages = [("before", "before", "before"), ("pruned", "after", "after" if recover is None else "pruned")]
+    if recover is not None:
+        stages.append((f"recovered ({method}, {recover_epochs} ep)", "after", "recovered"))
+    for label, size, acc in stages:
+        table.add_row(label, f"{result[f'macs_{size}'] / 1e6:.2f}", f"{result[f'params_{size}'] / 1e6:.3f}",
+                      f"{result[f'acc_{acc}']:.4f}")
     console.print(table)
     console.print(f"[green]wrote[/] {escape(str(out))}")
 

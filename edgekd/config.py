@@ -17,6 +17,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "off", "bf16", "fp16"),
 }
+RECOVERY_LR = 0.01  # `prune --recover-epochs` fine-tunes trained weights: a fifth of a fresh run's peak
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainConfig:
     model: str = "resnet20"
     pretrained: bool = False  # start the model (the student) from its architecture's default published weights
     weights: str | None = None  # or from these: a published weights name (IMAGENET1K_V1) or a torch.save file
+    init: str | None = None  # or from this run dir's model (its architecture, pruned shapes and weights)
     epochs: int = 10
     batch_size: int = 64  # the global batch: one optimizer step sees this many images, however many processes
     accumulate: int = 1  # micro-batches per optimizer step in each process (gradient accumulation)
@@ -68,6 +70,8 @@ class TrainConfig:
                 raise EdgeKDError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.pretrained and self.weights:
             raise EdgeKDError(f"pass either --pretrained (the default weights) or --weights {self.weights}, not both")
+        if self.init is not None and (self.pretrained or self.weights):
+            raise EdgeKDError(f"--init {self.init} starts from that run's weights; drop --pretrained/--weights")
         if self.image_size is not None and self.image_size <= 0:
             raise EdgeKDError(f"image_size must be > 0, got {self.image_size}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
@@ -141,7 +145,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise EdgeKDError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(_FIELDS)}")
+    if values.get("init") is not None:
+        values["model"] = _init_arch(str(values["init"]), values.get("model"))
     return TrainConfig(**{k: _check_type(k, v) for k, v in values.items()}).validate()
+
+
+def _init_arch(init: str, model: Any) -> str:
+    """The architecture a run started with ``--init`` trains: the init run's own (a pruned one included)."""
+    from edgekd.contracts.rundir import read_description
+
+    arch = read_description(init)["arch"]
+    if model is not None and model != arch:
+        raise EdgeKDError(f"--init {init} holds a {arch}, not a {model}; drop --model/--student (or the recipe's "
+                          f"model key) to start from that run, or drop --init to train a fresh {model}")
+    return arch
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekd.config import RECOVERY_LR
 from edgekd.errors import EdgeKDError
 
 PRUNE_METHODS = ("structured", "l1-unstructured")
@@ -38,7 +39,12 @@ def _last_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     return order[-1]
 
 
-def _structured(model: nn.Module, ratio: float, example_input: torch.Tensor) -> None:
+TARGET_STEPS = 100  # iterative steps toward --target-macs: each removes about 1 % of every group's channels
+
+
+def _structured(model: nn.Module, ratio: float, example_input: torch.Tensor, target_macs: float | None = None) -> None:
+    """Remove ``ratio`` of every layer group's channels, or (``target_macs``) as many as it takes to reach that
+    fraction of the model's MACs, in torch-pruning's small iterative steps with importance re-measured at each."""
     import torch_pruning as tp
 
     if any("shuffle" in type(m).__name__.lower() for m in model.modules()):
@@ -53,11 +59,20 @@ def _structured(model: nn.Module, ratio: float, example_input: torch.Tensor) -> 
         model,
         example_input,
         importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
+        pruning_ratio=ratio if target_macs is None else 1.0,
+        iterative_steps=1 if target_macs is None else TARGET_STEPS,
         ignored_layers=[classifier],
     )
     with torch.enable_grad():
-        pruner.step()
+        if target_macs is None:
+            pruner.step()
+            return
+        base, _ = tp.utils.count_ops_and_params(model, example_input)
+        for _ in range(TARGET_STEPS - 1):  # the last step would remove every channel
+            pruner.step()
+            macs, _ = tp.utils.count_ops_and_params(model, example_input)
+            if macs <= target_macs * base:
+                return
 
 
 def _l1_unstructured(model: nn.Module, ratio: float) -> None:
@@ -74,25 +89,32 @@ def prune_model(
     ratio: float = 0.1,
     method: str = "structured",
     example_input: torch.Tensor | None = None,
+    *,
+    target_macs: float | None = None,
 ) -> nn.Module:
     """A pruned deep copy of ``model``; its train/eval mode and per-parameter requires_grad are kept.
 
     ``structured``: torch-pruning DepGraph with L1 magnitude importance removes ``ratio`` of the channels of
-    every prunable layer group, never the classifier's outputs; needs ``example_input`` (one batch of the
-    model's input shape, on its device) to trace the graph. ``l1-unstructured``: zero the ``ratio`` smallest
-    |w| of every Conv2d/Linear weight (made permanent, no masks left behind).
+    every prunable layer group (or, with ``target_macs``, enough of them to leave that fraction of the MACs),
+    never the classifier's outputs; needs ``example_input`` (one batch of the model's input shape, on its
+    device) to trace the graph. ``l1-unstructured``: zero the ``ratio`` smallest |w| of every Conv2d/Linear
+    weight (made permanent, no masks left behind).
     """
     if method not in PRUNE_METHODS:
         raise EdgeKDError(f"unknown pruning method {method!r}; choose one of: {', '.join(PRUNE_METHODS)}")
     if not 0.0 <= ratio < 1.0:
         raise EdgeKDError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if target_macs is not None and not 0.0 < target_macs < 1.0:
+        raise EdgeKDError(f"target MACs must be a fraction of the model's, between 0 and 1; got {target_macs}")
+    if target_macs is not None and method != "structured":
+        raise EdgeKDError("a MACs target needs structured pruning: zeroed weights leave the MACs as they were")
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     training = model.training
     pruned = copy.deepcopy(model).eval()
     if method == "structured":
         if example_input is None:
             raise EdgeKDError("structured pruning traces the network and needs an example input batch")
-        _structured(pruned, ratio, example_input)
+        _structured(pruned, ratio, example_input, target_macs)
     else:
         _l1_unstructured(pruned, ratio)
     for name, p in pruned.named_parameters():
@@ -115,20 +137,10 @@ def _zero_fraction(model: nn.Module) -> float:
     return sum((w == 0).sum().item() for w in weights) / max(total, 1)
 
 
-def prune_run(
-    run_dir: str | Path,
-    out_dir: str | Path,
-    ratio: float = 0.1,
-    method: str = "structured",
-    *,
-    batch_size: int = 256,
+def _prune_into(
+    run_dir: Path, out_dir: Path, ratio: float, method: str, target_macs: float | None, batch_size: int
 ) -> dict[str, Any]:
-    """Prune a run dir's model into a new run dir that later stages (export, distill --teacher) load as is.
-
-    Held-out accuracy is measured before and after on the run's own dataset; MACs and parameters come from
-    torch-pruning's counter at batch 1. The new dir is written atomically and records the pruned layer shapes;
-    its ``summary.json`` holds the returned numbers.
-    """
+    """Prune once (no training) into run dir ``out_dir``, written atomically; the numbers also go to its summary."""
     import torch_pruning as tp
 
     from edgekd.contracts.rundir import description_preprocessing
@@ -139,18 +151,20 @@ def prune_run(
     model, desc = load_model(run_dir)
     with atomic_dir(out_dir) as tmp:  # refuses an existing --out before any work
         example = torch.zeros(1, *desc["input_size"])
-        pruned = prune_model(model, ratio, method, example).eval()
+        pruned = prune_model(model, ratio, method, example, target_macs=target_macs).eval()
         options = desc.get("dataset_options") or {}
         bundle = build_data(desc["dataset"], image_size=desc["input_size"][-1], options=options)
         bundle = bundle.with_preprocessing(description_preprocessing(desc))
         loader = make_loader(bundle.val_set(), batch_size, shuffle=False, seed=0)
         macs_before, params_before = tp.utils.count_ops_and_params(model, example)
         macs_after, params_after = tp.utils.count_ops_and_params(pruned, example)
+        info = {"ratio": ratio, "method": method, "source": str(run_dir)}
+        if target_macs is not None:
+            info = {"target_macs": target_macs, "method": method, "source": str(run_dir)}
         result = {
             "source": str(run_dir),
             "out": str(out_dir),
-            "method": method,
-            "ratio": ratio,
+            **info,
             "macs_before": int(macs_before),
             "macs_after": int(macs_after),
             "params_before": int(params_before),
@@ -159,11 +173,77 @@ def prune_run(
             "acc_before": _accuracy(model, loader),
             "acc_after": _accuracy(pruned, loader),
         }
-        info = {"ratio": ratio, "method": method, "source": str(run_dir)}
         save_model(tmp, pruned, {**desc, "layer_shapes": layer_shapes(pruned), "pruned": info})
         # what `edgekd report` shows for a run: the pruned model's held-out accuracy and size
         write_json(tmp / "summary.json", {
             **result, "model": desc["arch"], "dataset": desc["dataset"], "best_acc": result["acc_after"],
             "final_acc": result["acc_after"], "params": result["params_after"],
         })
+    return result
+
+
+def prune_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    ratio: float = 0.1,
+    method: str = "structured",
+    *,
+    target_macs: float | None = None,
+    recover: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Prune a run dir's model into a new run dir that later stages (export, distill --teacher) load as is.
+
+    Held-out accuracy is measured before and after on the run's own dataset; MACs and parameters come from
+    torch-pruning's counter at batch 1. The new dir records the pruned layer shapes; its ``summary.json`` holds
+    the returned numbers. With ``recover`` (training settings, at least ``epochs``; ``method`` defaults to kd),
+    the pruned model is written to ``OUT/pruned`` and then distilled from the unpruned one into ``OUT``, a normal
+    training run whose summary adds how it was pruned (``pruning``), the MACs and parameters before and after,
+    and the held-out accuracy before pruning, after it and after recovery (``acc_before``, ``acc_pruned``,
+    ``acc_recovered``).
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if recover is None:
+        return _prune_into(run_dir, out_dir, ratio, method, target_macs, batch_size)
+    return _prune_and_recover(run_dir, out_dir, ratio, method, target_macs, recover, batch_size, show_progress)
+
+
+RECOVERY_DEFAULTS = {"method": "kd", "lr": RECOVERY_LR, "warmup_epochs": 0}
+
+
+def _prune_and_recover(
+    run_dir: Path, out_dir: Path, ratio: float, method: str, target_macs: float | None, recover: dict[str, Any],
+    batch_size: int, show_progress: bool,
+) -> dict[str, Any]:
+    import shutil
+
+    from edgekd.config import load_config
+    from edgekd.contracts.rundir import read_description
+    from edgekd.fsutil import make_dir, remove_empty, write_json
+    from edgekd.train import CHECKPOINT, check_run_dir, run_training
+
+    desc = read_description(run_dir)
+    check_run_dir(out_dir, resume=False)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise EdgeKDError(f"{out_dir} already exists and is not empty; choose another --out or remove it")
+    settings = {**RECOVERY_DEFAULTS, **recover}
+    overrides = {  # the unpruned run's data at its size; the pruned model starts, the unpruned one teaches
+        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {}, "image_size": desc["input_size"][-1],
+        "teacher": str(run_dir), "init": str(out_dir / "pruned"), "out": str(out_dir), **settings,
+    }
+    load_config(None, {**overrides, "init": None})  # bad recovery settings are one line before minutes of pruning
+    created = make_dir(out_dir)
+    try:
+        pruned = _prune_into(run_dir, out_dir / "pruned", ratio, method, target_macs, batch_size)
+        summary = run_training(load_config(None, overrides), show_progress=show_progress)
+    except BaseException:
+        if not (out_dir / CHECKPOINT).exists():  # nothing to resume: leave no half-made run behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+            remove_empty(created[1:])
+        raise
+    how = {k: pruned[k] for k in ("ratio", "target_macs", "method", "source") if k in pruned}
+    sizes = {k: pruned[k] for k in ("macs_before", "macs_after", "params_before", "params_after", "acc_before")}
+    result = {**summary, "pruning": how, **sizes, "acc_pruned": pruned["acc_after"], "acc_recovered": summary["final_acc"]}
+    write_json(out_dir / "summary.json", {k: v for k, v in result.items() if k not in ("wall_seconds", "out")})
     return result

@@ -32,10 +32,11 @@ from edgekd.models.checkpoint import load_problem
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-# what a run writes before its first checkpoint; a folder holding only these is a run that stopped early
-# (its self-trained teacher is kept and reused), anything else in --out belongs to someone else
+# what a run writes before its first checkpoint; a folder holding only these is a run that stopped early (its
+# self-trained teacher is kept and reused; `prune --recover-epochs` puts its pruned start beside), anything else
+# in --out belongs to someone else
 TENSORBOARD = "tensorboard"
-RUN_ENTRIES = {"config.yaml", METRICS, "teacher", "curves.png", "summary.json", "model.json", TENSORBOARD}
+RUN_ENTRIES = {"config.yaml", METRICS, "teacher", "pruned", "curves.png", "summary.json", "model.json", TENSORBOARD}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,8 +104,8 @@ def check_teacher_path(cfg: TrainConfig) -> Path | None:
 def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
     """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``.
 
-    A run dir records what its model was trained on; a teacher that saw other classes or another image size
-    than this run's data would distil noise, so that is refused here. A foreign checkpoint is checked by shape only.
+    A run dir records what its model was trained on, which must fit this run's data; a foreign checkpoint is
+    checked by shape only.
     """
     num_classes = bundle.num_classes
     path = check_teacher_path(cfg)
@@ -119,20 +120,25 @@ def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
         teacher = create_model(cfg.teacher_arch, num_classes)
         load_checkpoint_file(teacher, path)
         desc = {"num_classes": num_classes}
-    if desc["num_classes"] != num_classes:
-        raise EdgeKDError(f"teacher {path} has {desc['num_classes']} classes but the data has {num_classes}")
+    check_fits_data(desc, bundle, f"teacher {path}")
+    return teacher
+
+
+def check_fits_data(desc: dict[str, Any], bundle: Any, what: str) -> None:
+    """A model trained on other classes or another image size than this run's data would distil (or start from) noise."""
+    if desc["num_classes"] != bundle.num_classes:
+        raise EdgeKDError(f"{what} has {desc['num_classes']} classes but the data has {bundle.num_classes}")
     if "class_names" in desc and list(desc["class_names"]) != list(bundle.class_names):
         raise EdgeKDError(
-            f"teacher {path} was trained on other classes ({desc.get('dataset')}: {', '.join(map(str, desc['class_names'][:3]))}, ...) "
-            f"than this run's data ({bundle.spec}: {', '.join(map(str, bundle.class_names[:3]))}, ...); distil from a teacher of the same dataset"
+            f"{what} was trained on other classes ({desc.get('dataset')}: {', '.join(map(str, desc['class_names'][:3]))}, ...) "
+            f"than this run's data ({bundle.spec}: {', '.join(map(str, bundle.class_names[:3]))}, ...); use a model of the same dataset"
         )
     if "input_size" in desc and tuple(desc["input_size"]) != tuple(bundle.input_size):
         size = desc["input_size"][-1]
         raise EdgeKDError(
-            f"teacher {path} was trained on {'x'.join(map(str, desc['input_size']))} inputs but this run feeds "
-            f"{'x'.join(map(str, bundle.input_size))}; pass --image-size {size} or use a teacher trained at this size"
+            f"{what} was trained on {'x'.join(map(str, desc['input_size']))} inputs but this run feeds "
+            f"{'x'.join(map(str, bundle.input_size))}; pass --image-size {size} or use a model trained at this size"
         )
-    return teacher
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -229,18 +235,32 @@ class _Run:
 
     # ----------------------------------------------------------------- set-up
     def _make_student(self) -> nn.Module:
-        """A fresh student, or one started from pretrained weights, whose preprocessing the run's data then takes."""
+        """A fresh student, or one started from a run dir or pretrained weights, whose preprocessing the data then takes."""
         from edgekd.models import create_model
         from edgekd.models.weights import DEFAULT, pretrained_model
 
         choice = self.cfg.weights or (DEFAULT if self.cfg.pretrained else None)
         self.weights_source = None
+        self.init_shapes: dict[str, Any] = {}
+        if self.cfg.init is not None:
+            return self._init_student(Path(self.cfg.init))
         if choice is None:
             return create_model(self.cfg.model, self.bundle.num_classes)
         student, spec, self.weights_source = pretrained_model(self.cfg.model, self.bundle.num_classes, choice)
         if spec is not None:
             self.bundle = self.bundle.with_preprocessing(spec)
         return student
+
+    def _init_student(self, path: Path) -> nn.Module:
+        """The model of run dir ``path`` (a pruned one keeps its shapes), trained on with that run's preprocessing."""
+        from edgekd.contracts.rundir import description_preprocessing
+        from edgekd.rundir import load_model
+
+        student, desc = load_model(path)
+        check_fits_data(desc, self.bundle, f"--init {path}")
+        self.bundle = self.bundle.with_preprocessing(description_preprocessing(desc))
+        self.init_shapes = {"layer_shapes": desc["layer_shapes"]} if desc.get("layer_shapes") else {}
+        return student.train()
 
     def _train_self_teacher(self) -> nn.Module:
         """Train the CE copy of the student that self-distillation methods distil from, inside this run dir."""
@@ -350,8 +370,10 @@ class _Run:
             "device": str(self.device),
         }
         if self.info.is_main:
-            origin = {"weights": self.weights_source} if self.weights_source else {}  # where the model started
-            description = model_description(cfg.model, self.bundle, method=cfg.method, teacher=teacher, **origin)
+            # where the model started, and the shapes a pruned start keeps
+            origin = {"weights": self.weights_source} if self.weights_source else {"init": cfg.init} if cfg.init else {}
+            description = model_description(cfg.model, self.bundle, method=cfg.method, teacher=teacher, **origin,
+                                             **self.init_shapes)
             save_model(self.out, self.method.student, description)
             write_json(self.out / "summary.json", summary)
             from edgekd.plots import plot_curves

@@ -66,6 +66,11 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["serve", "/no/export", "--queue-size", "0", "--max-pixels", "100"], "queue_size and max_pixels must be >= 1"),
         (["serve", "/no/export", "--log-level", "loud"], "unknown log level"),
         (["serve", "/no/export", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+        (["train", "--init", "/no/run", "--epochs", "1"], "run dir /no/run does not exist"),
+        (["distill", "--init", ".", "--epochs", "1"], ". is not an edgekd run dir"),
+        (["prune", "/no/run", "-o", "p", "--ratio", "0.3", "--target-macs", "0.5"], "either --ratio or --target-macs"),
+        (["prune", "/no/run", "-o", "p", "--method", "l1-unstructured"], "pass --prune-method l1-unstructured"),
+        (["prune", "/no/run", "-o", "p", "--recover-epochs", "2"], "run dir /no/run does not exist"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(monkeypatch, capsys, tmp_path, args, message):

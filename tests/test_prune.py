@@ -155,3 +155,81 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
         result["acc_after"], result["acc_after"], result["params_after"])
     with pytest.raises(EdgeKDError, match="already exists"):
         prune_run(tmp_path / "run", tmp_path / "pruned", 0.3, "structured")
+
+
+def test_target_macs_prunes_in_steps_until_the_fraction_is_reached():
+    model = create_model("resnet8", 10).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    base, _ = tp.utils.count_ops_and_params(model, x)
+    for target in (0.7, 0.5):
+        macs, _ = tp.utils.count_ops_and_params(prune_model(model, 0.0, "structured", x, target_macs=target), x)
+        # stops at the first step under the target: about 1 % of every group's channels per step
+        assert target - 0.05 < macs / base <= target
+    with pytest.raises(EdgeKDError, match="needs structured pruning"):
+        prune_model(model, 0.0, "l1-unstructured", target_macs=0.5)
+    with pytest.raises(EdgeKDError, match="between 0 and 1"):
+        prune_model(model, 0.0, "structured", x, target_macs=1.5)
+
+
+SYNTHETIC = {"classes": 4, "size": 16, "count": 64, "val_count": 40, "seed": 0}
+
+
+def synthetic_run(run_dir, arch: str = "resnet8"):
+    from edgekd.data import build_data
+    from edgekd.rundir import model_description
+
+    torch.manual_seed(0)
+    bundle = build_data("synthetic", options=SYNTHETIC)
+    model = create_model(arch, bundle.num_classes).eval()
+    save_model(run_dir, model, model_description(arch, bundle))
+    return model
+
+
+def test_init_restores_a_pruned_architecture_exactly(tmp_path):
+    from edgekd.config import load_config
+    from edgekd.distributed import DistInfo
+    from edgekd.train import _Run
+
+    model = synthetic_run(tmp_path / "run")
+    prune_run(tmp_path / "run", tmp_path / "pruned", 0.4, "structured")
+    pruned, _ = load_model(tmp_path / "pruned")
+    cfg = load_config(None, {"data": "synthetic", "data_options": SYNTHETIC, "init": str(tmp_path / "pruned"),
+                             "epochs": 1, "out": str(tmp_path / "next"), "device": "cpu"})
+    assert cfg.model == "resnet8"  # the init run's architecture, not the default resnet20
+    with pytest.raises(EdgeKDError, match="holds a resnet8, not a resnet20; drop --model/--student"):
+        load_config(None, {"init": str(tmp_path / "pruned"), "model": "resnet20"})
+    student = _Run(cfg, torch.device("cpu"), DistInfo(), show_progress=False).method.student.eval()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(student(x), pruned(x))
+        assert not torch.equal(student(x), model(x))
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path):
+    synthetic_run(tmp_path / "run")
+    recover = {"epochs": 1, "method": "kd", "batch_size": 16, "device": "cpu"}
+    result = prune_run(tmp_path / "run", tmp_path / "rec", target_macs=0.5, recover=recover, show_progress=False)
+
+    summary = json.loads((tmp_path / "rec" / "summary.json").read_text())
+    for key in ("acc_before", "acc_pruned", "acc_recovered"):  # 40 held-out images: multiples of 1/40
+        assert summary[key] == result[key] and round(summary[key] * 40, 6) == round(summary[key] * 40)
+    assert summary["acc_recovered"] == summary["final_acc"] and summary["method"] == "kd"
+    assert summary["pruning"] == {"target_macs": 0.5, "method": "structured", "source": str(tmp_path / "run")}
+    assert summary["macs_after"] <= 0.5 * summary["macs_before"]
+    recovered, desc = load_model(tmp_path / "rec")
+    pruned, pruned_desc = load_model(tmp_path / "rec" / "pruned")
+    assert desc["init"] == str(tmp_path / "rec" / "pruned") and desc["teacher"] == str(tmp_path / "run")
+    assert layer_shapes(recovered) == layer_shapes(pruned) == pruned_desc["layer_shapes"]
+    assert sum(p.numel() for p in recovered.parameters()) == summary["params_after"]
+    assert not torch.equal(recovered.conv1.weight, pruned.conv1.weight)  # it trained
+
+
+def test_a_failed_recovery_leaves_no_run_behind(tmp_path):
+    synthetic_run(tmp_path / "run")
+    with pytest.raises(EdgeKDError, match="batch_size 4096"):
+        prune_run(tmp_path / "run", tmp_path / "out" / "rec", 0.3, recover={"epochs": 1, "batch_size": 4096, "device": "cpu"})
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(EdgeKDError, match="unknown method"):  # checked before any pruning
+        prune_run(tmp_path / "run", tmp_path / "rec", 0.3, recover={"epochs": 1, "method": "nope"})
+    assert not (tmp_path / "rec").exists()
