@@ -25,6 +25,7 @@ from edgekd.export import export_run
 from edgekd.models import create_model
 from edgekd.rundir import load_model, model_description, save_model
 from edgekd.runtimes import open_artifact
+from timing import cpu_model, load, time_runners
 
 RESULTS = Path(__file__).parent / "results" / "export.md"
 # (label, arch, dataset spec, dataset options, epochs): minutes on a laptop CPU, enough to learn real boundaries
@@ -56,22 +57,6 @@ def train(run_dir: Path, arch: str, spec: str, options: dict, epochs: int) -> No
     save_model(run_dir, model.eval(), model_description(arch, bundle))
 
 
-def time_runners(runners: dict, x: np.ndarray, iters: int, warmup: int, rounds: int = 8) -> dict[str, float]:
-    """Median batch-1 latency (ms) per runner, measured round-robin in ``rounds`` slices after a warm-up."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run(x)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    per_round = max(1, iters // rounds)
-    for _ in range(rounds):
-        for name, run in runners.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                run(x)
-                samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(s) * 1e3) for name, s in samples.items()}
-
-
 def bench_case(label: str, arch: str, spec: str, options: dict, epochs: int, work: Path, threads: int, iters: int, warmup: int) -> dict:
     run_dir, export_dir = work / f"{arch}-{spec}-run", work / f"{arch}-{spec}-export"
     start = time.perf_counter()
@@ -96,20 +81,6 @@ def bench_case(label: str, arch: str, spec: str, options: dict, epochs: int, wor
     latency = time_runners(runners, x, iters, warmup)
     return {"label": label, "manifest": manifest, "latency": latency, "train_seconds": train_seconds,
             "export_seconds": export_seconds}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def render(results: list[dict], threads: int, iters: int, load_before: str, load_after: str) -> str:

@@ -306,6 +306,9 @@ def prune(
     target_macs: Optional[float] = typer.Option(
         None, help="Instead of --ratio: prune in small steps until the model has this fraction of its MACs (e.g. 0.5)."),
     prune_method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
+    channel_multiple: int = typer.Option(
+        8, help="Structured: keep every channel count a multiple of this (CPU kernels vectorise over 8 channels; "
+                "odd counts can leave the pruned model slower than the unpruned one). 1: exact ratio."),
     recover_epochs: int = typer.Option(
         0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
                 "The pruned model goes to OUT/pruned, the recovered one to OUT."),
@@ -334,7 +337,10 @@ def prune(
         given = {"batch_size": batch_size, "seed": seed, "device": device, "workers": workers}
         recover = {"epochs": recover_epochs, "method": method, "method_args": _parse_args(arg), "lr": lr,
                    **{k: v for k, v in given.items() if v is not None}}
-    result = prune_run(run, out, ratio=ratio, method=prune_method, target_macs=target_macs, recover=recover)
+    if channel_multiple < 1:
+        raise EdgeKDError(f"--channel-multiple must be >= 1, got {channel_multiple}")
+    result = prune_run(run, out, ratio=ratio, method=prune_method, target_macs=target_macs,
+                       channel_multiple=channel_multiple, recover=recover)
     how = f"to {target_macs:g} of the MACs" if target_macs is not None else f"ratio {ratio}"
     table = Table(title=Text(f"pruned {run} ({prune_method}, {how})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):

@@ -143,7 +143,8 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     # 40 held-out images: accuracy is a multiple of 1/40
     assert round(result["acc_before"] * 40, 6) == round(result["acc_before"] * 40)
     loaded, desc = load_model(tmp_path / "pruned")
-    assert desc["pruned"] == {"ratio": 0.3, "method": "structured", "source": str(tmp_path / "run")}
+    assert desc["pruned"] == {"ratio": 0.3, "method": "structured", "channel_multiple": 8, "source": str(tmp_path / "run")}
+    assert all(m.out_channels % 8 == 0 for m in loaded.modules() if isinstance(m, nn.Conv2d))
     assert sum(p.numel() for p in loaded.parameters()) == result["params_after"]
     assert json.loads((tmp_path / "run" / "model.json").read_text())["arch"] == "resnet8"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
@@ -165,6 +166,9 @@ def test_target_macs_prunes_in_steps_until_the_fraction_is_reached():
         macs, _ = tp.utils.count_ops_and_params(prune_model(model, 0.0, "structured", x, target_macs=target), x)
         # stops at the first step under the target: about 1 % of every group's channels per step
         assert target - 0.05 < macs / base <= target
+    rounded = prune_model(model, 0.0, "structured", x, target_macs=0.5, channel_multiple=8)
+    assert {m.out_channels for m in rounded.modules() if isinstance(m, nn.Conv2d)} <= {8, 16, 24, 32, 40, 48, 56, 64}
+    assert tp.utils.count_ops_and_params(rounded, x)[0] <= 0.5 * base
     with pytest.raises(EdgeKDError, match="needs structured pruning"):
         prune_model(model, 0.0, "l1-unstructured", target_macs=0.5)
     with pytest.raises(EdgeKDError, match="between 0 and 1"):
@@ -215,7 +219,8 @@ def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path
     for key in ("acc_before", "acc_pruned", "acc_recovered"):  # 40 held-out images: multiples of 1/40
         assert summary[key] == result[key] and round(summary[key] * 40, 6) == round(summary[key] * 40)
     assert summary["acc_recovered"] == summary["final_acc"] and summary["method"] == "kd"
-    assert summary["pruning"] == {"target_macs": 0.5, "method": "structured", "source": str(tmp_path / "run")}
+    assert summary["pruning"] == {"target_macs": 0.5, "method": "structured", "channel_multiple": 8,
+                                  "source": str(tmp_path / "run")}
     assert summary["macs_after"] <= 0.5 * summary["macs_before"]
     recovered, desc = load_model(tmp_path / "rec")
     pruned, pruned_desc = load_model(tmp_path / "rec" / "pruned")

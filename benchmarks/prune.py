@@ -1,0 +1,160 @@
+"""Prune, then recover: accuracy unpruned / pruned / recovered over seeds, and the exported models' latency.
+
+For each (model, dataset) a CE run is trained per seed with `edgekd train`'s trainer; `edgekd prune
+--target-macs F --recover-epochs N` (the product's own path) then removes 30 %, 50 % and 70 % of its MACs and
+distils the pruned model from the unpruned one. Seed 0's unpruned and recovered runs are exported with INT8
+(ONNX Runtime) and timed at batch 1, FP32 and INT8, all in interleaved rounds in one process.
+
+    .venv/bin/python benchmarks/prune.py            # writes benchmarks/results/prune.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.config import RECOVERY_LR, load_config
+from edgekd.export import export_run
+from edgekd.prune import prune_run
+from edgekd.runtimes import open_artifact
+from edgekd.train import run_training
+from timing import cpu_model, load, time_runners
+
+RESULTS = Path(__file__).parent / "results" / "prune.md"
+DATA = {
+    "digits": {"data": "digits", "data_options": {}},
+    "synthetic": {"data": "synthetic", "data_options": {"count": 2000, "val_count": 500}},
+}
+CASES = [("resnet20", "digits"), ("resnet8x4", "digits"), ("resnet20", "synthetic"), ("resnet8x4", "synthetic")]
+KEEP = (0.7, 0.5, 0.3)  # fraction of the MACs left: 30 %, 50 % and 70 % removed
+TARGETS = {"points_within": 1.0, "int8_speedup": 1.3}  # the recovered resnet20 on digits at 50 % removed
+
+
+def bench_case(work: Path, arch: str, dataset: str, seeds: list[int], epochs: int, recover_epochs: int) -> dict:
+    runs: dict[float, list[dict]] = {keep: [] for keep in KEEP}
+    base_dirs: list[Path] = []
+    for seed in seeds:
+        base = work / f"{arch}-{dataset}-s{seed}"
+        cfg = load_config(overrides={**DATA[dataset], "model": arch, "epochs": epochs, "seed": seed, "out": str(base)})
+        run_training(cfg, show_progress=False)
+        base_dirs.append(base)
+        for keep in KEEP:
+            recover = {"epochs": recover_epochs, "seed": seed}
+            r = prune_run(base, work / f"{base.name}-keep{keep}", target_macs=keep, recover=recover, show_progress=False)
+            runs[keep].append(r)
+            print(f"{arch} {dataset} seed {seed} keep {keep}: {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f} "
+                  f"-> recovered {r['acc_recovered']:.4f} ({r['macs_after'] / r['macs_before']:.3f} of the MACs)",
+                  flush=True)
+    return {"arch": arch, "dataset": dataset, "runs": runs, "base": base_dirs[0]}
+
+
+def latency(cases: list[dict], work: Path, threads: int, iters: int, warmup: int) -> dict[str, float]:
+    """Export seed 0's unpruned and recovered runs (ONNX, INT8) and time all of them together, batch 1."""
+    runners, shapes = {}, set()
+    for case in cases:
+        dirs = {"unpruned": case["base"], **{f"keep{keep}": Path(case["runs"][keep][0]["out"]) for keep in KEEP}}
+        for name, run_dir in dirs.items():
+            export_dir = work / f"{run_dir.name}-export"
+            manifest = export_run(run_dir, export_dir, formats=("onnx",), int8=True, progress=False)
+            shapes.add(tuple(manifest["input"]["shape"][1:]))
+            for key in manifest["artifacts"]:
+                runners[f"{case['arch']}-{case['dataset']}/{name}/{key}"] = open_artifact(
+                    export_dir, manifest, key, threads=threads).run
+    if len(shapes) != 1:  # time_runners feeds every runner the same input
+        raise SystemExit(f"the cases must share one input size, got {sorted(shapes)}")
+    x = np.random.default_rng(0).standard_normal((1, *shapes.pop())).astype(np.float32)
+    return time_runners(runners, x, iters, warmup)
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def render(cases: list[dict], lat: dict[str, float], args: argparse.Namespace, seconds: float, loads: tuple[str, str]) -> str:
+    import onnxruntime
+
+    lines = [
+        "# Prune, then recover",
+        "",
+        f"Machine: {cpu_model()} ({platform.machine()}), torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}; {seconds / 60:.0f} min in all. Load average before: {loads[0]}; after: {loads[1]}.",
+        "",
+        f"Each unpruned model: `edgekd train` (CE, SGD, cosine lr 0.05), {args.epochs} epochs, seeds "
+        f"{', '.join(map(str, args.seeds))}. Pruned with `edgekd prune --target-macs F --recover-epochs "
+        f"{args.recover_epochs}` (structured, L1 magnitude, torch-pruning's iterative steps; recovery: KD from the "
+        f"unpruned model, lr {RECOVERY_LR}). Accuracy: final top-1 on the held-out split, mean ± std over the seeds; "
+        "Δ: recovered minus unpruned, paired per seed.",
+        "",
+        f"Latency: seed 0's models exported with `--int8` (ONNX Runtime, static QDQ), batch 1, {args.threads} thread, "
+        f"median of {args.iters} runs per model after warm-up, every model interleaved in rounds in one process.",
+        "",
+        "Command: `.venv/bin/python benchmarks/prune.py`",
+        "",
+        "| model | data | MACs removed | MACs (M) | unpruned | pruned | recovered | Δ (pts) | FP32 p50 (ms) | "
+        "INT8 p50 (ms) | INT8 vs unpruned INT8 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for case in cases:
+        prefix = f"{case['arch']}-{case['dataset']}"
+        base_fp32, base_int8 = lat[f"{prefix}/unpruned/onnx-fp32"], lat[f"{prefix}/unpruned/onnx-int8"]
+        first = case["runs"][KEEP[0]]
+        macs = first[0]["macs_before"] / 1e6
+        lines.append(f"| {case['arch']} | {case['dataset']} | 0 % | {macs:.1f} | "
+                     f"{_mean_std([r['acc_before'] for r in first])} | | | | {base_fp32:.3f} | {base_int8:.3f} | 1.00x |")
+        for keep in KEEP:
+            rs = case["runs"][keep]
+            removed = 1 - rs[0]["macs_after"] / rs[0]["macs_before"]
+            deltas = [(r["acc_recovered"] - r["acc_before"]) * 100 for r in rs]
+            fp32, int8 = lat[f"{prefix}/keep{keep}/onnx-fp32"], lat[f"{prefix}/keep{keep}/onnx-int8"]
+            lines.append(
+                f"| {case['arch']} | {case['dataset']} | {removed:.0%} | {rs[0]['macs_after'] / 1e6:.1f} | | "
+                f"{_mean_std([r['acc_pruned'] for r in rs])} | {_mean_std([r['acc_recovered'] for r in rs])} | "
+                f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas) if len(deltas) > 1 else 0:.2f} | "
+                f"{fp32:.3f} | {int8:.3f} | {base_int8 / int8:.2f}x |")
+            if (case["arch"], case["dataset"], keep) == ("resnet20", "digits", 0.5):
+                gap, speedup = -statistics.mean(deltas), base_int8 / int8
+                verdicts = [
+                    f"- recovered within {TARGETS['points_within']:g} point of unpruned: {gap:+.2f} points below "
+                    f"({'met' if gap <= TARGETS['points_within'] else 'NOT met'})",
+                    f"- INT8 batch-1 p50 vs the unpruned INT8: {speedup:.2f}x (target >= {TARGETS['int8_speedup']}x: "
+                    f"{'met' if speedup >= TARGETS['int8_speedup'] else 'NOT met'})",
+                ]
+    if verdicts:
+        lines += ["", "The resnet20 on digits at 50 % of the MACs removed:", "", *verdicts]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs of each unpruned model")
+    parser.add_argument("--recover-epochs", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every runtime")
+    parser.add_argument("--iters", type=int, default=800)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--cases", nargs="+", default=[f"{a}:{d}" for a, d in CASES], help="ARCH:DATASET pairs")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/edgekd-prune-bench"), help="scratch dir (replaced)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    started, load_before = time.perf_counter(), load()
+    cases = [bench_case(args.out, *c.split(":"), args.seeds, args.epochs, args.recover_epochs) for c in args.cases]
+    lat = latency(cases, args.out, args.threads, args.iters, args.warmup)
+    text = render(cases, lat, args, time.perf_counter() - started, (load_before, load()))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
