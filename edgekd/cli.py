@@ -1,5 +1,5 @@
 """The `edgekd` command line. Each command imports what it needs when it runs, so the device-side
-commands (`bench`, `serve`) start without torch installed."""
+commands (`bench`, `serve`, `predict`) start without torch installed."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
 from edgekd.export.formats import FORMATS
-from edgekd.serve.command import serve as serve_command
+from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt, serve as serve_command
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -407,6 +407,55 @@ app.command()(serve_command)
 
 
 @app.command()
+def predict(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    paths: list[Path] = typer.Argument(..., help="Image files, and folders searched recursively for images."),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", help="Classes per image (default: 5, or all if fewer), as /predict's top_k."),
+    runtime: Optional[str] = RuntimeOpt,
+    precision: Optional[str] = PrecisionOpt,
+    threads: Optional[int] = ThreadsOpt,
+    batch: int = typer.Option(64, "--batch", help="Images per inference call."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the predictions to this JSON file."),
+) -> None:
+    """Classify image files without a server: the artifact, preprocessing and scores `serve` would use."""
+    from edgekd.fsutil import check_can_create, write_json
+    from edgekd.serve.offline import Classifier, check_top_k, find_images
+
+    if json_out is not None:
+        check_can_create(json_out, "file")
+    files = find_images(paths)
+    classifier = Classifier(export_dir, runtime=runtime, precision=precision, threads=threads)
+    k = check_top_k(top_k, len(classifier.class_names))
+    results = classifier.predict(files, k, batch=batch, progress=any(p.is_dir() for p in paths))
+    if json_out is not None:
+        write_json(json_out, {
+            "export": str(export_dir), "model": classifier.manifest.get("model"), "artifact": classifier.key,
+            "runtime": classifier.runtime_name, "precision": classifier.precision, "top_k": k, "files": results,
+        })
+    title = f"edgekd predict: {export_dir} ({classifier.key} on {classifier.runtime_name})"
+    _print_predict([r for r in results if "predictions" in r], k, title)
+    failed = [r for r in results if "error" in r]
+    for r in failed:  # one line per file; the others are classified all the same
+        _print_error(f"{r['file']}: {r['error']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_predict(results: list[dict[str, Any]], k: int, title: str) -> None:
+    """One row per classified file: its top-k classes as "label score", best first."""
+    if not results:
+        return
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("file", overflow="fold")
+    for rank in range(1, k + 1):
+        table.add_column(str(rank))
+    for r in results:
+        table.add_row(Text(r["file"]), *(Text(f"{p['label']} {p['score']:.4f}") for p in r["predictions"]))
+    console.print(table)
+
+
+@app.command()
 def report(
     root: Path = typer.Argument(..., help="A run dir, export dir, or `edgekd demo` dir."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default ROOT/report.html)."),
@@ -454,7 +503,7 @@ def main() -> None:
             raise
         _print_error(
             f"this command needs the training side ({e.name} is not installed): install the train extra "
-            "(pip install '.[train]' in a checkout); a device install runs bench, serve and report"
+            "(pip install '.[train]' in a checkout); a device install runs bench, serve, predict and report"
         )
         sys.exit(2)
     except SystemExit as e:
