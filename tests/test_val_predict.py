@@ -1,20 +1,41 @@
-"""edgekd predict on the session's real export: the server's answers without a server, and one-line errors for bad
-input."""
+"""edgekd val and edgekd predict on the session's real export: the manifest's accuracy reproduced without torch,
+the server's answers without a server, and one-line errors for bad input."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from edgekd.cli import main
+from edgekd.contracts.manifest import load_manifest
 from edgekd.serve.app import create_app
 
 pytestmark = pytest.mark.slow
+
+# `edgekd ...` with torch and scikit-learn unimportable: what a device install (edgekd[device]) has
+NO_TRAINING_SIDE = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "sklearn"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, Block())
+    sys.argv = ["edgekd", *sys.argv[1:]]
+    from edgekd.cli import main
+    main()
+    """
+)
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -37,6 +58,29 @@ def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / str(label)).mkdir(parents=True, exist_ok=True)
         image.save(root / str(label) / f"{i:03d}.png")
     return root
+
+
+def test_val_reproduces_the_manifest_accuracy_of_every_artifact_without_torch(export_dir: Path, digits_folder: Path, tmp_path: Path):
+    out = tmp_path / "val.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TRAINING_SIDE, "val", str(export_dir), "--data", str(digits_folder), "--json", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(export_dir)
+    report = json.loads(out.read_text())
+    assert report["images"] == manifest["eval"]["samples"] == 360 and report["unreadable"] == []
+    assert sorted(r["artifact"] for r in report["artifacts"]) == sorted(manifest["artifacts"]) and len(manifest["artifacts"]) == 4
+    per_folder = {d.name: len(list(d.iterdir())) for d in digits_folder.iterdir()}
+    for row in report["artifacts"]:
+        entry = manifest["artifacts"][row["artifact"]]
+        assert row["status"] == "ok" and row["top1"] == entry["accuracy"], row  # the same images counted the same way
+        assert row["correct"] == round(entry["accuracy"] * 360) and row["top1"] <= row["top5"] <= 1.0
+        assert {name: c["images"] for name, c in row["per_class"].items()} == per_folder
+        assert sum(c["correct"] for c in row["per_class"].values()) == row["correct"]
+        assert all(c["top1"] == c["correct"] / c["images"] for c in row["per_class"].values())
+        assert f"{row['artifact']} " in proc.stdout and f"{row['top1']:.4f}" in proc.stdout
+    assert "per-class top-1" in proc.stdout
 
 
 @pytest.mark.parametrize("runtime, precision", [(None, None), ("openvino", "fp32")])
@@ -73,6 +117,9 @@ def test_bad_inputs_are_one_line_errors(monkeypatch, capsys, export_dir: Path, d
     missing = [
         (("predict", str(export_dir), str(tmp_path / "missing.png")), "missing.png does not exist; pass image files or folders"),
         (("predict", str(digits_folder), str(good)), f"{digits_folder} has no manifest.json"),
+        (("val", str(digits_folder), "--data", str(digits_folder)), f"{digits_folder} has no manifest.json"),
+        (("val", str(export_dir), "--data", str(tmp_path / "nowhere")), "is not a folder; `edgekd val` reads a folder with one"),
+        (("val", str(export_dir), "--data", str(export_dir)), "are not classes of this export (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
         (("predict", str(export_dir), str(good), "--top-k", "11"), "top-k must be between 1 and 10"),
         (("predict", str(export_dir), str(tmp_path)), "no image files"),
     ]
@@ -95,3 +142,12 @@ def test_bad_inputs_are_one_line_errors(monkeypatch, capsys, export_dir: Path, d
     results = json.loads((tmp_path / "p.json").read_text())["files"]
     assert [("predictions" in r, "error" in r) for r in results] == [(True, False), (False, True), (False, True)]
 
+    labelled = tmp_path / "labelled"
+    for name in ("1", "7"):
+        shutil.copytree(digits_folder / name, labelled / name)
+    shutil.copy(bad / "corrupt.png", labelled / "7" / "zz.png")
+    code, out, err = run_cli(monkeypatch, capsys, "val", str(export_dir), "--data", f"imagefolder:{labelled}",
+                             "--precisions", "int8", "--runtimes", "ort")
+    images = sum(1 for d in ("1", "7") for _ in (digits_folder / d).iterdir())
+    assert code == 1 and f"({images} images)" in out and "onnx-int8" in out and "openvino" not in out
+    assert err.strip().splitlines()[-1] == f"error: {labelled / '7' / 'zz.png'}: not an image: the data matches no image format Pillow can read"
