@@ -1,5 +1,5 @@
 """The `edgekd` command line. Each command imports what it needs when it runs, so the device-side
-commands (`bench`, `serve`) start without torch installed."""
+commands (`bench`, `serve`, `val`, `predict`) start without torch installed."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
 from edgekd.export.formats import FORMATS
-from edgekd.serve.command import serve as serve_command
+from edgekd.contracts.manifest import PRECISIONS
+from edgekd.runtimes import artifact_runtimes
+from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt, serve as serve_command
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -446,6 +448,129 @@ def bench(
 app.command()(serve_command)
 
 
+PER_CLASS_MAX = 20  # classes shown per class in the terminal; --json has them all
+
+
+@app.command()
+def val(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    data: str = typer.Option(
+        ..., help="Labelled images: a folder with one sub-folder per class, named as the export's classes "
+                  "(imagefolder:PATH with train/ and val/ is read at val/)."),
+    runtimes: Optional[str] = typer.Option(
+        None, help=f"Comma-separated: {', '.join(artifact_runtimes())} (default: all)."),
+    precisions: Optional[str] = typer.Option(None, help=f"Comma-separated: {', '.join(PRECISIONS)} (default: all)."),
+    batch: int = typer.Option(64, "--batch", help="Images per inference call."),
+    threads: Optional[int] = ThreadsOpt,
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results, per class too, to this JSON file."),
+) -> None:
+    """Top-1, top-5 and per-class accuracy of every artifact on labelled images, preprocessed as `serve` does."""
+    from edgekd.fsutil import check_can_create, write_json
+    from edgekd.serve.val import run_val
+
+    if json_out is not None:
+        check_can_create(json_out, "file")
+    report = run_val(export_dir, data, runtimes=csv_list(runtimes) if runtimes else None,
+                     precisions=csv_list(precisions) if precisions else None, batch=batch, threads=threads)
+    if json_out is not None:
+        write_json(json_out, report)
+    _print_val(report)
+    for bad in report["unreadable"]:
+        _print_error(f"{bad['file']}: {bad['error']}")
+    failed = [r for r in report["artifacts"] if r["status"].startswith("error")]
+    for r in failed:
+        _print_error(f"{r['artifact']} on {r['runtime']}: {r['status'].removeprefix('error: ')}", "failed:")
+    if failed or report["unreadable"]:  # the table keeps what was scored; the exit code tells scripts what was not
+        raise typer.Exit(1)
+
+
+def _print_val(report: dict[str, Any]) -> None:
+    """One row per artifact (top-1, top-5, the manifest's held-out top-1), then per class when there are few classes."""
+    rows = report["artifacts"]
+    title = f"edgekd val: {report['export']} on {report['data']} ({report['images']} images)"
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("artifact", "runtime", "top-1", "top-5", "manifest top-1"):
+        table.add_column(name, justify="left" if name in ("artifact", "runtime") else "right")
+    for r in rows:
+        ok = r["status"] == "ok"
+        mark = "" if ok else STATUS_MARKS[r["status"].split(":")[0]]
+        scores = [f"{r[k]:.4f}" if ok else "-" for k in ("top1", "top5")]
+        manifest = "-" if r["manifest_accuracy"] is None else f"{r['manifest_accuracy']:.4f}"
+        table.add_row(Text(r["artifact"] + mark), r["runtime"], *scores, manifest)
+    console.print(table)
+    for r in rows:
+        if r["status"].startswith("skipped"):
+            console.print(f"❎ {escape(r['artifact'])}: {escape(r['status'])}", highlight=False)
+    scored = [r for r in rows if r["status"] == "ok"]
+    if not scored:
+        return
+    classes = scored[0]["per_class"]
+    if len(classes) > PER_CLASS_MAX:
+        console.print(f"per-class top-1 of the {len(classes)} classes: pass --json FILE")
+        return
+    per_class = Table(title="per-class top-1", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    per_class.add_column("class")
+    per_class.add_column("images", justify="right")
+    keys = [r["artifact"] for r in scored]
+    for r in scored:  # an artifact scored on two runtimes is named with each
+        name = r["artifact"] if keys.count(r["artifact"]) == 1 else f"{r['artifact']} {r['runtime']}"
+        per_class.add_column(name, justify="right")
+    for name, count in classes.items():
+        top1 = [r["per_class"][name]["top1"] for r in scored]
+        per_class.add_row(Text(name), str(count["images"]), *("-" if a is None else f"{a:.4f}" for a in top1))
+    console.print(per_class)
+
+
+@app.command()
+def predict(
+    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    paths: list[Path] = typer.Argument(..., help="Image files, and folders searched recursively for images."),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", help="Classes per image (default: 5, or all if fewer), as /predict's top_k."),
+    runtime: Optional[str] = RuntimeOpt,
+    precision: Optional[str] = PrecisionOpt,
+    threads: Optional[int] = ThreadsOpt,
+    batch: int = typer.Option(64, "--batch", help="Images per inference call."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the predictions to this JSON file."),
+) -> None:
+    """Classify image files without a server: the artifact, preprocessing and scores `serve` would use."""
+    from edgekd.fsutil import check_can_create, write_json
+    from edgekd.serve.offline import Classifier, check_top_k, find_images
+
+    if json_out is not None:
+        check_can_create(json_out, "file")
+    files = find_images(paths)
+    classifier = Classifier(export_dir, runtime=runtime, precision=precision, threads=threads)
+    k = check_top_k(top_k, len(classifier.class_names))
+    results = classifier.predict(files, k, batch=batch, progress=any(p.is_dir() for p in paths))
+    if json_out is not None:
+        write_json(json_out, {
+            "export": str(export_dir), "model": classifier.manifest.get("model"), "artifact": classifier.key,
+            "runtime": classifier.runtime_name, "precision": classifier.precision, "top_k": k, "files": results,
+        })
+    title = f"edgekd predict: {export_dir} ({classifier.key} on {classifier.runtime_name})"
+    _print_predict([r for r in results if "predictions" in r], k, title)
+    failed = [r for r in results if "error" in r]
+    for r in failed:  # one line per file; the others are classified all the same
+        _print_error(f"{r['file']}: {r['error']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_predict(results: list[dict[str, Any]], k: int, title: str) -> None:
+    """One row per classified file: its top-k classes as "label score", best first."""
+    if not results:
+        return
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("file", overflow="fold")
+    for rank in range(1, k + 1):
+        table.add_column(str(rank))
+    for r in results:
+        table.add_row(Text(r["file"]), *(Text(f"{p['label']} {p['score']:.4f}") for p in r["predictions"]))
+    console.print(table)
+
+
 @app.command()
 def report(
     root: Path = typer.Argument(..., help="A run dir, export dir, or `edgekd demo` dir."),
@@ -494,7 +619,7 @@ def main() -> None:
             raise
         _print_error(
             f"this command needs the training side ({e.name} is not installed): install the train extra "
-            "(pip install '.[train]' in a checkout); a device install runs bench, serve and report"
+            "(pip install '.[train]' in a checkout); a device install runs bench, serve, val, predict and report"
         )
         sys.exit(2)
     except SystemExit as e:

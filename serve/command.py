@@ -11,13 +11,19 @@ import typer
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
 
+# How an artifact is chosen and run, shared with `edgekd predict` so that it picks what the server would.
+RuntimeOpt = typer.Option(
+    None,
+    help=f"{' or '.join(artifact_runtimes())} (default: ONNX Runtime when the export has it for the chosen precision).")
+PrecisionOpt = typer.Option(
+    None, help=f"{', '.join(PRECISIONS)} (fp16: an OpenVINO export with --fp16); default: int8 when exported.")
+ThreadsOpt = typer.Option(None, help="Inference threads (default: the runtime's).")
+
 
 def serve(
     export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
-    runtime: Optional[str] = typer.Option(
-        None, help=f"{' or '.join(artifact_runtimes())} (default: ONNX Runtime when the export has it for the chosen precision)."),
-    precision: Optional[str] = typer.Option(
-        None, help=f"{', '.join(PRECISIONS)} (fp16: an OpenVINO export with --fp16); default: int8 when exported."),
+    runtime: Optional[str] = RuntimeOpt,
+    precision: Optional[str] = PrecisionOpt,
     host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8000, envvar="EDGEKD_PORT", help="TCP port."),
     max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
@@ -29,7 +35,7 @@ def serve(
     max_pixels: Optional[int] = typer.Option(
         None, help="Largest accepted image in pixels, the decompression-bomb guard (default: 25 million; 413 above)."),
     queue_size: int = typer.Option(256, help="Requests waiting for the model before new ones get 503 + Retry-After."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's)."),
+    threads: Optional[int] = ThreadsOpt,
     log_level: str = typer.Option("info", help="critical, error, warning, info or debug."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +21,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgekd.serve.middleware import APIKeyCheck
+from edgekd.serve.offline import softmax, top_classes
 from edgekd.serve.preprocess import INLINE_MAX_PIXELS, ImageError
 from edgekd.serve.schemas import ErrorResponse
 from edgekd.serve.state import ServeState
@@ -38,12 +38,6 @@ def _top_k(raw: str | None) -> int | None:
         return TOP_K.validate_python(raw)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("query", "top_k")} for err in e.errors(include_input=False)]) from None
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max())
-    return z / z.sum()
 
 
 async def read_image_field(request: Request, max_file: int, max_upload_mb: float) -> bytes:
@@ -100,8 +94,8 @@ def predict_endpoint(
                     x = await asyncio.get_running_loop().run_in_executor(s.decode_pool, s.preprocess.array_from, img)
             except ImageError as e:
                 raise HTTPException(e.status_code, str(e)) from None
-        probs = _softmax((await s.infer(x[None]))[0])
-        order = np.argsort(-probs, kind="stable")[:top_k]
+        probs = softmax((await s.infer(x[None]))[0])
+        order = top_classes(probs, top_k)
         return JSONResponse(
             {
                 "model": s.model_name,

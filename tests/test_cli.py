@@ -23,7 +23,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def test_help_lists_every_command(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "--help")
     assert code == 0
-    for command in ("train", "distill", "models", "datasets", "prune", "export", "bench", "serve", "demo", "report"):
+    for command in "train distill models datasets prune export bench serve val predict demo report".split():
         assert command in out
 
 
