@@ -51,6 +51,8 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["distill", "--method", "nope", "--epochs", "1"], "unknown method"),
         (["distill", "--teacher", "/no/teacher", "--method", "kd", "--epochs", "1"], "does not exist"),
         (["export", "/no/run", "--out", "/tmp/never-written"], "does not exist"),
+        (["export", "/no/run", "--out", "/tmp/never-written", "--max-drop", "1"], "add --int8 or drop --max-drop"),
+        (["export", "/no/run", "--out", "/tmp/never-written", "--int8", "--max-drop", "half"], "'none', got 'half'"),
         (["train", "--config", "/no/recipe.yaml"], "does not exist"),
         (["distill", "--arg", "alpha"], "KEY=VALUE"),
         (["train", "--epochs", "3", "--schedule", "multistep", "--milestones", "5"], "milestones [5] must lie strictly between 0 and epochs (3)"),

@@ -16,6 +16,7 @@ import io
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,12 +57,46 @@ class OnnxFormat(ExportFormat):
         if precision == "fp32":
             job.graph(path)
             return {"opset": OPSET}
-        advance = job.task("ONNX INT8 calibration", len(job.calib))
-        with job.stage("ONNX Runtime INT8 quantization"):
-            quantize_onnx(job.graph(), path, job.calib, job.calib_method, job.metadata, advance, job.scratch)
         quantization = {"tool": "onnxruntime", "format": "QDQ", "per_channel": True, "weights": "int8",
-                        "activations": "uint8", "reduce_range": True, "calibration": job.calibration(job.calib_method)}
-        return {"opset": OPSET, "quantization": quantization}
+                        "activations": "uint8", "reduce_range": True}
+        if job.max_drop is None:
+            self._quantize(job, path, Attempt(job.calib_method, len(job.calib)))
+            return {"opset": OPSET, "quantization": {**quantization, "calibration": job.calibration(job.calib_method)}}
+        tried = self._search(job, path)
+        kept = tried[-1]
+        return {"opset": OPSET, "quantization": {
+            **quantization, "calibration": {**job.calibration(kept["calibration"]), "samples": kept["samples"]},
+            "fp32_nodes": kept["fp32_nodes"], "search": tried}}
+
+    def _quantize(self, job: ExportJob, path: Path, attempt: Attempt) -> list[str]:
+        calib = job.calibration_images(attempt.samples)
+        advance = job.task(f"ONNX INT8 calibration ({attempt.label})", len(calib))
+        with job.stage("ONNX Runtime INT8 quantization"):
+            return quantize_onnx(job.graph(), path, calib, attempt.method, job.metadata, advance, job.scratch,
+                                 keep_sensitive=attempt.keep_sensitive)
+
+    def _search(self, job: ExportJob, path: Path) -> list[dict[str, Any]]:
+        """ONNX Runtime's remedies for an INT8 model that misses ``max_drop``, fastest first, until one meets it:
+        the other calibration methods, then more calibration images, then the first convolution and the
+        classifier kept in FP32 (the layers that usually lose most). The file left at ``path`` is the first that
+        meets the bound, else the last tried; every attempt's numbers are returned for the manifest."""
+        tried: list[dict[str, Any]] = []
+        methods = [job.calib_method] + [m for m in CALIBRATOR_OPTIONS if m != job.calib_method]
+        plans = [Attempt(m, len(job.calib)) for m in methods]
+        if job.most_calibration_samples > len(job.calib):
+            plans.append(Attempt("percentile", job.most_calibration_samples))
+        for attempt in [*plans, None]:
+            if attempt is None:  # mixed precision, calibrated as the best full-INT8 attempt was
+                best = max(tried, key=lambda t: t["accuracy"])
+                attempt = Attempt(best["calibration"], best["samples"], keep_sensitive=True)
+            fp32_nodes = self._quantize(job, path, attempt)
+            scores = job.score(path, self.key)
+            drop = (job.torch_acc - scores["accuracy"]) * 100
+            tried.append({"calibration": attempt.method, "samples": attempt.samples, "fp32_nodes": fp32_nodes,
+                          "accuracy": scores["accuracy"], "drop_points": round(drop, 4)})
+            if drop <= job.max_drop:
+                break
+        return tried
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: Path, metadata: dict[str, Any]) -> None:
@@ -121,6 +156,26 @@ class _CalibrationReader:
         self.start = 0
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One INT8 calibration to try: ORT's calibration method and how many training images it sees."""
+
+    method: str
+    samples: int
+    keep_sensitive: bool = False  # the first convolution and the classifier stay FP32
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}, {self.samples} images" + (", first conv and classifier in FP32" * self.keep_sensitive)
+
+
+def sensitive_nodes(nodes: Any) -> list[str]:
+    """The first convolution (raw pixels in) and the last Gemm/MatMul/Conv (logits out) of an ONNX graph."""
+    first = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    last = next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul", "Conv")), None)
+    return list(dict.fromkeys(n for n in (first, last) if n))
+
+
 def quantize_onnx(
     fp32_path: Path,
     out_path: Path,
@@ -129,7 +184,8 @@ def quantize_onnx(
     metadata: dict[str, Any],
     advance: Callable[[int], None],
     scratch: Path,
-) -> None:
+    keep_sensitive: bool = False,
+) -> list[str]:
     """Static INT8 (QDQ, per-channel weights) of an FP32 ONNX file, calibrated on ``calib`` images.
 
     ``quant_pre_process`` first folds and shape-infers the graph so the quantizer sees fused Conv+Relu
@@ -148,6 +204,7 @@ def quantize_onnx(
                         "percentile": CalibrationMethod.Percentile}[method]
     prepared, ranges = scratch / "prepared.onnx", scratch / "calibration.json"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    fp32_nodes = sensitive_nodes(onnx.load(str(prepared)).graph.node) if keep_sensitive else []
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
         calibrator = create_calibrator(
             prepared, augmented_model_path=str(scratch / "augmented.onnx"), calibrate_method=calibrate_method,
@@ -166,8 +223,10 @@ def quantize_onnx(
         reduce_range=True,
         calibrate_method=calibrate_method,
         calibration_cache_path=ranges,
+        nodes_to_exclude=fp32_nodes,
     )
     proto = onnx.load(str(out_path))
     set_metadata(proto, metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out_path))
+    return fp32_nodes
