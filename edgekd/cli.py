@@ -175,7 +175,10 @@ def distill(
     weights: Optional[str] = WeightsOpt,
     init: Optional[str] = InitOpt,
     teacher: Optional[str] = typer.Option(None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
-    teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4)."),
+    teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4), or of a --teacher-weights teacher."),
+    teacher_weights: Optional[str] = typer.Option(
+        None, help="With --teacher-arch and no --teacher: start the teacher from published weights (DEFAULT, or a name "
+                   "such as IMAGENET1K_V2) or a state_dict file, head included: they must already know the data's classes."),
     rectify: Optional[bool] = typer.Option(None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
     arg: list[str] = typer.Option([], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4); an unknown KEY lists the method's options."),
     data: Optional[str] = DataOpt,

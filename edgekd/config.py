@@ -46,6 +46,7 @@ class TrainConfig:
     method_args: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None
     teacher_arch: str | None = None
+    teacher_weights: str | None = None  # with teacher_arch and no teacher: published weights or a file, head included
     rectify: bool = False
     seed: int = 0
     device: str = "auto"
@@ -70,6 +71,9 @@ class TrainConfig:
                 raise EdgeKDError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.pretrained and self.weights:
             raise EdgeKDError(f"pass either --pretrained (the default weights) or --weights {self.weights}, not both")
+        if self.teacher_weights is not None and (self.teacher is not None or not self.teacher_arch):
+            raise EdgeKDError("--teacher-weights starts the teacher --teacher-arch from published weights or a file; "
+                              "pass --teacher-arch, and no --teacher")
         if self.init is not None and (self.pretrained or self.weights):
             raise EdgeKDError(f"--init {self.init} starts from that run's weights; drop --pretrained/--weights")
         if self.image_size is not None and self.image_size <= 0:

@@ -102,15 +102,16 @@ def check_teacher_path(cfg: TrainConfig) -> Path | None:
 
 
 def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
-    """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``.
+    """The teacher named by ``--teacher``: an edgekd run dir, or a foreign checkpoint with ``--teacher-arch``; or
+    ``--teacher-arch`` started from published weights or a file (``--teacher-weights``).
 
     A run dir records what its model was trained on, which must fit this run's data; a foreign checkpoint is
-    checked by shape only.
+    checked by shape only; published weights must fit whole, head included, and expect this run's inputs.
     """
     num_classes = bundle.num_classes
     path = check_teacher_path(cfg)
     if path is None:
-        return None
+        return _published_teacher(cfg, bundle)
     from edgekd.models import create_model, load_checkpoint_file
     from edgekd.rundir import load_model
 
@@ -121,6 +122,24 @@ def load_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
         load_checkpoint_file(teacher, path)
         desc = {"num_classes": num_classes}
     check_fits_data(desc, bundle, f"teacher {path}")
+    return teacher
+
+
+def _published_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
+    from edgekd.methods import method_class
+    from edgekd.models.weights import pretrained_model
+
+    if cfg.teacher_weights is None or not method_class(cfg.method).uses_teacher:
+        return None
+    teacher, spec, source = pretrained_model(cfg.teacher_arch, bundle.num_classes, cfg.teacher_weights, whole=True)
+    fed = bundle.preprocessing
+    if spec is not None and (spec.size, spec.mean, spec.std) != (fed.size, fed.mean, fed.std):
+        raise EdgeKDError(
+            f"the teacher weights {source} expect {spec.size[0]}x{spec.size[1]} inputs normalised with mean {spec.mean}, "
+            f"but this run feeds {fed.size[0]}x{fed.size[1]} with mean {fed.mean}; start the student from weights of "
+            "the same preprocessing (--pretrained) or fine-tune the teacher on this data first"
+        )
+    teacher.edgekd_source = source  # what summary.json names as the teacher
     return teacher
 
 
@@ -172,7 +191,8 @@ def preflight(cfg: TrainConfig, processes: int) -> None:
     check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
     check_data_spec(cfg.data)
     self_taught = method_class(cfg.method).wants_self_teacher(cfg.method_args)  # its teacher is trained first when none is given
-    check_teacher_given(cfg.method, self_taught or check_teacher_path(cfg) is not None, cfg.rectify)
+    given = check_teacher_path(cfg) is not None or cfg.teacher_weights is not None
+    check_teacher_given(cfg.method, self_taught or given, cfg.rectify)
 
 
 class _Run:
@@ -191,7 +211,8 @@ class _Run:
         cls = method_class(cfg.method)
         teacher = load_teacher(cfg, self.bundle)
         # what summary.json and model.json name as the teacher
-        self.teacher_label = cfg.teacher or ("self (previous-epoch snapshot)" if cfg.method == "drkd" and teacher is None else None)
+        self.teacher_label = cfg.teacher or getattr(teacher, "edgekd_source", None) or (
+            "self (previous-epoch snapshot)" if cfg.method == "drkd" and teacher is None else None)
         if teacher is None and cls.wants_self_teacher(cfg.method_args):
             teacher = self._train_self_teacher()
             self.teacher_label = str(self.out / "teacher")

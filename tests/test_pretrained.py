@@ -143,3 +143,33 @@ def test_pretrained_run_carries_the_weights_preprocessing_to_export_and_server(c
     with TestClient(create_app(tmp_path / "export")) as client:
         r = client.post("/predict", files={"file": ("p.png", buf.getvalue(), "image/png")}, params={"top_k": 1})
     assert r.status_code == 200 and r.json()["predictions"][0]["index"] == torch_top1
+
+
+def test_a_teacher_starts_whole_from_weights_that_know_the_data_classes(cached_weights, tmp_path):
+    import torchvision
+
+    from edgekd.config import load_config
+    from edgekd.data import build_data
+    from edgekd.train import load_teacher
+
+    _write_photos(tmp_path / "photos")
+    bundle = build_data(f"imagefolder:{tmp_path / 'photos'}").with_preprocessing(IMAGENET_SPEC)  # as a --pretrained student's
+    torch.manual_seed(3)
+    fine_tuned = torchvision.models.mobilenet_v3_small(num_classes=2)  # a 2-class teacher, saved as a plain state_dict
+    torch.save(fine_tuned.state_dict(), tmp_path / "teacher.pth")
+    base = {"data": f"imagefolder:{tmp_path / 'photos'}", "method": "kd", "teacher_arch": "tv/mobilenet_v3_small",
+            "out": str(tmp_path / "run")}
+    teacher = load_teacher(load_config(overrides={**base, "teacher_weights": str(tmp_path / "teacher.pth")}), bundle)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():  # every tensor, the head too, is the file's
+        torch.testing.assert_close(teacher.eval()(x), fine_tuned.eval()(x), rtol=0, atol=0)
+    assert teacher.edgekd_source == str((tmp_path / "teacher.pth").resolve())
+    # ImageNet's 1000-class head cannot teach 2 classes: refused, not re-headed with noise
+    with pytest.raises(EdgeKDError, match=r"do not fit a 2-class tv/mobilenet_v3_small whole .*fine-tune it first"):
+        load_teacher(load_config(overrides={**base, "teacher_weights": "DEFAULT"}), bundle)
+    # weights that expect ImageNet inputs, on a run that feeds the dataset's own
+    with pytest.raises(EdgeKDError, match="expect 224x224 inputs .* but this run feeds"):
+        load_teacher(load_config(overrides={**base, "teacher_weights": str(tmp_path / "teacher.pth")}),
+                     build_data(f"imagefolder:{tmp_path / 'photos'}", image_size=64))
+    with pytest.raises(EdgeKDError, match="pass --teacher-arch, and no --teacher"):
+        load_config(overrides={**base, "teacher_arch": None, "teacher_weights": "DEFAULT"})

@@ -22,13 +22,21 @@ DEFAULT = "DEFAULT"  # --pretrained: the architecture's default published weight
 MAX_NEW_TENSORS = 4  # a head is a weight and a bias (two for a two-layer head); more means the weights do not fit
 
 
-def pretrained_model(arch: str, num_classes: int, choice: str) -> tuple[nn.Module, PreprocessSpec | None, str]:
+def pretrained_model(
+    arch: str, num_classes: int, choice: str, *, whole: bool = False
+) -> tuple[nn.Module, PreprocessSpec | None, str]:
     """``arch`` with ``num_classes`` outputs, started from weights ``choice``: ``DEFAULT``, a published weights name,
-    or a file. Returns the model, the weights' preprocessing (None: the dataset's own), and where they came from."""
+    or a file. Returns the model, the weights' preprocessing (None: the dataset's own), and where they came from.
+
+    ``whole``: every tensor, the head included, must come from the weights (a teacher has to know the data's
+    classes already; a fresh head would teach noise)."""
     arch = canonical_name(arch)
     if arch.startswith(timm_models.TIMM_PREFIX):  # timm loads and re-heads its own weights
         model, spec, source = timm_models.pretrained(arch[len(timm_models.TIMM_PREFIX):], num_classes, choice)
         model.arch_name = arch
+        own = model.pretrained_cfg.get("num_classes", num_classes)
+        if whole and own != num_classes:
+            raise _not_whole(arch, source, num_classes, f"their head has {own} classes")
         return model, spec, source
     model = create_model(arch, num_classes)
     tv_name = model.arch_name[len(TORCHVISION_PREFIX):] if model.arch_name.startswith(TORCHVISION_PREFIX) else None
@@ -43,6 +51,8 @@ def pretrained_model(arch: str, num_classes: int, choice: str) -> tuple[nn.Modul
     else:
         raise EdgeKDError(f"--weights {choice}: no such file, and {model.arch_name} has no published weights")
     fresh = transplant(model, state, source)
+    if whole and fresh:
+        raise _not_whole(model.arch_name, source, num_classes, f"{', '.join(fresh[:2])} did not fit")
     if len(fresh) > MAX_NEW_TENSORS:
         raise EdgeKDError(
             f"the weights {source} do not fit {model.arch_name}: {len(fresh)} of its tensors found no match "
@@ -51,6 +61,14 @@ def pretrained_model(arch: str, num_classes: int, choice: str) -> tuple[nn.Modul
     for name, value in attributes.items():
         setattr(model, name, value)
     return model, spec, source
+
+
+def _not_whole(arch: str, source: str, num_classes: int, why: str) -> EdgeKDError:
+    return EdgeKDError(
+        f"the teacher weights {source} do not fit a {num_classes}-class {arch} whole ({why}): a teacher must already "
+        f"know the data's classes; fine-tune it first (edgekd train --model {arch} --pretrained ...) and pass that "
+        "run as --teacher"
+    )
 
 
 def transplant(model: nn.Module, state: dict, source: str) -> list[str]:
