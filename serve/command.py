@@ -10,6 +10,7 @@ import typer
 
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
+from edgekd.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
 
 # How an artifact is chosen and run, shared with `edgekd predict` so that it picks what the server would.
 RuntimeOpt = typer.Option(
@@ -36,6 +37,11 @@ def serve(
         None, help="Largest accepted image in pixels, the decompression-bomb guard (default: 25 million; 413 above)."),
     queue_size: int = typer.Option(256, help="Requests waiting for the model before new ones get 503 + Retry-After."),
     threads: Optional[int] = ThreadsOpt,
+    header_timeout: float = typer.Option(
+        HEADER_TIMEOUT_S, help="Seconds a client may take to send a request line and headers (408 and closed after)."),
+    body_timeout: float = typer.Option(
+        BODY_TIMEOUT_S, help="Seconds a client may take to send a request body once its headers are in (408 after)."),
+    max_header_kb: int = typer.Option(MAX_HEADER_KB, help="Largest request line plus headers in KB (431 above)."),
     log_level: str = typer.Option("info", help="critical, error, warning, info or debug."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
@@ -46,5 +52,6 @@ def serve(
     run_server(
         export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime, precision=precision,
         max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key, max_upload_mb=max_upload_mb,
-        queue_size=queue_size, threads=threads, **limits,
+        queue_size=queue_size, threads=threads, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+        max_header_kb=max_header_kb, **limits,
     )

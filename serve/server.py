@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgeKDError
+from edgekd.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -19,23 +20,30 @@ def run_server(
     *,
     log_level: str = "info",
     access_log: bool = False,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_header_kb: int = MAX_HEADER_KB,
     **app_options: Any,
 ) -> None:
-    """Serve ``export_dir`` on ``host:port`` until interrupted; options go to ``create_app``."""
+    """Serve ``export_dir`` on ``host:port`` until interrupted; options go to ``create_app``, the connection limits
+    to the HTTP protocol (``edgekd.serve.protocol``)."""
     import uvicorn
 
     from edgekd.serve.app import create_app
+    from edgekd.serve.protocol import guarded_protocol
 
     if log_level not in LOG_LEVELS:
         raise EdgeKDError(f"unknown log level {log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
     if not 0 <= port <= 65535:
         raise EdgeKDError(f"port must be between 1 and 65535 (0: any free port); got {port}")
+    protocol = guarded_protocol(header_timeout_s, body_timeout_s, max_header_kb)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(export_dir, **app_options)
     check_can_listen(host, port)
     app.state.serve.load()  # before uvicorn: an unservable export is one line here, not a lifespan traceback
-    config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=access_log)
+    config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=access_log,
+                            http=protocol)
     server = uvicorn.Server(config)
     try:
         server.run()

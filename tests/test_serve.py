@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -39,12 +40,12 @@ from edgekd.serve.preprocess import ImageError, ImageTooLarge, Preprocessor, loa
 class LiveServer:
     """A uvicorn server on a free loopback port, in a background thread, for as long as the ``with`` lasts."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **config) -> None:
         self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
@@ -385,6 +386,62 @@ def test_a_client_that_hangs_up_mid_upload_is_counted_499_without_a_logged_error
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed it."""
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic()
+
+
+def test_slow_and_oversized_requests_are_cut_off_while_others_are_served(export_dir: Path):
+    from edgekd.serve.protocol import guarded_protocol
+
+    app = create_app(export_dir, max_batch=1)
+    with LiveServer(app, http=guarded_protocol(header_timeout_s=1.0, body_timeout_s=1.5, max_header_kb=16)) as live:
+        port = int(live.url.rsplit(":", 1)[1])
+        stalls = {
+            "silent": b"",
+            "headers": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n",
+            "body": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                    b"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n" + b"\0" * 1000,
+        }
+        socks = {}
+        started = time.monotonic()
+        for name, data in stalls.items():
+            socks[name] = socket.create_connection(("127.0.0.1", port))
+            socks[name].sendall(data)
+        with httpx.Client(base_url=live.url, timeout=10) as client:  # meanwhile every other client is served
+            image = png(Image.new("RGB", (8, 8), (200, 200, 200)))
+            for _ in range(5):
+                assert client.post("/predict", files={"file": ("a.png", image, "image/png")}).status_code == 200
+        answers = {name: _answer(sock) for name, sock in socks.items()}
+        for name, (data, closed) in answers.items():
+            limit = 1.5 if name == "body" else 1.0
+            assert data.startswith(b"HTTP/1.1 408 "), (name, data[:80])
+            assert limit - 0.05 <= closed - started <= limit + 1.5, (name, closed - started)
+        assert b"the request body did not arrive within 1.5 s" in answers["body"][0]
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # 20 kB of headers against a 16 kB limit
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            data, _ = _answer(sock)
+            assert data.startswith(b"HTTP/1.1 431 ") and data.endswith(b"exceed 16 KB")
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # a header that never ends, streamed in 4 kB reads
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            with contextlib.suppress(OSError):  # the server may close while the client still writes
+                for _ in range(8):
+                    sock.sendall(b"a" * 4096)
+                    time.sleep(0.02)
+            data, closed = _answer(sock)
+            assert data.startswith(b"HTTP/1.1 431 ") and closed - started < 30
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # 12 kB is within it
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n")
+            assert _answer(sock)[0].startswith(b"HTTP/1.1 200 ")
+        for sock in socks.values():
+            sock.close()
 
 
 def test_size_limits_answer_413_while_reading(strict_server: LiveServer):
