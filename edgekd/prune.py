@@ -16,6 +16,7 @@ from torch import nn
 
 from edgekd.config import RECOVERY_LR
 from edgekd.errors import EdgeKDError
+from edgekd.models.shufflenet import ChannelShuffle
 
 PRUNE_METHODS = ("structured", "l1-unstructured")
 
@@ -61,6 +62,72 @@ def _pruner_class() -> type:
     return NearestMultiplePruner
 
 
+def _refuse_unsupported(model: nn.Module) -> None:
+    """One line on why, before DepGraph fails deep inside torch-pruning (or loops) on a shuffle it cannot map."""
+    reason = getattr(model, "structured_pruning_unsupported", None)
+    modules = list(model.modules())
+    if reason is None and not any(isinstance(m, ChannelShuffle) for m in modules) and any(
+            "shuffle" in type(m).__name__.lower() for m in modules):
+        reason = ("its channel shuffle is a reshape/transpose that torch-pruning's DepGraph cannot map channel "
+                  "indices through (edgekd's own ShuffleV2 wraps it in a ChannelShuffle module, which it can skip)")
+    if reason:
+        raise EdgeKDError(f"structured pruning does not support {type(model).__name__}: {reason}; prune it with "
+                          "l1-unstructured instead (`edgekd prune --method l1-unstructured`, "
+                          "or `--arg prune=l1-unstructured` for r2kd)")
+
+
+def _shuffle_pruner() -> Any:
+    """torch-pruning's handler for edgekd's ChannelShuffle: DepGraph then ends each traced reshape/transpose in a
+    shuffle node (without one, grouping ShuffleV2's channels never finishes), which ``_shuffle_crossing`` finds.
+    Never asked to prune: the channels through a shuffle are kept out of pruning."""
+    import torch_pruning as tp
+
+    class ShufflePruner(tp.pruner.BasePruningFunc):
+        def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            raise EdgeKDError("internal error: torch-pruning tried to prune channels through a channel shuffle")
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> None:
+            return None  # a shuffle has no channel count of its own
+
+        get_in_channels = get_out_channels
+
+    return ShufflePruner()
+
+
+def _shuffle_crossing(model: nn.Module, example_input: torch.Tensor, shuffle: dict) -> list[nn.Module]:
+    """The Conv/Linear layers whose output channels reach a ChannelShuffle: pruning them would need the shuffle's
+    permutation, which torch-pruning cannot apply, so they are ignored and only the channels that never cross a
+    shuffle are pruned (ShuffleV2: each branch's inner width, the stem and the head conv)."""
+    import torch_pruning as tp
+
+    if not any(isinstance(m, ChannelShuffle) for m in model.modules()):
+        return []
+    graph = tp.DependencyGraph().build_dependency(model, example_input, customized_pruners=shuffle)
+    return [m for m in graph.module2node if isinstance(m, (nn.Conv2d, nn.Linear)) and _reaches_shuffle(graph, m)]
+
+
+def _reaches_shuffle(graph: Any, layer: nn.Module) -> bool:
+    """Whether ``layer``'s output channels meet a ChannelShuffle through layers that pass channel indices on
+    (BatchNorm, activations, depthwise convs, add, cat, slices). Cat and slice offsets are not followed, so
+    this may answer yes too often (a channel kept unpruned) but never no for a channel that crosses."""
+    seen: set = set()
+    todo = [(graph.module2node[layer], True)]  # (node, its output side?)
+    while todo:
+        node, out = todo.pop()
+        if (node, out) in seen:
+            continue
+        seen.add((node, out))
+        if isinstance(node.module, ChannelShuffle):
+            return True
+        pruner = graph.get_pruner_of_module(node.module)
+        if pruner.prune_in_channels == pruner.prune_out_channels:  # its input and output channels are one
+            todo.append((node, not out))
+        todo += [(n, not out) for n in (node.outputs if out else node.inputs)]
+    return False
+
+
 def _structured(
     model: nn.Module, ratio: float, example_input: torch.Tensor, target_macs: float | None, channel_multiple: int | None
 ) -> None:
@@ -71,14 +138,10 @@ def _structured(
     uniform ratio can only jump between a few shapes (resnet20: 71 % of the MACs, then 45 %)."""
     import torch_pruning as tp
 
-    if any("shuffle" in type(m).__name__.lower() for m in model.modules()):
-        # DepGraph cannot map channel indices through a channel shuffle: it fails on ShuffleNet v1 and never
-        # finishes grouping ShuffleNet v2, so refuse up front.
-        raise EdgeKDError(f"structured pruning does not support channel-shuffle networks ({type(model).__name__}); "
-                          "prune it with l1-unstructured instead (`edgekd prune --method l1-unstructured`, "
-                          "or `--arg prune=l1-unstructured` for r2kd)")
+    _refuse_unsupported(model)
     classifier = _last_layer(model, example_input)
     model.requires_grad_(True)  # DepGraph traces the autograd graph, which frozen weights would not build
+    shuffle = {ChannelShuffle: _shuffle_pruner()}
     pruner = _pruner_class()(
         model,
         example_input,
@@ -87,8 +150,9 @@ def _structured(
         iterative_steps=1 if target_macs is None else TARGET_STEPS,
         global_pruning=target_macs is not None,
         max_pruning_ratio=MAX_LAYER_RATIO,
-        ignored_layers=[classifier],
+        ignored_layers=[classifier, *_shuffle_crossing(model, example_input, shuffle)],
         round_to=channel_multiple,
+        customized_pruners=shuffle,
     )
     with torch.enable_grad():
         if target_macs is None:

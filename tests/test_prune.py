@@ -70,8 +70,6 @@ def test_bad_arguments_are_user_errors():
         prune_model(tiny_cnn(), 1.5, "structured", torch.randn(1, 3, 8, 8))
     with pytest.raises(EdgeKDError, match="example input"):
         prune_model(tiny_cnn(), 0.1, "structured")
-    with pytest.raises(EdgeKDError, match="l1-unstructured"):
-        prune_model(create_model("ShuffleV2", 10), 0.1, "structured", torch.randn(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("arch", ["resnet8x4", "vgg8", "wrn_16_2"])
@@ -238,3 +236,64 @@ def test_a_failed_recovery_leaves_no_run_behind(tmp_path):
     with pytest.raises(EdgeKDError, match="unknown method"):  # checked before any pruning
         prune_run(tmp_path / "run", tmp_path / "rec", 0.3, recover={"epochs": 1, "method": "nope"})
     assert not (tmp_path / "rec").exists()
+
+
+SHUFFLE_TIMEOUT = 300  # DepGraph looped forever on ShuffleV2's shuffle; a regression fails instead of hanging
+
+
+def shufflev2_trunk(model: nn.Module) -> dict[str, int]:
+    """Output widths of the layers whose channels cross a channel shuffle: pruning must leave them whole."""
+    from edgekd.models.shufflenet import ShuffleV2Down, ShuffleV2Unit
+
+    widths = {n: (m.conv2.out_channels, m.conv5.out_channels) for n, m in model.named_modules()
+              if isinstance(m, ShuffleV2Down)}
+    return {**widths, **{n: m.conv3.out_channels for n, m in model.named_modules() if isinstance(m, ShuffleV2Unit)}}
+
+
+@pytest.mark.timeout(SHUFFLE_TIMEOUT)
+def test_shufflev2_prunes_the_channels_that_never_cross_a_shuffle(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ShuffleV2", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pruned = prune_model(model, 0.3, "structured", x[:1], channel_multiple=8)
+    macs, params = tp.utils.count_ops_and_params(model, x[:1])
+    macs_p, params_p = tp.utils.count_ops_and_params(pruned, x[:1])
+    assert macs_p < 0.75 * macs and params_p < 0.75 * params
+    assert shufflev2_trunk(pruned) == shufflev2_trunk(model)
+    inner = [pruned.get_submodule(f"{stage}.{i}.conv1") for stage in ("layer1", "layer2", "layer3") for i in (1, 2)]
+    assert all(c.out_channels % 8 == 0 and c.out_channels < c.in_channels for c in inner)  # 58 -> 40, 116 -> 80, ...
+    assert pruned.conv1.out_channels == 16 and pruned.conv2.out_channels == 720  # the stem and the head conv
+    # every layer whose weights changed shape is one that layer_shapes records
+    resized = {k.rsplit(".", 1)[0] for k, v in pruned.state_dict().items() if v.shape != model.state_dict()[k].shape}
+    assert resized and resized <= set(layer_shapes(pruned))
+    desc = description("ShuffleV2", 10, 32, "synthetic", {})
+    save_model(tmp_path, pruned, {**desc, "layer_shapes": layer_shapes(pruned)})
+    loaded, _ = load_model(tmp_path)
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 10)
+        assert torch.equal(loaded(x), pruned(x))
+
+
+@pytest.mark.timeout(SHUFFLE_TIMEOUT)
+def test_a_shufflev2_pruned_to_half_its_macs_recovers_and_exports_from_its_run_dir(tmp_path):
+    from edgekd.export import export_run
+
+    model = synthetic_run(tmp_path / "run", "ShuffleV2")
+    recover = {"epochs": 1, "batch_size": 16, "device": "cpu"}
+    result = prune_run(tmp_path / "run", tmp_path / "rec", target_macs=0.5, recover=recover, show_progress=False)
+    assert 0.45 < result["macs_after"] / result["macs_before"] <= 0.5
+    assert result["params_after"] < result["params_before"]
+    recovered, desc = load_model(tmp_path / "rec")
+    assert shufflev2_trunk(recovered) == shufflev2_trunk(model) and desc["layer_shapes"] == layer_shapes(recovered)
+    assert sum(p.numel() for p in recovered.parameters()) == result["params_after"]
+    manifest = export_run(tmp_path / "rec", tmp_path / "export", formats=("onnx",), progress=False)
+    assert manifest["artifacts"]["onnx-fp32"]["agreement"] == 1.0
+
+
+def test_structured_pruning_refuses_the_shuffle_networks_it_cannot_prune_in_one_line():
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(EdgeKDError, match=r"ShuffleNetV1: torch-pruning removes the same channel index") as e:
+        prune_model(create_model("ShuffleV1", 10), 0.1, "structured", x)
+    assert "\n" not in str(e.value)
+    with pytest.raises(EdgeKDError, match=r"ShuffleNetV2: its channel shuffle is a reshape/transpose .* l1-unstr"):
+        prune_model(create_model("tv/shufflenet_v2_x0_5", 10), 0.1, "structured", x)

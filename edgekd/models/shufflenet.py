@@ -15,7 +15,8 @@ from edgekd.models.registry import register_model
 
 class ChannelShuffle(nn.Module):
     """Interleave channel groups: (g, C/g) -> (C/g, g). Written with reshape/transpose, which every
-    exporter and torch-pruning's graph tracer understand."""
+    exporter understands; a module, so that structured pruning can hand it to torch-pruning as one layer
+    (traced as reshape/transpose, DepGraph loops on ShuffleV2)."""
 
     def __init__(self, groups: int) -> None:
         super().__init__()
@@ -58,6 +59,14 @@ class ShuffleV1Unit(nn.Module):
 
 class ShuffleNetV1(nn.Module):
     """Stem, three stages of ShuffleV1Unit (groups 3), linear ``linear``."""
+
+    # why `edgekd prune --method structured` refuses it (read by edgekd.prune)
+    structured_pruning_unsupported = (
+        "torch-pruning removes the same channel index from every group of a grouped conv, which only the first "
+        "unit's inner channels allow: every other unit's pass a 3-way channel shuffle between two 3-group convs, "
+        "and the 3-group 1x1 convs split each stage's concatenated channels at different points (216 + 24 "
+        "channels grouped 72 and 80 apiece)"
+    )
 
     def __init__(
         self,
