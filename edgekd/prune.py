@@ -72,7 +72,7 @@ def _refuse_unsupported(model: nn.Module) -> None:
                   "indices through (edgekd's own ShuffleV2 wraps it in a ChannelShuffle module, which it can skip)")
     if reason:
         raise EdgeKDError(f"structured pruning does not support {type(model).__name__}: {reason}; prune it with "
-                          "l1-unstructured instead (`edgekd prune --method l1-unstructured`, "
+                          "l1-unstructured instead (`edgekd prune --prune-method l1-unstructured`, "
                           "or `--arg prune=l1-unstructured` for r2kd)")
 
 

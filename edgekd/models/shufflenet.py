@@ -60,7 +60,7 @@ class ShuffleV1Unit(nn.Module):
 class ShuffleNetV1(nn.Module):
     """Stem, three stages of ShuffleV1Unit (groups 3), linear ``linear``."""
 
-    # why `edgekd prune --method structured` refuses it (read by edgekd.prune)
+    # why `edgekd prune --prune-method structured` refuses it (read by edgekd.prune)
     structured_pruning_unsupported = (
         "torch-pruning removes the same channel index from every group of a grouped conv, which only the first "
         "unit's inner channels allow: every other unit's pass a 3-way channel shuffle between two 3-group convs, "
