@@ -22,7 +22,7 @@ import torch
 
 from edgekd.config import RECOVERY_LR, load_config
 from edgekd.export import export_run
-from edgekd.prune import prune_run
+from edgekd.recover import prune_and_recover
 from edgekd.runtimes import open_artifact
 from edgekd.train import run_training
 from timing import cpu_model, load, time_runners
@@ -48,7 +48,7 @@ def bench_case(work: Path, arch: str, dataset: str, seeds: list[int], epochs: in
         base_dirs.append(base)
         for keep in KEEP:
             recover = {"epochs": recover_epochs, "seed": seed}
-            r = prune_run(base, work / f"{base.name}-keep{keep}", target_macs=keep, recover=recover, show_progress=False)
+            r = prune_and_recover(base, work / f"{base.name}-keep{keep}", recover, target_macs=keep, show_progress=False)
             runs[keep].append(r)
             print(f"{arch} {dataset} seed {seed} keep {keep}: {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f} "
                   f"-> recovered {r['acc_recovered']:.4f} ({r['macs_after'] / r['macs_before']:.3f} of the MACs)",

@@ -327,6 +327,7 @@ def prune(
 ) -> None:
     """Prune a trained model (structured: really fewer channels) and, with --recover-epochs, win its accuracy back."""
     from edgekd.prune import PRUNE_METHODS, prune_run
+    from edgekd.recover import prune_and_recover
 
     if method in PRUNE_METHODS:
         raise EdgeKDError(f"--method names the recovery method now; pass --prune-method {method}")
@@ -344,10 +345,10 @@ def prune(
                    **{k: v for k, v in given.items() if v is not None}}
     if channel_multiple < 1:
         raise EdgeKDError(f"--channel-multiple must be >= 1, got {channel_multiple}")
-    result = prune_run(run, out, ratio=ratio, method=prune_method, target_macs=target_macs,
-                       channel_multiple=channel_multiple, recover=recover)
-    how = f"to {target_macs:g} of the MACs" if target_macs is not None else f"ratio {ratio}"
-    table = Table(title=Text(f"pruned {run} ({prune_method}, {how})"))
+    how = {"ratio": ratio, "method": prune_method, "target_macs": target_macs, "channel_multiple": channel_multiple}
+    result = prune_run(run, out, **how) if recover is None else prune_and_recover(run, out, recover, **how)
+    amount = f"to {target_macs:g} of the MACs" if target_macs is not None else f"ratio {ratio}"
+    table = Table(title=Text(f"pruned {run} ({prune_method}, {amount})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right", overflow="fold")
     stages = [("before", "before", "before"), ("pruned", "after", "after" if recover is None else "pruned")]

@@ -113,7 +113,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     from edgekd.export import export_run
     from edgekd.export.bench import run_bench
     from edgekd.export.bench_report import write_report
-    from edgekd.prune import prune_run
+    from edgekd.recover import prune_and_recover
     from edgekd.report import build_report
     from edgekd.runtimes import runtime_of, select_artifact
     from edgekd.train import resolve_device, run_training
@@ -147,7 +147,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     export_dir = out / "export"
     manifest = export_run(best_dir, export_dir, int8=True, calib_samples=plan.calib_samples)
     recover = {"epochs": plan.recover_epochs, **{k: common[k] for k in ("device", "batch_size", "seed")}}
-    pruned = prune_run(best_dir, out / "pruned", target_macs=plan.prune_macs, recover=recover)
+    pruned = prune_and_recover(best_dir, out / "pruned", recover, target_macs=plan.prune_macs)
     pruned_export = export_run(out / "pruned", out / "export-pruned", formats=("onnx",), int8=True,
                                calib_samples=plan.calib_samples)
 

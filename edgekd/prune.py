@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.config import RECOVERY_LR
 from edgekd.errors import EdgeKDError
 from edgekd.models.shufflenet import ChannelShuffle
 
@@ -231,7 +230,7 @@ def _zero_fraction(model: nn.Module) -> float:
     return sum((w == 0).sum().item() for w in weights) / max(total, 1)
 
 
-def _prune_into(
+def prune_into(
     run_dir: Path, out_dir: Path, ratio: float, method: str, target_macs: float | None, channel_multiple: int | None,
     batch_size: int,
 ) -> dict[str, Any]:
@@ -288,9 +287,7 @@ def prune_run(
     *,
     target_macs: float | None = None,
     channel_multiple: int | None = CHANNEL_MULTIPLE,
-    recover: dict[str, Any] | None = None,
     batch_size: int = 256,
-    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Prune a run dir's model into a new run dir that later stages (export, distill --teacher) load as is.
 
@@ -298,53 +295,8 @@ def prune_run(
     torch-pruning's counter at batch 1; structured pruning keeps channel counts multiples of ``channel_multiple``
     (CPU kernels work on 8 channels at a time: an odd count can make the pruned model slower than the unpruned one).
     The new dir records the pruned layer shapes; its ``summary.json`` holds
-    the returned numbers. With ``recover`` (training settings, at least ``epochs``; ``method`` defaults to kd),
-    the pruned model is written to ``OUT/pruned`` and then distilled from the unpruned one into ``OUT``, a normal
-    training run whose summary adds how it was pruned (``pruning``), the MACs and parameters before and after,
-    and the held-out accuracy before pruning, after it and after recovery (``acc_before``, ``acc_pruned``,
-    ``acc_recovered``).
+    the returned numbers (``edgekd.recover`` then wins the accuracy back).
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if recover is None:
-        return _prune_into(run_dir, out_dir, ratio, method, target_macs, channel_multiple, batch_size)
-    prune = (ratio, method, target_macs, channel_multiple)
-    return _prune_and_recover(run_dir, out_dir, prune, recover, batch_size, show_progress)
+    return prune_into(Path(run_dir), Path(out_dir), ratio, method, target_macs, channel_multiple, batch_size)
 
 
-RECOVERY_DEFAULTS = {"method": "kd", "lr": RECOVERY_LR, "warmup_epochs": 0}
-
-
-def _prune_and_recover(
-    run_dir: Path, out_dir: Path, prune: tuple, recover: dict[str, Any], batch_size: int, show_progress: bool
-) -> dict[str, Any]:
-    import shutil
-
-    from edgekd.config import load_config
-    from edgekd.contracts.rundir import read_description
-    from edgekd.fsutil import make_dir, remove_empty, write_json
-    from edgekd.train import CHECKPOINT, check_run_dir, run_training
-
-    desc = read_description(run_dir)
-    check_run_dir(out_dir, resume=False)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise EdgeKDError(f"{out_dir} already exists and is not empty; choose another --out or remove it")
-    settings = {**RECOVERY_DEFAULTS, **recover}
-    overrides = {  # the unpruned run's data at its size; the pruned model starts, the unpruned one teaches
-        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {}, "image_size": desc["input_size"][-1],
-        "teacher": str(run_dir), "init": str(out_dir / "pruned"), "out": str(out_dir), **settings,
-    }
-    load_config(None, {**overrides, "init": None})  # bad recovery settings are one line before minutes of pruning
-    created = make_dir(out_dir)
-    try:
-        pruned = _prune_into(run_dir, out_dir / "pruned", *prune, batch_size)
-        summary = run_training(load_config(None, overrides), show_progress=show_progress)
-    except BaseException:
-        if not (out_dir / CHECKPOINT).exists():  # nothing to resume: leave no half-made run behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-            remove_empty(created[1:])
-        raise
-    how = {k: pruned[k] for k in ("ratio", "target_macs", "method", "channel_multiple", "source") if k in pruned}
-    sizes = {k: pruned[k] for k in ("macs_before", "macs_after", "params_before", "params_after", "acc_before")}
-    result = {**summary, "pruning": how, **sizes, "acc_pruned": pruned["acc_after"], "acc_recovered": summary["final_acc"]}
-    write_json(out_dir / "summary.json", {k: v for k, v in result.items() if k not in ("wall_seconds", "out")})
-    return result

@@ -10,6 +10,7 @@ from torch import nn
 from edgekd.errors import EdgeKDError
 from edgekd.models import create_model
 from edgekd.prune import prune_model, prune_run
+from edgekd.recover import prune_and_recover
 from edgekd.rundir import layer_shapes, load_model, save_model
 
 
@@ -211,7 +212,7 @@ def test_init_restores_a_pruned_architecture_exactly(tmp_path):
 def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path):
     synthetic_run(tmp_path / "run")
     recover = {"epochs": 1, "method": "kd", "batch_size": 16, "device": "cpu"}
-    result = prune_run(tmp_path / "run", tmp_path / "rec", target_macs=0.5, recover=recover, show_progress=False)
+    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, show_progress=False)
 
     summary = json.loads((tmp_path / "rec" / "summary.json").read_text())
     for key in ("acc_before", "acc_pruned", "acc_recovered"):  # 40 held-out images: multiples of 1/40
@@ -231,10 +232,10 @@ def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path
 def test_a_failed_recovery_leaves_no_run_behind(tmp_path):
     synthetic_run(tmp_path / "run")
     with pytest.raises(EdgeKDError, match="batch_size 4096"):
-        prune_run(tmp_path / "run", tmp_path / "out" / "rec", 0.3, recover={"epochs": 1, "batch_size": 4096, "device": "cpu"})
+        prune_and_recover(tmp_path / "run", tmp_path / "out" / "rec", {"epochs": 1, "batch_size": 4096, "device": "cpu"}, 0.3)
     assert not (tmp_path / "out").exists()
     with pytest.raises(EdgeKDError, match="unknown method"):  # checked before any pruning
-        prune_run(tmp_path / "run", tmp_path / "rec", 0.3, recover={"epochs": 1, "method": "nope"})
+        prune_and_recover(tmp_path / "run", tmp_path / "rec", {"epochs": 1, "method": "nope"}, 0.3)
     assert not (tmp_path / "rec").exists()
 
 
@@ -280,7 +281,7 @@ def test_a_shufflev2_pruned_to_half_its_macs_recovers_and_exports_from_its_run_d
 
     model = synthetic_run(tmp_path / "run", "ShuffleV2")
     recover = {"epochs": 1, "batch_size": 16, "device": "cpu"}
-    result = prune_run(tmp_path / "run", tmp_path / "rec", target_macs=0.5, recover=recover, show_progress=False)
+    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, show_progress=False)
     assert 0.45 < result["macs_after"] / result["macs_before"] <= 0.5
     assert result["params_after"] < result["params_before"]
     recovered, desc = load_model(tmp_path / "rec")
