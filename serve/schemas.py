@@ -6,11 +6,25 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, ValidationInfo, field_validator, model_validator,
+)
 
 # Lists from clients stop at their first bad element (``fail_fast``): a million nulls would otherwise cost a
 # million error objects, seconds of event-loop time and an error response larger than the request.
 Number = Annotated[float, Strict()]  # a JSON number; true/false and "1.5" are not tensor values
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values would become inf in the model's FP32 input
+
+
+def _integral(value: Any) -> Any:
+    """1.0 as 1: JSON Schema's integer includes it, which pydantic's strict int refuses (as it should true and "1")."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON integer, as the OpenAPI schema says. The before-validator goes last (outermost): inside it, a bound such as
+# ``ge`` would no longer reach the JSON schema as ``minimum``.
+Integer = Annotated[int, Strict(), BeforeValidator(_integral)]
+Size = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_integral)]
 
 
 def not_null(**extra: Any) -> Callable[[dict[str, Any]], None]:
@@ -42,22 +56,25 @@ class ErrorResponse(BaseModel):
 
 class InputParameters(BaseModel):
     model_config = ConfigDict(extra="allow")
-    binary_data_size: Annotated[int, Strict(), Field(ge=0)] | None = Field(
+    binary_data_size: Size | None = Field(
         None, description="binary tensor data extension: the input's values are this many bytes after the JSON",
         json_schema_extra=not_null(),
     )
 
 
 class InferInputTensor(BaseModel):
+    # The schema documents the JSON form, values in ``data``; the binary form (the request body's description)
+    # leaves ``data`` out and puts them after the JSON.
+    model_config = ConfigDict(json_schema_extra={"required": ["name", "shape", "datatype", "data"]})
     name: str
-    shape: list[Annotated[int, Strict()]] = Field(max_length=8, fail_fast=True)
-    datatype: str
+    shape: list[Integer] = Field(max_length=8, fail_fast=True)
+    datatype: str = Field(json_schema_extra={"enum": ["FP32"]})  # others get a 400 naming the one supported
     data: Annotated[list[Number], Field(fail_fast=True)] | None = Field(
         None,
         description="the tensor's values in row-major order; the server also takes them nested as `shape` says "
         "(an error's index counts the flattened values), or as binary data after the JSON "
         "(parameters.binary_data_size)",
-        json_schema_extra=not_null(items={"anyOf": [{"type": "number"}, {"type": "array"}]}),
+        json_schema_extra=not_null(items={"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}),
     )
     parameters: InputParameters | None = None
 
@@ -95,7 +112,7 @@ class OutputParameters(BaseModel):
 
 
 class RequestedOutput(BaseModel):
-    name: str
+    name: str = Field(json_schema_extra={"enum": ["logits"]})  # others get a 400 naming the one there is
     parameters: OutputParameters | None = None
 
 
@@ -109,7 +126,10 @@ class RequestParameters(BaseModel):
 class InferRequest(BaseModel):
     id: str | None = None
     parameters: RequestParameters | None = None
-    inputs: list[InferInputTensor] = Field(min_length=1, max_length=8, fail_fast=True)
+    # this model takes one input: a second gets a 400 that names it; the parser itself stops at 8
+    inputs: list[InferInputTensor] = Field(
+        min_length=1, max_length=8, fail_fast=True, json_schema_extra={"maxItems": 1}
+    )
     outputs: list[RequestedOutput] | None = Field(None, max_length=8, fail_fast=True)
 
 

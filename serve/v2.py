@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from edgekd import __version__
 from edgekd.runtimes import RUNTIMES
 from edgekd.serve.binary import (
-    EXTENSION, HEADER_LENGTH, binary_response, binary_values, split_body, wants_binary,
+    EXTENSION, FP32, HEADER_LENGTH, binary_response, binary_values, split_body, wants_binary,
 )
-from edgekd.serve.predict import ERRORS
+from edgekd.serve.predict import ERRORS, MODEL_ERRORS
 from edgekd.serve.schemas import (
     ErrorResponse, InferInputTensor, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
 )
@@ -83,6 +83,27 @@ def json_values(tensor: InferInputTensor) -> np.ndarray:
         return np.asarray(tensor.data, dtype=np.float32).reshape(tensor.shape)
 
 
+def document_limits(schema: dict[str, Any], s: ServeState, max_body: int) -> None:
+    """Write the served model's own limits into the /v2 infer request's schemas, which hold only what any model
+    shares, and the body size cap (every route's) into its description."""
+    body = schema["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
+    body["description"] += f" At most {max_body:,} bytes in all (413 above)."
+    zeros = [0.0] * math.prod(s.sample_shape)
+    one = {"name": s.input_name, "shape": [1, *s.sample_shape], "datatype": "FP32", "data": zeros}
+    body["content"]["application/json"]["example"] = {"inputs": [one]}  # a request that works, as it is
+    components = schema["components"]["schemas"]
+    tensor = components["InferInputTensor"]["properties"]
+    tensor["name"]["enum"] = [s.input_name]
+    batch = {"type": "integer", "minimum": 1, "maximum": MAX_INFER_BATCH}
+    tensor["shape"] = {
+        "type": "array", "minItems": 4, "maxItems": 4, "prefixItems": [batch, *({"const": n} for n in s.sample_shape)],
+        "description": f"[N, {', '.join(map(str, s.sample_shape))}], N from 1 to {MAX_INFER_BATCH}",
+    }
+    most = MAX_INFER_BATCH * math.prod(s.sample_shape)
+    tensor["data"]["maxItems"] = most
+    components["InputParameters"]["properties"]["binary_data_size"]["maximum"] = most * FP32.itemsize
+
+
 def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
     """The /v2 routes of ``state``; ``guarded``: the API key dependency (empty without a key). Health needs no key."""
     router = APIRouter()
@@ -92,7 +113,7 @@ def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
         response_model=InferResponse,
         dependencies=guarded,
         openapi_extra=INFER_BODY,
-        responses=ERRORS | BINARY_OUTPUT | {404: {"model": ErrorResponse}},
+        responses=ERRORS | MODEL_ERRORS | BINARY_OUTPUT,
     )
     async def infer_v2(name: str, request: Request) -> Any:
         """Open Inference Protocol: one FP32 tensor of shape [N, 3, H, W] in, logits [N, classes] out.
@@ -117,7 +138,7 @@ def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
         output = {"name": "logits", "shape": list(logits.shape), "datatype": "FP32", "data": logits.ravel().tolist()}
         return {**header, "outputs": [output]}
 
-    @router.get("/v2/models/{name}", response_model=ModelMetadata, dependencies=guarded, responses={404: {"model": ErrorResponse}})
+    @router.get("/v2/models/{name}", response_model=ModelMetadata, dependencies=guarded, responses=MODEL_ERRORS)
     async def model_metadata(name: str) -> dict[str, Any]:
         s = state.require(name)
         return {
@@ -128,12 +149,12 @@ def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, s.num_classes]}],
         }
 
-    @router.get("/v2/models/{name}/ready", dependencies=guarded, responses={404: {"model": ErrorResponse}})
+    @router.get("/v2/models/{name}/ready", dependencies=guarded, responses=MODEL_ERRORS)
     async def model_ready(name: str) -> dict[str, Any]:
         state.require(name)
         return {"name": name, "ready": True}
 
-    @router.get("/v2", response_model=ServerMetadata, dependencies=guarded)
+    @router.get("/v2", response_model=ServerMetadata, dependencies=guarded, responses={401: {"model": ErrorResponse}})
     async def server_metadata() -> dict[str, Any]:
         return {"name": "edgekd", "version": __version__, "extensions": [EXTENSION]}
 

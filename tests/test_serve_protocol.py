@@ -1,11 +1,13 @@
 """The server's protocol surface against a real `python -m edgekd.serve` process: the Open Inference Protocol's binary
-tensor data extension through tritonclient and on the wire."""
+tensor data extension through tritonclient, and the OpenAPI document's limits under schemathesis."""
 
 from __future__ import annotations
 
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -155,5 +157,78 @@ def test_malformed_binary_requests_are_one_clear_400_each(live: str, export_dir:
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", "inputs", 0, "parameters", "binary_data_size"]
     assert _binary_request(url, {**tensor(), "parameters": {"binary_data_output": "yes"}}, x).status_code == 422
+    assert _binary_request(url, tensor(float(len(x))), x).status_code == 200  # 24576.0 is a JSON Schema integer
     metrics = httpx.get(f"{live}/metrics", headers=AUTH).text
     assert not re.search(r'edgekd_requests_total\{[^}]*status="5\d\d"', metrics), "a malformed request got a 5xx"
+
+
+# ------------------------------------------------------------------------------------ the OpenAPI document's limits
+
+
+def test_openapi_states_the_limits_the_server_enforces(live: str, export_dir: Path):
+    manifest = load_manifest(export_dir)
+    classes, name = manifest["num_classes"], manifest["model"]
+    spec = httpx.get(f"{live}/openapi.json", headers=AUTH).json()
+    top_k = spec["paths"]["/predict"]["post"]["parameters"][0]["schema"]
+    assert (top_k["minimum"], top_k["maximum"]) == (1, classes)
+    upload = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "at most 10 MB and 25,000,000 pixels (413 above)" in upload["properties"]["file"]["description"]
+    body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
+    assert f"At most {10_000_000 + 64 * 1024:,} bytes" in body["description"]
+    schemas = spec["components"]["schemas"]
+    tensor = schemas["InferInputTensor"]["properties"]
+    assert tensor["name"]["enum"] == ["input"] and tensor["datatype"]["enum"] == ["FP32"]
+    batch = {"type": "integer", "minimum": 1, "maximum": 64}
+    assert tensor["shape"]["prefixItems"] == [batch, {"const": 3}, {"const": 32}, {"const": 32}]
+    assert tensor["shape"]["minItems"] == tensor["shape"]["maxItems"] == 4
+    assert tensor["data"]["maxItems"] == 64 * 3 * 32 * 32
+    assert tensor["data"]["items"]["maximum"] == float(np.finfo(np.float32).max)
+    assert "null" not in json.dumps(tensor["data"])  # leave it out for binary data; null is no tensor
+    size = schemas["InputParameters"]["properties"]["binary_data_size"]
+    assert (size["type"], size["minimum"], size["maximum"]) == ("integer", 0, 64 * 3 * 32 * 32 * 4)
+    assert schemas["InferRequest"]["properties"]["inputs"]["maxItems"] == 1
+    assert schemas["RequestedOutput"]["properties"]["name"]["enum"] == ["logits"]
+    example = body["content"]["application/json"]["example"]
+    with httpx.Client(base_url=live, headers=AUTH, timeout=60) as client:
+        # each stated bound is where the server's answer turns
+        image = {"file": ("d.png", _png(Image.new("L", (8, 8), 90)), "image/png")}
+        assert client.post("/predict", params={"top_k": classes}, files=image).status_code == 200
+        assert client.post("/predict", params={"top_k": classes + 1}, files=image).status_code == 422
+        assert client.post(f"/v2/models/{name}/infer", json=example).status_code == 200  # the document's example works
+        for n, status in ((64, 200), (65, 400)):
+            x = np.zeros((n, 3, 32, 32), "<f4")
+            r = _binary_request(f"{live}/v2/models/{name}/infer", {"inputs": [_binary_input(x)]}, x.tobytes())
+            assert r.status_code == status, r.text
+        two = {"inputs": example["inputs"] * 2}
+        assert client.post(f"/v2/models/{name}/infer", json=two).status_code == 400
+
+
+def test_schemathesis_finds_no_failures(live: str, export_dir: Path, tmp_path: Path):
+    """Every check schemathesis ships, on every operation, keyed: positive data must be accepted, negative data
+    refused, every status, content type and body as documented, the key enforced (``ignored_auth``)."""
+    schema = tmp_path / "openapi.json"
+    schema.write_bytes(httpx.get(f"{live}/openapi.json", headers=AUTH).content)
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        f'[parameters]\n"path.name" = "{_model(export_dir)}"\n\n'
+        f'[auth.openapi.APIKeyHeader]\napi_key = "{KEY}"\n\n'
+        # What a schema cannot say, the server answers 400: an upload that is no image, data whose count is not
+        # the product of `shape`. Schema-valid requests may get that; never a 422 (the schema's own rules).
+        '[[operations]]\ninclude-path-regex = "^/predict$|/infer$"\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404"]\n'
+    )
+    report = tmp_path / "report.json"
+    cmd = [
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", str(schema), "--url", live,
+        "--checks", "all", "--max-examples", "25", "--seed", "1", "--workers", "1", "--generation-database", "none",
+        "--no-color", "--report", "json", "--report-json-path", str(report),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    result = json.loads(report.read_text())
+    assert result["failures"] == [] and result["errors"] == [] and result["complete"]
+    assert result["operations"]["tested"] == result["operations"]["total"] == 8
+    assert result["test_cases"]["generated"] > 300
+    infer = result["valid_rates"]["POST /v2/models/{name}/infer"]
+    assert sum(phase["accepted"] for phase in infer.values()) > 5  # past validation, into the model
+    assert all(not names for names in result["warnings"].values()), result["warnings"]
