@@ -23,6 +23,7 @@ from edgekd import __version__
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.errors import EdgeKDError
 from edgekd.runtimes import check_runtime_name
+from edgekd.serve.docs import docs_router
 from edgekd.serve.middleware import APIKeyCheck, RequestGuard, install_error_handlers
 from edgekd.serve.predict import predict_endpoint, predict_operation
 from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS
@@ -91,6 +92,7 @@ def create_app(
         version=__version__,
         description="Image classification with a distilled, quantized model exported by edgekd.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # ``docs_router``'s instead: offline, and behind the key
     )
     app.state.serve = state
     app.add_middleware(RequestGuard, metrics=state.metrics, max_body=max_body)
@@ -123,4 +125,5 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi
+    app.include_router(docs_router(app.title, openapi, guarded))
     return app

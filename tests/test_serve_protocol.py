@@ -1,13 +1,16 @@
 """The server's protocol surface against a real `python -m edgekd.serve` process: the Open Inference Protocol's binary
-tensor data extension through tritonclient, and the OpenAPI document's limits under schemathesis."""
+tensor data extension through tritonclient, the OpenAPI document's limits under schemathesis, and the API docs
+served offline and behind the API key."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -23,6 +26,7 @@ from edgekd.serve.preprocess import Preprocessor
 
 KEY = "pr0tocol-key"
 AUTH = {"X-API-Key": KEY}
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +236,64 @@ def test_schemathesis_finds_no_failures(live: str, export_dir: Path, tmp_path: P
     infer = result["valid_rates"]["POST /v2/models/{name}/infer"]
     assert sum(phase["accepted"] for phase in infer.values()) > 5  # past validation, into the model
     assert all(not names for names in result["warnings"].values()), result["warnings"]
+
+
+# ------------------------------------------------------------------------------------ API docs
+
+
+class _Assets(HTMLParser):
+    """Every URL a page loads: <script src>, <link href>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = {"script": "src", "link": "href"}.get(tag)
+        self.urls += [value for key, value in attrs if key == wanted and value]
+
+
+def test_docs_are_served_by_the_server_itself_and_need_the_key(live: str):
+    with httpx.Client(base_url=live, timeout=30) as client:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui-bundle.js"):
+            r = client.get(path)
+            assert r.status_code == 401 and "API key" in r.json()["detail"], (path, r.status_code)
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            assert client.get(path).status_code == 200
+        assert client.get("/openapi.json", headers=AUTH).json()["info"]["title"] == "edgekd serve"
+        for page, expected in (("/docs", 3), ("/redoc", 2)):  # Swagger UI: css, favicon, js; ReDoc: favicon, js
+            r = client.get(page, headers=AUTH)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            assert not re.search(r"https?://", r.text), f"{page} names another host"  # no CDN, no web fonts
+            parser = _Assets()
+            parser.feed(r.text)
+            assert len(parser.urls) == expected, parser.urls
+            for url in parser.urls:
+                assert url.startswith("/docs/assets/"), url
+                asset = client.get(url, headers=AUTH)
+                assert asset.status_code == 200 and len(asset.content) > 1000, (url, asset.status_code)
+        js = client.get("/docs/assets/swagger-ui-bundle.js", headers=AUTH)
+        assert "javascript" in js.headers["content-type"] and b"SwaggerUIBundle" in js.content
+        assert client.get("/docs/assets/..%2Fcore.py", headers=AUTH).status_code == 404
+        assert client.get("/docs/assets/missing.js", headers=AUTH).status_code == 404
+
+
+def test_swagger_ui_renders_offline_in_a_browser(export_dir: Path, tmp_path: Path):
+    """This machine has no route to a CDN: a page that needed one would render no operations."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing on CI: .ci/run must apt-get install chromium")
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    with running_server(export_dir, tmp_path / "serve.log") as url:  # no key: a browser cannot send the header
+        cmd = [
+            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000", "--dump-dom", f"{url}/docs",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    paths = set(re.findall(r'data-path="([^"]+)"', dom))
+    assert {"/predict", "/v2/models/{name}/infer", "/v2/health/ready"} <= paths, dom[-3000:]
+    assert len(paths) == 8, paths
