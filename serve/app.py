@@ -23,12 +23,13 @@ from edgekd import __version__
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.errors import EdgeKDError
 from edgekd.runtimes import check_runtime_name
+from edgekd.serve.docs import docs_router
 from edgekd.serve.middleware import APIKeyCheck, RequestGuard, install_error_handlers
 from edgekd.serve.predict import predict_endpoint, predict_operation
 from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS
 from edgekd.serve.schemas import ErrorResponse, InferRequest, PredictResponse
 from edgekd.serve.state import ServeState, log
-from edgekd.serve.v2 import v2_router
+from edgekd.serve.v2 import document_limits, v2_router
 
 MB = 1_000_000  # --max-upload-mb in SI megabytes, like every size edgekd prints
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, on top of --max-upload-mb
@@ -69,6 +70,7 @@ def create_app(
     state = ServeState(Path(export_dir), runtime, precision, threads, max_pixels, max_batch=max_batch,
                        batch_timeout_ms=batch_timeout_ms, queue_size=queue_size, decode_threads=decode_threads)
     max_file = int(max_upload_mb * MB)
+    max_body = max_file + MULTIPART_OVERHEAD
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -90,9 +92,10 @@ def create_app(
         version=__version__,
         description="Image classification with a distilled, quantized model exported by edgekd.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # ``docs_router``'s instead: offline, and behind the key
     )
     app.state.serve = state
-    app.add_middleware(RequestGuard, metrics=state.metrics, max_body=max_file + MULTIPART_OVERHEAD)
+    app.add_middleware(RequestGuard, metrics=state.metrics, max_body=max_body)
     install_error_handlers(app)
     key_check = APIKeyCheck(api_key) if api_key else None
     guarded = [Depends(key_check.dependency())] if key_check else []
@@ -100,22 +103,27 @@ def create_app(
                   include_in_schema=False)  # documented by ``openapi`` below
     app.include_router(v2_router(state, guarded))
 
-    @app.get("/metrics", dependencies=guarded, response_class=Response)
+    @app.get("/metrics", dependencies=guarded, response_class=Response, responses={401: {"model": ErrorResponse}})
     async def prometheus_metrics() -> Response:
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema plus what it cannot see: ``/predict`` and the /v2 infer request body (read by the route itself)."""
+        """FastAPI's schema plus what it cannot see: ``/predict`` and the /v2 infer request body (read by the route
+        itself), and the limits of the loaded model (so 503 while it loads)."""
         if app.openapi_schema is None:
+            s = state.require()
             schema = FastAPI.openapi(app)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (InferRequest, PredictResponse, ErrorResponse):
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}), **{model.__name__: model_schema})
+            document_limits(schema, s, max_body)
             security = schema["paths"]["/v2"]["get"].get("security")  # the API key schemes of the guarded routes
-            schema["paths"]["/predict"] = {"post": predict_operation(security)}
+            predict = predict_operation(security, s.num_classes, max_upload_mb, state.max_pixels)
+            schema["paths"]["/predict"] = {"post": predict}
         return app.openapi_schema
 
     app.openapi = openapi
+    app.include_router(docs_router(app.title, openapi, guarded))
     return app

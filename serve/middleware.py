@@ -73,7 +73,7 @@ class RequestGuard:
 
 
 def _endpoint_label(scope: dict) -> str:
-    """The route's path template; plain Starlette routes (the docs) have none in scope but a fixed path."""
+    """The route's path template; plain Starlette routes (``/predict``) have none in scope but a fixed path."""
     route = scope.get("route")
     if route is not None:
         return route.path

@@ -27,6 +27,7 @@ from edgekd.serve.schemas import ErrorResponse
 from edgekd.serve.state import ServeState
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)}
+MODEL_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 503)}  # key, model name, still loading
 TOP_K = TypeAdapter(Annotated[int, Field(ge=1, description="how many classes to return (default: 5, or all if fewer)")])
 
 
@@ -107,10 +108,14 @@ def predict_endpoint(
     return predict
 
 
-def predict_operation(security: list[dict[str, list[str]]] | None) -> dict[str, Any]:
-    """The OpenAPI operation of ``POST /predict`` (a plain Starlette route, which FastAPI does not document)."""
+def predict_operation(
+    security: list[dict[str, list[str]]] | None, num_classes: int, max_upload_mb: float, max_pixels: int
+) -> dict[str, Any]:
+    """The OpenAPI operation of ``POST /predict`` (a plain Starlette route, which FastAPI does not document),
+    with the limits the handler enforces: ``top_k`` up to the class count, the upload's size and pixels."""
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    top_k = TOP_K.json_schema()
+    top_k = {**TOP_K.json_schema(), "maximum": num_classes}
+    image = f"an image (PNG, JPEG, ...) of at most {max_upload_mb:g} MB and {max_pixels:,} pixels (413 above)"
     operation = {
         "summary": "Predict",
         "description": "Classify one image sent as multipart field `file`.",
@@ -123,7 +128,7 @@ def predict_operation(security: list[dict[str, list[str]]] | None) -> dict[str, 
                     "schema": {
                         "type": "object",
                         "required": ["file"],
-                        "properties": {"file": {"type": "string", "format": "binary", "description": "an image (PNG, JPEG, ...)"}},
+                        "properties": {"file": {"type": "string", "format": "binary", "description": image}},
                     }
                 }
             },

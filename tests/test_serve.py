@@ -489,7 +489,8 @@ def test_api_key(strict_server: LiveServer):
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
         assert client.get("/metrics", headers=KEY).status_code == 200
-        security = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["security"]
+        assert client.get("/openapi.json").status_code == 401  # the API docs are behind the key too
+        security = client.get("/openapi.json", headers=KEY).json()["paths"]["/predict"]["post"]["security"]
         assert {name for scheme in security for name in scheme} == {"HTTPBearer", "APIKeyHeader"}
 
 
