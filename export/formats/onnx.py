@@ -1,4 +1,5 @@
-"""ONNX: the FP32 graph from torch, and INT8 with ONNX Runtime's static QDQ quantization.
+"""ONNX: the FP32 graph from torch, and INT8 with ONNX Runtime's static QDQ quantization (or, when all of its
+remedies miss ``max_drop`` and ``qat_epochs`` asks for it, the QDQ graph of distillation-aware QAT, ``export/qat.py``).
 
 The FP32 graph comes from the TorchScript exporter (``dynamo=False``). Both exporters of torch 2.13 give a
 clean, checker-valid graph with a symbolic batch axis and logits equal to 1e-6 (BatchNorm folded into Conv;
@@ -64,6 +65,8 @@ class OnnxFormat(ExportFormat):
             return {"opset": OPSET, "quantization": {**quantization, "calibration": job.calibration(job.calib_method)}}
         tried = self._search(job, path)
         kept = tried[-1]
+        if kept["drop_points"] > job.max_drop and job.qat_epochs:
+            return {"opset": OPSET, "quantization": {**self._qat(job, path), "search": tried}}
         return {"opset": OPSET, "quantization": {
             **quantization, "calibration": {**job.calibration(kept["calibration"]), "samples": kept["samples"]},
             "fp32_nodes": kept["fp32_nodes"], "search": tried}}
@@ -74,6 +77,18 @@ class OnnxFormat(ExportFormat):
         with job.stage("ONNX Runtime INT8 quantization"):
             return quantize_onnx(job.graph(), path, calib, attempt.method, job.metadata, advance, job.scratch,
                                  keep_sensitive=attempt.keep_sensitive)
+
+    def _qat(self, job: ExportJob, path: Path) -> dict[str, Any]:
+        """Distillation-aware QAT (``edgekd.export.qat``) in place of the INT8 file the search left at ``path``."""
+        import torch
+
+        from edgekd.export.formats.openvino import nncf_quiet
+        from edgekd.export.qat import quantization_aware_training
+
+        example = torch.from_numpy(job.val_images[: min(2, len(job.val_images))])
+        with job.stage("NNCF quantization-aware training"), nncf_quiet():
+            return quantization_aware_training(
+                job, job.qat_epochs, lambda model: export_onnx(model, example, path, job.metadata))
 
     def _search(self, job: ExportJob, path: Path) -> list[dict[str, Any]]:
         """ONNX Runtime's remedies for an INT8 model that misses ``max_drop``, fastest first, until one meets it:
