@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import single_torch_thread
 
@@ -79,21 +80,13 @@ def exports(outlier_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     return result
 
 
-def _weight_levels(path: Path) -> list[float]:
-    """The largest |quantized level| of each weight QuantizeLinear (one whose input is a constant)."""
-    import numpy as np
+def _int8_weights(path: Path) -> list:
+    """The int8 weight tensors of an ONNX file (per-channel weights: conv and classifier, two dims or more)."""
     import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(path)).graph
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    values |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
-    levels = []
-    for n in graph.node:
-        if n.op_type == "QuantizeLinear" and n.input[0] in values:
-            w, scale = values[n.input[0]], values[n.input[1]]
-            levels.append(float(np.abs(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1)))).max()))
-    return levels
+    tensors = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    return [t for t in tensors if t.dtype.name == "int8" and t.ndim >= 2]
 
 
 def test_qat_replaces_the_int8_model_ptq_cannot_keep(exports) -> None:
@@ -122,8 +115,11 @@ def test_qat_replaces_the_int8_model_ptq_cannot_keep(exports) -> None:
     ops = [n.op_type for n in onnx.load(str(out / int8["files"][0])).graph.node]
     assert ops.count("QuantizeLinear") >= ops.count("Conv") == 9 and "BatchNormalization" not in ops
     assert onnx.load(str(out / int8["files"][0])).metadata_props  # the model file describes itself
-    levels = _weight_levels(out / int8["files"][0])  # 7-bit weights, as ORT's reduce_range: no AVX2 saturation
-    assert len(levels) == 10 and max(levels) <= 64 and quantization["reduce_range"] is True
+    # stored as int8 (a quarter of the FP32 file), within 7 bits as ORT's reduce_range: no AVX2 saturation
+    weights = _int8_weights(out / int8["files"][0])
+    assert len(weights) == 10 and all(np.abs(w.astype(np.int32)).max() <= 64 for w in weights)
+    assert int8["size_bytes"] < 0.4 * manifest["artifacts"]["onnx-fp32"]["size_bytes"]
+    assert quantization["reduce_range"] is True
     # the held-out accuracy in the manifest is what the server's runtime gets
     images, labels = _stack(build_data("digits").val_set())
     logits = OrtRuntime(out / int8["files"][0]).run(images)
@@ -132,6 +128,47 @@ def test_qat_replaces_the_int8_model_ptq_cannot_keep(exports) -> None:
     # within the bound, and well above the best post-training attempt (measured: 0.903 vs 0.842 for 0.919 FP32)
     assert (manifest["eval"]["torch_accuracy"] - int8["accuracy"]) * 100 <= MAX_DROP
     assert int8["accuracy"] > max(t["accuracy"] for t in search) + 0.02
+
+
+@pytest.mark.parametrize("axis, zero_dtype", [(None, np.uint8), (0, np.int8), (1, np.int8)])
+def test_folding_weight_quantization_changes_no_output(axis: int | None, zero_dtype: type) -> None:
+    """QuantizeLinear of a constant becomes its integer initializer: the same outputs, rounding and saturation."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.export.formats.onnx import fold_constant_quantization
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((4, 6)) * 3).astype(np.float32)
+    weight[0, :2] = [0.25, 1000.0]  # a tie (0.5 steps) rounded to even, and a value past the 8-bit range
+    channels = () if axis is None else (weight.shape[axis],)
+    scale = rng.uniform(0.05, 0.5, channels).astype(np.float32)
+    zero = np.full(channels, 3, zero_dtype)
+    scale.flat[0], zero.flat[0] = 0.5, 0
+    attrs = {} if axis is None else {"axis": axis}
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight)),
+         helper.make_node("QuantizeLinear", ["w", "s", "z"], ["q"], **attrs),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], **attrs),
+         helper.make_node("MatMul", ["x", "dq"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 6])],
+        [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+
+    def run(proto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": np.eye(4, dtype=np.float32)})[0]
+
+    before = run(model)
+    fold_constant_quantization(model.graph)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert np.array_equal(run(model), before)
+    folded = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "q")
+    assert folded.dtype == zero_dtype and folded[0, 0] == 0 and folded[0, 1] == np.iinfo(zero_dtype).max
 
 
 def test_without_qat_epochs_nothing_changes(exports) -> None:
