@@ -60,6 +60,8 @@ def quantization_aware_training(job: ExportJob, epochs: int, write: Callable[[nn
     loader = make_loader(job.bundle.train_set(), BATCH, shuffle=True, seed=0)
     with _torch_fake_quant(), torch.random.fork_rng():
         torch.manual_seed(0)  # the augmentations' draws
+        # min-max ranges to start from, without the bias correction the OpenVINO path measured as harmful: QAT trains
+        # the biases and ranges anyway
         quantized = nncf.quantize(
             student, nncf.Dataset(range(len(calib)), lambda i: calib[i : i + 1]), subset_size=len(calib),
             preset=nncf.QuantizationPreset.MIXED, advanced_parameters=nncf.AdvancedQuantizationParameters(
