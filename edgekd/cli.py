@@ -375,6 +375,9 @@ def export(
                    "tries other calibrations, more images and the sensitive layers in FP32 until one meets it, OpenVINO "
                    "uses NNCF's accuracy control; an artifact that still misses it is not written. 'none': plain PTQ."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 artifacts where a format has them (an OpenVINO FP16-compressed IR)."),
+    qat_epochs: int = typer.Option(
+        0, help="When ONNX Runtime's INT8 still misses --max-drop, fine-tune the fake-quantized model this many "
+                "epochs, distilled from the run's teacher (else from the FP32 model), and export that instead (0: never)."),
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
     from edgekd.export import export_run, manifest_table_rows
@@ -382,10 +385,16 @@ def export(
 
     if max_drop is not None and not int8:
         raise EdgeKDError("--max-drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
+    if qat_epochs < 0:
+        raise EdgeKDError(f"--qat-epochs takes a number of epochs >= 0, got {qat_epochs}")
+    if qat_epochs and not int8:
+        raise EdgeKDError("--qat-epochs fine-tunes the INT8 model when quantization misses --max-drop; add --int8")
     bound = MAX_DROP if max_drop is None else None if max_drop.strip().lower() == "none" else _points(max_drop)
+    if qat_epochs and bound is None:
+        raise EdgeKDError("--qat-epochs runs only when INT8 misses --max-drop, which 'none' turns off; give a bound")
     manifest = export_run(
         run, out, formats=tuple(csv_list(formats)), int8=int8,
-        calib_samples=calib_samples, calib_method=calib_method, max_drop=bound, fp16=fp16,
+        calib_samples=calib_samples, calib_method=calib_method, max_drop=bound, qat_epochs=qat_epochs, fp16=fp16,
     )
     _print_export(manifest_table_rows(manifest), f"export of {run} -> {out}")
 

@@ -33,7 +33,8 @@ MAX_DROP = 0.5  # top-1 points an INT8 artifact may lose against PyTorch by defa
 MORE_CALIB = 1024  # the most training images the INT8 search calibrates on
 
 
-def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop: Any, fp16: bool) -> tuple[str, ...]:
+def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop: Any, fp16: bool, int8: bool,
+                   qat_epochs: Any) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = (formats,)
     formats = tuple(dict.fromkeys(str(f).strip().lower() for f in formats))
@@ -50,6 +51,11 @@ def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop
     with_fp16 = [f for f in FORMATS if "fp16" in FORMATS[f].files]
     if fp16 and not set(with_fp16) & set(formats):
         raise EdgeKDError(f"fp16 writes an FP16 artifact of {', '.join(with_fp16)}; add such a format or drop --fp16")
+    if not (qat_epochs == 0 or is_count(qat_epochs)):
+        raise EdgeKDError(f"qat_epochs must be a whole number of epochs >= 0, got {qat_epochs!r}")
+    if qat_epochs and not (int8 and "onnx" in formats and max_drop is not None):
+        raise EdgeKDError("qat_epochs fine-tunes the ONNX INT8 model when post-training quantization misses max_drop; "
+                          "it needs int8, the onnx format and a max_drop")
     return formats
 
 
@@ -102,6 +108,7 @@ def export_run(
     calib_samples: int = 300,
     calib_method: str = "minmax",
     max_drop: float | None = MAX_DROP,
+    qat_epochs: int = 0,
     fp16: bool = False,
     progress: bool = True,
     overwrite: bool = False,
@@ -112,16 +119,19 @@ def export_run(
     its remedies (other calibrations, more images, sensitive layers in FP32) until one meets it; OpenVINO uses
     NNCF's accuracy-controlled quantization. An INT8 artifact that still misses it is not written (the
     manifest's ``dropped`` and ``notes`` say why). ``None``: plain post-training quantization, kept whatever it
-    loses. Calibration uses ``calib_samples`` training images.
+    loses. Calibration uses ``calib_samples`` training images. ``qat_epochs`` > 0: when ONNX Runtime's search still
+    misses ``max_drop``, the student is fine-tuned that many epochs fake-quantized, distilled from its teacher
+    (``edgekd.export.qat``), and exported again.
     """
-    formats = _check_options(formats, calib_samples, calib_method, max_drop, fp16)
+    formats = _check_options(formats, calib_samples, calib_method, max_drop, fp16, int8, qat_epochs)
     with atomic_dir(out, overwrite=overwrite) as tmp:  # refuses an existing export dir before any work
         # scratch space inside the folder being built: a killed export leaves nothing in /tmp, and the next export to
         # the same --out removes the whole partial folder (fsutil.remove_leftovers)
         scratch = Path(tmp) / ".scratch"
         scratch.mkdir()
         with _progress(progress) as bar:
-            job = ExportJob.prepare(run_dir, Path(tmp), scratch, bar, int8, calib_samples, calib_method, max_drop)
+            job = ExportJob.prepare(run_dir, Path(tmp), scratch, bar, int8, calib_samples, calib_method, max_drop,
+                                    qat_epochs)
             precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
             for key in formats:
                 fmt = FORMATS[key]()
@@ -186,8 +196,10 @@ class ExportJob:
     artifacts (``ExportFormat.write``) and each is verified."""
 
     def __init__(self, model, val_images, val_labels, reference, torch_acc, calib_pool, calib_samples, calib_method,
-                 max_drop, metadata, manifest, out: Path, scratch: Path, bar: Progress) -> None:
+                 max_drop, metadata, manifest, out: Path, scratch: Path, bar: Progress, *, description=None,
+                 bundle=None, qat_epochs: int = 0) -> None:
         self.model = model
+        self.description, self.bundle, self.qat_epochs = description or {}, bundle, qat_epochs  # what QAT trains on
         self.val_images, self.val_labels, self.reference, self.torch_acc = val_images, val_labels, reference, torch_acc
         self.calib_pool, self.calib_method, self.max_drop = calib_pool, calib_method, max_drop
         self._calib_sets: dict[int, np.ndarray] = {}
@@ -198,7 +210,7 @@ class ExportJob:
 
     @classmethod
     def prepare(cls, run_dir: str | Path, out: Path, scratch: Path, bar: Progress, int8: bool, calib_samples: int,
-                calib_method: str, max_drop: float | None) -> ExportJob:
+                calib_method: str, max_drop: float | None, qat_epochs: int = 0) -> ExportJob:
         """Load the run's model and data once: held-out images, PyTorch reference logits, calibration images."""
         from edgekd.data import build_data
         from edgekd.rundir import load_model
@@ -220,7 +232,7 @@ class ExportJob:
         pool = bundle.calib_set() if int8 else None
         manifest, metadata = _describe(run_dir, desc, bundle, len(val_labels), torch_acc)
         return cls(model, val_images, val_labels, reference, torch_acc, pool, calib_samples, calib_method, max_drop,
-                   metadata, manifest, out, scratch, bar)
+                   metadata, manifest, out, scratch, bar, description=desc, bundle=bundle, qat_epochs=qat_epochs)
 
     def graph(self, path: Path | None = None) -> Path:
         """The FP32 ONNX graph every artifact descends from, exported once: at ``path`` when the ONNX format asks
@@ -285,8 +297,12 @@ class ExportJob:
                 if (self.out / f).parent != self.out and not any((self.out / f).parent.iterdir()):
                     (self.out / f).parent.rmdir()
             reason = f"top-1 drop {drop:.2f} points > max_drop {self.max_drop:g}"
-            if extra.get("quantization", {}).get("search"):
-                reason += "; tried " + _tried(extra["quantization"]["search"])
+            quantization = extra.get("quantization", {})
+            if quantization.get("qat"):
+                qat = quantization["qat"]
+                reason += f" after {qat['epochs']} epochs of QAT distilled from {qat['teacher']}"
+            if quantization.get("search"):
+                reason += "; tried " + _tried(quantization["search"])
             self.manifest["dropped"][key] = {**fields, "reason": reason}
             self.manifest["notes"].append(f"{key} not written: {reason}")
             return

@@ -1,4 +1,5 @@
-"""ONNX: the FP32 graph from torch, and INT8 with ONNX Runtime's static QDQ quantization.
+"""ONNX: the FP32 graph from torch, and INT8 with ONNX Runtime's static QDQ quantization (or, when all of its
+remedies miss ``max_drop`` and ``qat_epochs`` asks for it, the QDQ graph of distillation-aware QAT, ``export/qat.py``).
 
 The FP32 graph comes from the TorchScript exporter (``dynamo=False``). Both exporters of torch 2.13 give a
 clean, checker-valid graph with a symbolic batch axis and logits equal to 1e-6 (BatchNorm folded into Conv;
@@ -64,6 +65,8 @@ class OnnxFormat(ExportFormat):
             return {"opset": OPSET, "quantization": {**quantization, "calibration": job.calibration(job.calib_method)}}
         tried = self._search(job, path)
         kept = tried[-1]
+        if kept["drop_points"] > job.max_drop and job.qat_epochs:
+            return {"opset": OPSET, "quantization": {**self._qat(job, path), "search": tried}}
         return {"opset": OPSET, "quantization": {
             **quantization, "calibration": {**job.calibration(kept["calibration"]), "samples": kept["samples"]},
             "fp32_nodes": kept["fp32_nodes"], "search": tried}}
@@ -74,6 +77,18 @@ class OnnxFormat(ExportFormat):
         with job.stage("ONNX Runtime INT8 quantization"):
             return quantize_onnx(job.graph(), path, calib, attempt.method, job.metadata, advance, job.scratch,
                                  keep_sensitive=attempt.keep_sensitive)
+
+    def _qat(self, job: ExportJob, path: Path) -> dict[str, Any]:
+        """Distillation-aware QAT (``edgekd.export.qat``) in place of the INT8 file the search left at ``path``."""
+        import torch
+
+        from edgekd.export.formats.openvino import nncf_quiet
+        from edgekd.export.qat import quantization_aware_training
+
+        example = torch.from_numpy(job.val_images[: min(2, len(job.val_images))])
+        with job.stage("NNCF quantization-aware training"), nncf_quiet():
+            return quantization_aware_training(
+                job, job.qat_epochs, lambda model: export_qdq(model, example, path, job.metadata))
 
     def _search(self, job: ExportJob, path: Path) -> list[dict[str, Any]]:
         """ONNX Runtime's remedies for an INT8 model that misses ``max_drop``, fastest first, until one meets it:
@@ -120,6 +135,45 @@ def export_onnx(model: nn.Module, example: Tensor, path: Path, metadata: dict[st
     set_metadata(proto, metadata)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
+
+
+def export_qdq(model: nn.Module, example: Tensor, path: Path, metadata: dict[str, Any]) -> None:
+    """Write a fake-quantized model as a QDQ ONNX file with int8 weights, as ONNX Runtime's quantizer stores them.
+
+    The exporter writes each weight in FP32 followed by a QuantizeLinear, which ONNX Runtime evaluates once at load:
+    the same INT8 model in a file larger than the FP32 one. Each such QuantizeLinear is replaced by its result.
+    """
+    import onnx
+
+    export_onnx(model, example, path, metadata)
+    proto = onnx.load(str(path))
+    fold_constant_quantization(proto.graph)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def fold_constant_quantization(graph: onnx_lib.GraphProto) -> None:
+    """Replace every QuantizeLinear of a constant by its integer initializer (ONNX's rounding: half to even, then
+    saturation), and drop the constants nothing reads any more."""
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute[0].name == "value"}
+    for node in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in constants]:
+        x, scale, zero = (constants[name] for name in node.input)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % x.ndim
+        shape = [-1 if i == axis else 1 for i in range(x.ndim)] if scale.ndim else []
+        limits = np.iinfo(zero.dtype)
+        q = np.round(x / scale.reshape(shape)) + zero.reshape(shape).astype(np.int32)
+        graph.initializer.append(numpy_helper.from_array(np.clip(q, limits.min, limits.max).astype(zero.dtype),
+                                                         node.output[0]))
+        graph.node.remove(node)
+    read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]:
+        graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def set_metadata(proto: onnx_lib.ModelProto, metadata: dict[str, Any]) -> None:

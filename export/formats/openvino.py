@@ -83,7 +83,7 @@ def save_ir(model: ov.Model, xml_path: Path, *, fp16: bool = False) -> list[Path
 
 
 @contextlib.contextmanager
-def _nncf_quiet() -> Iterator[Any]:
+def nncf_quiet() -> Iterator[Any]:
     """Import NNCF with its log lines and stdout Rich bars muted; the exporter shows its own progress."""
     # NNCF imports torch.utils.cpp_extension, which logs a CUDA warning irrelevant to CPU quantization.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -112,7 +112,7 @@ def quantize_ir(
     NNCF takes the drop as a fraction and cannot meet a negative one, so a negative ``max_drop`` is passed as 0
     and the exporter's own check against the PyTorch model decides whether the artifact is kept.
     """
-    with _nncf_quiet() as nncf:
+    with nncf_quiet() as nncf:
         calibration = nncf.Dataset(range(len(calib)), lambda i: calib[i : i + 1])
         advanced = nncf.AdvancedQuantizationParameters(disable_bias_correction=not BIAS_CORRECTION)
         kwargs = {"preset": nncf.QuantizationPreset(preset), "subset_size": len(calib)}
