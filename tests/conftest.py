@@ -85,6 +85,19 @@ def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: flo
         time.sleep(0.1)
 
 
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """``edgekd ARGS`` in this process: its exit code, stdout and stderr."""
+    import sys
+
+    from edgekd.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgekd", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
 @contextlib.contextmanager
 def single_torch_thread() -> Iterator[None]:
     """Small models and batches: extra intra-op threads only spin-wait, which costs several times on a shared CPU."""

@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgekd", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+from conftest import run_cli
 
 
 def test_help_lists_every_command(monkeypatch, capsys):

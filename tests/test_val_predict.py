@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from edgekd.cli import main
+from conftest import run_cli
 from edgekd.contracts.manifest import load_manifest
 from edgekd.serve.app import create_app
 
@@ -36,14 +36,6 @@ NO_TRAINING_SIDE = textwrap.dedent(
     main()
     """
 )
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgekd", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")
