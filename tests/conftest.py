@@ -7,6 +7,7 @@ of later stages (export, bench, serve) do not depend on the training code they a
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -67,6 +68,21 @@ def export_dir(digits_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("exports") / "digits-resnet8"
     export_run(digits_run_dir, out, formats=("onnx", "openvino"), int8=True, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sigchld_handler() -> Iterator[None]:
+    """Each test leaves SIGCHLD as it found it.
+
+    The first DataLoader with worker processes in this process installs torch's SIGCHLD handler for good; every
+    later child that exits (servers, CLI subprocesses) then interrupts the test process with it. With that
+    handler left in place, the whole suite died silently (SIGSEGV raised by the kernel while delivering a
+    signal, exit 139) waiting on a subprocess in its last module; each half of the suite alone passed.
+    """
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)
 
 
 def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:

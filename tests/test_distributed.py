@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli
 from safetensors.torch import load_file
 
 ARGS = ["--model", "resnet8", "--batch-size", "64", "--lr", "0.1", "--seed", "3", "--device", "cpu"]
@@ -60,10 +61,12 @@ def test_two_process_gloo_run_then_single_process_resume(tmp_path):
         (["train", *ARGS, "--batch-size", "63"], "batch_size 63 (the global batch) does not split evenly over 2 processes"),
     ],
 )
-def test_nproc_checks_setup_once_before_launching(tmp_path, args, message):
-    proc = _edgekd(*args, "--epochs", "1", "--nproc", "2", "--out", str(tmp_path / "run"))
-    assert proc.returncode == 2
-    assert proc.stderr.count(message) == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_nproc_checks_setup_once_before_launching(monkeypatch, capsys, tmp_path, args, message):
+    # in this process: the checks run before anything is launched, so no rank may ever start
+    monkeypatch.setattr("edgekd.distributed.launch_local", lambda *a: pytest.fail("launched despite the mistake"))
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--epochs", "1", "--nproc", "2", "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert err.count(message) == 1 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
 
 

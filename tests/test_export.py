@@ -337,7 +337,7 @@ def test_pruned_model_exports(tmp_path: Path, digits_run_dir: Path, manifest: di
     pruned_run = tmp_path / "pruned"
     prune_run(digits_run_dir, pruned_run, ratio=0.5, method="structured")
     out = tmp_path / "exp"
-    pruned = export_run(pruned_run, out, formats=("onnx",), int8=True, calib_samples=64, progress=False)
+    pruned = export_run(pruned_run, out, formats=("onnx",), int8=True, calib_samples=64, max_drop=None, progress=False)
     fp32 = pruned["artifacts"]["onnx-fp32"]
     assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-3
     assert pruned["artifacts"]["onnx-int8"]["agreement"] >= 0.95
