@@ -1,17 +1,20 @@
-"""Every distillation method on digits and synthetic, several seeds, one table.
+"""Distillation methods side by side on digits and synthetic, several seeds, one table with paired differences.
 
 One fixed teacher->student pair per dataset; the teacher is trained once (seed 0) and shared by every
 teacher-based method; tfkd-self distils from the same seed's `ce` student (its "pre-trained copy of the
-student"). Reports mean ± std of the final held-out accuracy and seconds per epoch, and says plainly
-whether DR-KD beats `ce` and R2KD beats `kd`.
+student"). A row is a method with options, written ``name`` or ``name(key=value,...)`` (the options of
+``--arg``). Reports mean ± std of the final held-out accuracy, seconds per epoch, and each row's per-seed
+difference to ``ce`` and to ``kd`` (same seed, same data order: mean ± std of the differences).
 
-    uv run --all-extras python benchmarks/methods.py            # writes benchmarks/results/methods.md
+    uv run --all-extras python benchmarks/methods.py                       # writes benchmarks/results/methods.md
+    uv run --all-extras python benchmarks/methods.py --rows 'ce,drkd(teacher=online)' --out /tmp/drkd.md
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -20,13 +23,41 @@ from pathlib import Path
 import torch
 
 from edgekd.config import load_config
+from edgekd.methods import method_class
 from edgekd.train import run_training
 
-METHODS = ["ce", "lsr", "kd", "tfkd-self", "tfkd-reg", "dist", "dkd", "drkd", "r2kd"]
+ROWS = [
+    "ce", "lsr", "kd", "dist", "dkd", "drkd", "drkd(teacher=snapshot)", "sld", "r2kd", "r2kd(preset=release)",
+    "tfkd-self", "tfkd-reg",
+]
 DATASETS = {
     "digits": {"data": "digits", "data_options": {}, "batch_size": 16},
     "synthetic": {"data": "synthetic", "data_options": {"count": 2000, "val_count": 500}, "batch_size": 32},
 }
+ROW = re.compile(r"^([\w-]+)(?:\((.*)\))?$")
+
+
+def parse_row(row: str) -> tuple[str, dict[str, str]]:
+    """``drkd(teacher=online,alpha=0.5)`` -> ("drkd", {"teacher": "online", "alpha": "0.5"}), options checked."""
+    m = ROW.match(row.strip())
+    if not m:
+        raise SystemExit(f"cannot read the row {row!r}; write name or name(key=value,...)")
+    args = dict(kv.split("=", 1) for kv in m.group(2).split(",")) if m.group(2) else {}
+    method_class(m.group(1)).check_args(args)
+    return m.group(1), args
+
+
+def split_rows(text: str) -> list[str]:
+    """Rows separated by commas outside parentheses."""
+    rows, depth, cur = [], 0, ""
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            rows.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [r.strip() for r in [*rows, cur] if r.strip()]
 
 
 def _run(work: Path, name: str, **overrides) -> dict:
@@ -34,88 +65,98 @@ def _run(work: Path, name: str, **overrides) -> dict:
     return run_training(cfg, show_progress=False)
 
 
-def bench_dataset(work: Path, dataset: str, teacher: str, student: str, epochs: int, seeds: list[int]) -> dict:
-    base = DATASETS[dataset]
-    t = _run(work, f"{dataset}-teacher", **base, model=teacher, epochs=epochs, seed=0)
-    results: dict[str, list[dict]] = {m: [] for m in METHODS}
-    for seed in seeds:
-        for method in METHODS:
-            cfg = {**base, "model": student, "epochs": epochs, "seed": seed, "method": method}
-            if method in ("kd", "dist", "dkd", "r2kd"):
-                cfg["teacher"] = t["out"]
+def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Namespace) -> dict:
+    base = {**DATASETS[dataset], "epochs": args.epochs}
+    parsed = {row: parse_row(row) for row in rows}
+    needs_teacher = any(method_class(m).needs_teacher and m != "tfkd-self" for m, _ in parsed.values())
+    t = _run(work, f"{dataset}-teacher", **base, model=args.teacher, seed=0) if needs_teacher else None
+    results: dict[str, list[dict]] = {row: [] for row in rows}
+    ce_runs: dict[int, dict] = {}
+    for seed in args.seeds:
+        for i, row in enumerate(rows):
+            method, method_args = parsed[row]
+            cfg = {**base, "model": args.student, "seed": seed, "method": method, "method_args": method_args}
             if method == "tfkd-self":
-                cfg["teacher"] = results["ce"][-1]["out"]
-            if method == "dkd":
-                cfg["method_args"] = {"warmup": max(1, epochs // 4)}  # the paper's 20-epoch warm-up is for 240 epochs
-            s = _run(work, f"{dataset}-{method}-s{seed}", **cfg)
-            results[method].append(s)
-            print(f"{dataset:9s} {method:9s} seed {seed}: {s['final_acc']:.4f}  {s['seconds'] / epochs:.2f} s/epoch", flush=True)
+                if seed not in ce_runs:
+                    ce_runs[seed] = _run(work, f"{dataset}-ce-for-tfkd-s{seed}", **{**base, "model": args.student, "seed": seed})
+                cfg["teacher"] = ce_runs[seed]["out"]
+            elif method_class(method).needs_teacher:
+                cfg["teacher"] = t["out"]
+            if method == "dkd" and "warmup" not in method_args:
+                cfg["method_args"] = {**method_args, "warmup": max(1, args.epochs // 4)}  # the paper's 20 of 240 epochs
+            s = _run(work, f"{dataset}-{i}-s{seed}", **cfg)
+            if method == "ce" and not method_args:
+                ce_runs.setdefault(seed, s)
+            results[row].append(s)
+            print(f"{dataset:9s} {row:28s} seed {seed}: {s['final_acc']:.4f}  {s['seconds'] / args.epochs:.2f} s/epoch",
+                  flush=True)
     return {"teacher": t, "results": results}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float]) -> str:
+    mean, std = statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return f"{mean:+.4f} ± {std:.4f}" if min(values) < 0 else f"{mean:.4f} ± {std:.4f}"
 
 
-def render(tables: dict, args: argparse.Namespace, seconds: float) -> str:
+def _paired(runs: list[dict], base: list[dict] | None) -> str:
+    if not base:
+        return "–"
+    diffs = [(a["final_acc"] - b["final_acc"]) * 100 for a, b in zip(runs, base)]
+    mean, std = statistics.mean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else 0.0)
+    wins = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return f"{mean:+.2f} ± {std:.2f} ({wins[0]}/{wins[1]})"
+
+
+def render(tables: dict, rows: list[str], args: argparse.Namespace, seconds: float) -> str:
     lines = [
         "# Methods: held-out top-1 accuracy, mean ± std over seeds",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
-        f"torch {torch.__version__}. Seeds {args.seeds}; {args.epochs} epochs; batch 16 (digits) / 32 (synthetic); SGD lr 0.05 cosine; "
-        f"teacher {args.teacher} (seed 0), student {args.student}. Wall time {seconds / 60:.1f} min. "
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), CPU; "
+        f"torch {torch.__version__}. Seeds {args.seeds}; {args.epochs} epochs; batch 16 (digits) / 32 (synthetic); "
+        f"SGD lr 0.05 cosine; teacher {args.teacher} (seed 0), student {args.student}. Wall time {seconds / 60:.1f} min. "
         f"Synthetic: {DATASETS['synthetic']['data_options']}.",
         "",
-        "| method | " + " | ".join(f"{d} acc | {d} s/epoch" for d in tables) + " |",
-        "|---|" + "---:|---:|" * len(tables),
-    ]
-    teacher_row = "| teacher (ce) | " + " | ".join(
-        f"{tables[d]['teacher']['final_acc']:.4f} | {tables[d]['teacher']['seconds'] / args.epochs:.2f}" for d in tables
-    ) + " |"
-    lines.append(teacher_row)
-    for m in METHODS:
-        cells = []
-        for d in tables:
-            runs = tables[d]["results"][m]
-            mean, std = _mean_std([r["final_acc"] for r in runs])
-            cells.append(f"{mean:.4f} ± {std:.4f} | {statistics.mean(r['seconds'] for r in runs) / args.epochs:.2f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "## What the seeds say", ""]
-    for d in tables:
-        acc = {m: _mean_std([r["final_acc"] for r in tables[d]["results"][m]]) for m in METHODS}
-        for a, b in (("drkd", "ce"), ("r2kd", "kd")):
-            (ma, sa), (mb, sb) = acc[a], acc[b]
-            if ma - sa > mb + sb:
-                verdict = "beats"
-            elif ma > mb:
-                verdict = "is ahead of, but within one std of,"
-            else:
-                verdict = "does NOT beat"
-            lines.append(f"- {d}: {a} ({ma:.4f} ± {sa:.4f}) {verdict} {b} ({mb:.4f} ± {sb:.4f}).")
-    lines += [
+        "Δ columns: the per-seed difference to `ce` / `kd` of the same seed, in points, mean ± std "
+        "(seeds ahead / behind).",
         "",
-        "Short CPU runs on small data: differences of a few tenths of a point are within seed noise; the papers' "
-        "claims are for 240-epoch CIFAR-100 / Tiny-ImageNet runs (recipes in `configs/`).",
     ]
-    return "\n".join(lines) + "\n"
+    for d, table in tables.items():
+        res = table["results"]
+        ce, kd = res.get("ce"), res.get("kd")
+        lines += [f"## {d}", "", "| method | top-1 | Δ vs ce (pts) | Δ vs kd (pts) | s/epoch |", "|---|---:|---:|---:|---:|"]
+        if table["teacher"]:
+            t = table["teacher"]
+            lines.append(f"| teacher {args.teacher} (ce, seed 0) | {t['final_acc']:.4f} | – | – | "
+                         f"{t['seconds'] / args.epochs:.2f} |")
+        for row in rows:
+            runs = res[row]
+            lines.append(
+                f"| {row} | {_mean_std([r['final_acc'] for r in runs])} | {_paired(runs, ce if row != 'ce' else None)} "
+                f"| {_paired(runs, kd if row != 'kd' else None)} | {statistics.mean(r['seconds'] for r in runs) / args.epochs:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="digits,synthetic")
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--rows", default=",".join(ROWS), help="methods with options, e.g. 'ce,drkd(teacher=online)'")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--teacher", default="resnet20")
     p.add_argument("--student", default="resnet8")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "methods.md")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = split_rows(args.rows)
+    for row in rows:
+        parse_row(row)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgekd-methods-") as tmp:
-        tables = {
-            d: bench_dataset(Path(tmp), d, args.teacher, args.student, args.epochs, args.seeds)
-            for d in args.datasets.split(",")
-        }
-    text = render(tables, args, time.perf_counter() - start)
+        tables = {d: bench_dataset(Path(tmp), d, rows, args) for d in args.datasets.split(",")}
+    text = render(tables, rows, args, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

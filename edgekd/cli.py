@@ -169,7 +169,7 @@ def train(
 @app.command()
 def distill(
     config: Optional[Path] = ConfigOpt,
-    method: Optional[str] = typer.Option(None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, r2kd or ce (default {_D.method})."),
+    method: Optional[str] = typer.Option(None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, sld, r2kd or ce (default {_D.method})."),
     student: Optional[str] = typer.Option(None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,

@@ -136,7 +136,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     for i, method in enumerate(METHODS):
         _stage(console, 2 + i, total, f"distilling {plan.student} with {method}")
         cfg = {**common, "model": plan.student, "epochs": plan.student_epochs, "method": method, "out": str(out / "students" / method)}
-        if method != "drkd":  # DR-KD's default teacher is the student's own previous-epoch snapshot
+        if method != "drkd":  # DR-KD's default teacher is the student itself
             cfg["teacher"] = str(teacher_dir)
         runs[method] = run_training(load_config(overrides=cfg))
 

@@ -187,3 +187,19 @@ def r2kd_rank_loss(
     ``tau`` in log-probability units, computed ``chunk`` classes at a time (``None``: as memory allows).
     """
     return rank_from_logprobs(F.log_softmax(z_s / T, dim=1), F.log_softmax(z_t / T, dim=1), mode, tau, chunk)
+
+
+def sld_loss(
+    z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, temperatures: list[float], z_self: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Swapped Logit Distillation (Limantoro et al. 2025), the KD term of one view, without its outer weight:
+    Σ_T T²·KL(softmax(swap(z_t)/T) ‖ softmax(z_s/T)), plus, when ``z_self`` is given, the same sum with the
+    student's own swapped logits swap(z_self) as a second target (detached: a target, not a path for gradient).
+
+    swap is DR-KD's rectification (``drkd_rectify``): where the logits' top class is wrong, its value and the true
+    class's trade places. The sum over several temperatures is the paper's prediction augmentation.
+    """
+    targets = [drkd_rectify(z_t, y)]
+    if z_self is not None:
+        targets.append(drkd_rectify(z_self.detach(), y))
+    return sum(kd_loss(z_s, t, T) for t in targets for T in temperatures)

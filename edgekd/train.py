@@ -212,7 +212,7 @@ class _Run:
         teacher = load_teacher(cfg, self.bundle)
         # what summary.json and model.json name as the teacher
         self.teacher_label = cfg.teacher or getattr(teacher, "edgekd_source", None) or (
-            "self (previous-epoch snapshot)" if cfg.method == "drkd" and teacher is None else None)
+            cls.teacher_label(cfg.method_args) if teacher is None else None)
         if teacher is None and cls.wants_self_teacher(cfg.method_args):
             teacher = self._train_self_teacher()
             self.teacher_label = str(self.out / "teacher")
@@ -220,7 +220,7 @@ class _Run:
             student = self._make_student()
         self.method = build_method(
             cfg.method, student, teacher, cfg.method_args, num_classes=self.bundle.num_classes, rectify=cfg.rectify,
-            input_shape=self.bundle.input_size,
+            input_shape=self.bundle.input_size, epochs=cfg.epochs,
         ).to(device)
         self.channels_last = cfg.channels_last and device.type == "cuda"
         if self.channels_last:

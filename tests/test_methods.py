@@ -9,9 +9,9 @@ from scipy.special import softmax as np_softmax
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.losses import dkd_loss, drkd_rectify, kd_loss, r2kd_rank_loss, r2kd_value_loss
+from edgekd.losses import dkd_loss, drkd_rectify, kd_loss, r2kd_rank_loss, r2kd_value_loss, sld_loss
 from edgekd.methods import build_method, list_methods, method_class
-from edgekd.methods.r2kd import AUGMENTATIONS, BatchAutoAugment
+from edgekd.methods.augment import AUGMENTATIONS, BatchAutoAugment, augmented_view
 from edgekd.prune import prune_model
 
 C, B = 5, 6
@@ -57,7 +57,7 @@ def same(a: dict, b: dict) -> bool:
 
 EXPECTED_TERMS = {
     "ce": {"ce"}, "lsr": {"ce"}, "kd": {"ce", "kd"}, "dist": {"ce", "kd"}, "dkd": {"ce", "kd"},
-    "tfkd-self": {"ce", "kd"}, "tfkd-reg": {"ce", "kd"}, "drkd": {"ce", "kd"}, "r2kd": {"ce", "value", "rank"},
+    "tfkd-self": {"ce", "kd"}, "tfkd-reg": {"ce", "kd"}, "drkd": {"ce", "kd"}, "r2kd": {"ce", "value", "rank"}, "sld": {"ce", "kd"},
 }
 
 
@@ -94,7 +94,7 @@ def test_step_trains_the_student_only(name):
         assert not m.training, n
         assert not any(p.requires_grad for p in m.parameters()), n
         assert all(p.grad is None for p in m.parameters()), n
-    if name in ("kd", "dist", "dkd", "r2kd", "tfkd-self", "drkd"):
+    if name in ("kd", "dist", "dkd", "r2kd", "tfkd-self", "sld") or (name == "drkd" and method.args["teacher"] == "snapshot"):
         assert method.teacher is not None
         assert not any(isinstance(m, nn.BatchNorm2d) for m in method.teacher.modules())  # conv-bn folded
 
@@ -165,8 +165,8 @@ def test_tfkd_self_scales_kd_like_the_release():
         build_method("tfkd-self", tiny_cnn(8), tiny_cnn(16), num_classes=C)
 
 
-def test_drkd_dynamic_snapshot():
-    method = make("drkd")
+def test_drkd_snapshot_teacher():
+    method = make("drkd", {"teacher": "snapshot"})
     x, y = batch()
     method.train()
     method.on_epoch_start(0)
@@ -202,7 +202,7 @@ def test_drkd_dynamic_snapshot():
 def test_drkd_teacher_modes_are_validated():
     with pytest.raises(EdgeKDError, match="pretrained needs"):
         build_method("drkd", tiny_cnn(), None, {"teacher": "pretrained"}, num_classes=C)
-    with pytest.raises(EdgeKDError, match="dynamic makes its own"):
+    with pytest.raises(EdgeKDError, match=r"(online|snapshot) makes its own"):
         build_method("drkd", tiny_cnn(), tiny_cnn(seed=3), num_classes=C)
     with pytest.raises(EdgeKDError, match="copy of the student"):
         build_method("drkd", tiny_cnn(8), tiny_cnn(16), {"teacher": "pretrained"}, num_classes=C)
@@ -317,20 +317,19 @@ def test_batch_autoaugment_undoes_the_normalisation_exactly():
 def test_r2kd_cutout_erases_one_quarter_side_square():
     method = make("r2kd", {"augment": "cutout"})
     x, y = batch()
-    views = method._views(x, y)
-    assert torch.equal(views[:B], x)
-    changed = (views[B:] != x).any(dim=1)  # (B, H, W)
+    aug = augmented_view(method.augment, x, y)
+    changed = (aug != x).any(dim=1)  # (B, H, W)
     assert torch.equal(changed[0], changed[-1])  # one hole for the whole batch, as the release
     rows, cols = changed[0].nonzero().unbind(1)
     assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (4, 4)
-    assert (views[B:][:, :, rows, cols] == 0).all()
+    assert (aug[:, :, rows, cols] == 0).all()
 
 
 def test_r2kd_cutmix_pastes_patches_from_the_batch():
     method = make("r2kd")
     torch.manual_seed(0)
     x, y = batch()
-    mixed = method._views(x, y)[B:]
+    mixed = augmented_view(method.augment, x, y)
     for i in range(B):
         diff = (mixed[i] != x[i]).any(0)
         if diff.any():
@@ -338,3 +337,119 @@ def test_r2kd_cutmix_pastes_patches_from_the_batch():
             assert donors and i not in donors
     assert not torch.equal(mixed, x)
 
+
+
+def np_swap(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The paper's swap, written out: where the top class is not the label, the two logits trade places."""
+    out = z.copy()
+    for i, (row, label) in enumerate(zip(z, y)):
+        top = int(np.argmax(row))
+        if top != label:
+            out[i, top], out[i, label] = row[label], row[top]
+    return out
+
+
+def np_kd(z_s: np.ndarray, z_t: np.ndarray, T: float) -> float:
+    """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the batch."""
+    lp_s, lp_t = np_log_softmax(z_s / T, axis=1), np_log_softmax(z_t / T, axis=1)
+    return float((np.exp(lp_t) * (lp_t - lp_s)).sum(1).mean() * T * T)
+
+
+def test_sld_loss_matches_the_papers_definition_on_random_logits():
+    g = torch.Generator().manual_seed(3)
+    z_s, z_t = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3, torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 10, (8,), generator=g)
+    s, t, labels = z_s.numpy(), z_t.numpy(), y.numpy()
+    temps = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    teacher_only = sum(np_kd(s, np_swap(t, labels), T) for T in temps)
+    both = teacher_only + sum(np_kd(s, np_swap(s, labels), T) for T in temps)
+    assert (np.argmax(t, 1) != labels).any() and (np.argmax(s, 1) != labels).any()  # the swaps matter
+    assert sld_loss(z_s, z_t, y, temps).item() == pytest.approx(teacher_only, rel=1e-9)
+    z_s.requires_grad_(True)
+    loss = sld_loss(z_s, z_t, y, temps, z_self=z_s)
+    assert loss.item() == pytest.approx(both, rel=1e-9)
+    loss.backward()  # the self target is detached: gradient flows through the prediction only
+    manual = z_s.detach().clone().requires_grad_(True)
+    (sld_loss(manual, z_t, y, temps) + sum(kd_loss(manual, drkd_rectify(z_s.detach(), y), T) for T in temps)).backward()
+    assert torch.allclose(z_s.grad, manual.grad)
+
+
+def test_sld_adds_the_students_own_swapped_target_from_self_start_on():
+    student, teacher = tiny_cnn(8, seed=0), tiny_cnn(16, seed=2)
+    method = build_method("sld", student, teacher, {"augment": "none"}, num_classes=C, epochs=8)
+    assert method.self_epoch == 5  # ceil(0.625 * 8): the release's epoch 150 of 240
+    method.eval()
+    x, y = batch()
+    temps = [float(t) for t in range(1, 7)]
+    early_logits, early = method.forward_train(x, y, epoch=4)
+    late_logits, late = method.forward_train(x, y, epoch=5)
+    with torch.no_grad():
+        z_t = method.teacher(x)
+    assert early["kd"].item() == pytest.approx(0.9 * sld_loss(early_logits, z_t, y, temps).item(), rel=1e-5)
+    assert late["kd"].item() == pytest.approx(0.9 * sld_loss(late_logits, z_t, y, temps, late_logits).item(), rel=1e-5)
+    assert late["kd"].item() > early["kd"].item()
+    assert early["ce"].item() == pytest.approx(0.1 * F.cross_entropy(early_logits, y).item(), rel=1e-5)
+    with pytest.raises(EdgeKDError, match="drop --rectify"):
+        build_method("sld", tiny_cnn(8), tiny_cnn(16), num_classes=C, rectify=True)
+
+
+def test_sld_student_sees_weak_and_strong_views_in_separate_calls():
+    method = make("sld")
+    method.train()
+    calls = {n: CountCalls(getattr(method, n)) for n in ("student", "teacher")}
+    x, y = batch()
+    logits, terms = method.forward_train(x, y, epoch=0)
+    assert {n: c.sizes for n, c in calls.items()} == {"student": [B, B], "teacher": [2 * B]}
+    with torch.no_grad():
+        assert torch.allclose(logits, method.student(x), atol=1e-6)  # the weak (as loaded) view's logits
+    # both views' CE: more than the weak view's alone unless the strong view is free of error
+    assert terms["ce"].item() > 0.1 * F.cross_entropy(logits, y).item() - 1e-6
+
+
+def test_r2kd_release_preset_is_the_authors_objective_and_options_override_it():
+    method = make("r2kd", {"preset": "release", "augment": "none"})
+    assert (method.args["rank"], method.args["prune"], method.args["prune_ratio"]) == ("hard", "l1-unstructured", 0.1)
+    for m in method.pruned_teacher.modules():
+        if isinstance(m, nn.Conv2d):  # unstructured: the shapes stay, a tenth of the weights are zero
+            assert (m.weight == 0).float().mean().item() == pytest.approx(0.1, abs=0.02)
+    x, y = batch()
+    _, terms = method.forward_train(x, y, epoch=0)
+    assert not terms["rank"].requires_grad  # hard ranks pass no gradient, as in the release
+    assert make("r2kd").args["rank"] == "soft"
+    assert make("r2kd", {"preset": "release", "rank": "soft"}).args["rank"] == "soft"
+    with pytest.raises(EdgeKDError, match="preset must be one of"):
+        make("r2kd", {"preset": "paper"})
+
+
+def test_drkd_weight_schedules():
+    def weights(args, epochs=10):
+        m = build_method("drkd", tiny_cnn(), None, args, num_classes=C, epochs=epochs)
+        return [round(m.weight(e), 6) for e in range(epochs)]
+
+    assert weights({"schedule": "constant", "alpha": 0.5}) == [0.5] * 10
+    assert weights({"schedule": "linear", "alpha": 0.8}) == [round(0.08 * (e + 1), 6) for e in range(10)]  # PS-KD
+    assert weights({"schedule": "constant", "alpha": 0.5, "start": 0.3}) == [0.0] * 3 + [0.5] * 7
+    assert weights({"schedule": "linear", "alpha": 0.8, "start": 0.5}) == [0.0] * 5 + [0.16, 0.32, 0.48, 0.64, 0.8]
+    m = build_method("drkd", tiny_cnn(), None, {"alpha": 0.8}, num_classes=C, epochs=4)
+    assert m.weight(7) == 0.8  # a resumed run trained past its planned length keeps the full weight, no more
+    with pytest.raises(EdgeKDError, match="schedule must be one of"):
+        weights({"schedule": "cosine"})
+
+
+def test_drkd_online_target_is_the_students_own_rectified_logits():
+    method = build_method("drkd", tiny_cnn(), None, {"teacher": "online", "alpha": 0.5, "schedule": "constant"},
+                          num_classes=C)
+    assert method.teacher is None and method.teacher_label(method.args) == "self (own logits, same forward)"
+    method.eval()
+    x, y = batch()
+    logits, terms = method.forward_train(x, y, epoch=0)
+    target = drkd_rectify(logits.detach(), y)
+    assert terms["kd"].item() == pytest.approx(0.5 * kd_loss(logits, target, 4.0).item(), rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(0.5 * F.cross_entropy(logits, y).item(), rel=1e-5)
+    # the KD term's gradient: none for samples the student gets right, some for those it gets wrong
+    z = logits.detach().clone().requires_grad_(True)
+    kd_loss(z, drkd_rectify(z.detach(), y), 4.0).backward()
+    right = z.detach().argmax(1) == y
+    assert (~right).any()
+    assert torch.allclose(z.grad[right], torch.zeros_like(z.grad[right]), atol=1e-7)
+    assert (z.grad[~right].abs().sum(1) > 1e-4).all()

@@ -133,11 +133,15 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
         run_training(_cfg(tmp_path, "c", epochs=2, resume=True), show_progress=False)
 
 
-def test_drkd_names_its_own_snapshot_as_the_teacher_after_several_epochs(tmp_path):
-    summary = run_training(_cfg(tmp_path, "drkd", method="drkd", epochs=2, image_size=16), show_progress=False)
-    assert summary["teacher"] == "self (previous-epoch snapshot)"  # it said <out>/teacher, a folder never written
-    assert json.loads((tmp_path / "drkd" / "model.json").read_text())["teacher"] == "self (previous-epoch snapshot)"
+@pytest.mark.parametrize("mode, label", [("snapshot", "self (previous-epoch snapshot)"),
+                                         ("online", "self (own logits, same forward)")])
+def test_drkd_names_its_own_self_teacher(tmp_path, mode, label):
+    cfg = _cfg(tmp_path, "drkd", method="drkd", method_args={"teacher": mode}, epochs=2, image_size=16)
+    summary = run_training(cfg, show_progress=False)
+    assert summary["teacher"] == label  # it once said <out>/teacher, a folder never written
+    assert json.loads((tmp_path / "drkd" / "model.json").read_text())["teacher"] == label
     assert not (tmp_path / "drkd" / "teacher").exists()
+    assert {"ce", "kd"} <= set(json.loads((tmp_path / "drkd" / "metrics.jsonl").read_text().splitlines()[-1])["losses"])
 
 
 def test_a_teacher_trained_on_other_data_or_another_size_is_refused(tmp_path):

@@ -6,6 +6,7 @@ dict of named loss terms; the trainer sums the terms, logs each by name, and ste
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -84,13 +85,16 @@ def build_method(
     num_classes: int,
     rectify: bool = False,
     input_shape: tuple[int, int, int] | None = None,
+    epochs: int = 1,
 ) -> "Method":
     """Instantiate a registered method; unknown names, unknown options and a missing teacher are user errors.
 
     ``input_shape`` is one sample's (C, H, W); methods that build a network from the teacher (r2kd) need it.
+    ``epochs`` is the run's length, for methods whose loss changes with training progress (drkd, sld).
     """
     cls = check_teacher_given(name, teacher is not None, rectify)
-    return cls(student, teacher, args or {}, num_classes=num_classes, rectify=rectify, input_shape=input_shape)
+    return cls(student, teacher, args or {}, num_classes=num_classes, rectify=rectify, input_shape=input_shape,
+               epochs=epochs)
 
 
 def frozen_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +140,11 @@ class Method(nn.Module):
         """True when the teacher is a CE-trained copy of the student, which the trainer trains first if none is given."""
         return False
 
+    @classmethod
+    def teacher_label(cls, args: dict[str, Any]) -> str | None:
+        """What summary.json names as the teacher when the method makes its own from the student (else None)."""
+        return None
+
     def __init__(
         self,
         student: nn.Module,
@@ -145,6 +154,7 @@ class Method(nn.Module):
         num_classes: int,
         rectify: bool = False,
         input_shape: tuple[int, int, int] | None = None,
+        epochs: int = 1,
     ) -> None:
         super().__init__()
         self.args = {**self.defaults, **self.check_args(args)}
@@ -153,6 +163,7 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.rectify = rectify
         self.input_shape = input_shape
+        self.epochs = max(1, epochs)
 
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
@@ -175,6 +186,10 @@ class Method(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook run before each epoch (0-based); DR-KD takes its teacher snapshot here."""
+
+    def first_epoch_of(self, fraction: float) -> int:
+        """The first (0-based) epoch at or past ``fraction`` of the run: 150 of 240 for 0.625, 0 for 0."""
+        return math.ceil(fraction * self.epochs - 1e-9)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -1,11 +1,25 @@
 """DR-KD (Amik et al. 2022): the student distils from itself, through rectified teacher logits.
 
-Rectification swaps the teacher's wrong top logit with the true class's, so the true class leads and the
-rest of the distribution keeps its shape; it is always on here. Teacher modes:
+Rectification swaps the teacher's wrong top logit with the true class's, so the true class leads and the rest of
+the distribution keeps its shape; it is always on here. The loss is (1 - w)·CE + w·T²·KL(rectified self ‖ student).
 
-- ``dynamic`` (default): before each epoch e >= 1 the teacher becomes a frozen, eval-mode snapshot of the
-  student as it ended epoch e - 1; epoch 0 trains with CE alone. No extra training run.
+Teacher modes (``teacher``), the two readings of the paper's "dynamic" self-teacher plus a supplied one:
+
+- ``online`` (default): the student's own logits from the same forward, detached and rectified; no extra forward and no
+  copy. Where the student is right the target is its own prediction and the KD term has no gradient; where it is
+  wrong the term pulls the true class up and the wrongly leading class down, with the other classes held where the
+  student itself puts them.
+- ``snapshot`` (``dynamic``, its former name and default): before each epoch e >= 1 the teacher becomes a frozen, eval-mode
+  copy of the student as it ended epoch e - 1; epoch 0 trains with CE alone.
 - ``pretrained``: a CE-trained copy of the student's architecture, supplied (or trained first) by the trainer.
+
+The self-target's weight w follows ``schedule``: ``constant`` (alpha throughout) or ``linear`` (grows to alpha at
+the last epoch, as progressive self-distillation, PS-KD, does), and is 0 before ``start`` (a fraction of the
+run), so an early, still-weak self-teacher cannot outweigh the labels.
+
+Defaults (online, linear, alpha 0.9, T 4) are the best of the variants measured side by side in
+``benchmarks/results/drkd-screen.md`` and cost no extra forward; the former default (snapshot, constant 0.9) was
+the worst there. No variant measured so far reaches plain cross-entropy on the synthetic set.
 """
 
 from __future__ import annotations
@@ -21,41 +35,64 @@ from edgekd.methods.base import FRACTION, POSITIVE, Method, frozen_forward, one_
 from edgekd.methods.tfkd import check_self_teacher
 from edgekd.models.freeze import freeze_for_inference
 
-TEACHER_MODES = ("dynamic", "pretrained")
+TEACHER_MODES = ("online", "snapshot", "dynamic", "pretrained")
+SCHEDULES = ("constant", "linear")
 
 
 @register_method("drkd")
 class DRKD(Method):
     needs_teacher = False  # depends on the mode; checked in __init__
     uses_teacher = True
-    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "dynamic"}
-    rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES)}
+    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0}
+    rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES), "schedule": one_of(*SCHEDULES),
+             "start": (lambda v: 0 <= v < 1, "in [0, 1)")}
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
         return args.get("teacher", cls.defaults["teacher"]) == "pretrained"
 
+    @classmethod
+    def teacher_label(cls, args: dict[str, Any]) -> str | None:
+        mode = args.get("teacher", cls.defaults["teacher"])
+        if mode == "online":
+            return "self (own logits, same forward)"
+        return "self (previous-epoch snapshot)" if mode in ("snapshot", "dynamic") else None
+
     def __init__(self, student, teacher, args, **options) -> None:
         super().__init__(student, teacher, args, **options)
-        if self.args["teacher"] == "pretrained":
+        mode = self.args["teacher"]
+        if mode == "pretrained":
             if teacher is None:
                 raise EdgeKDError("drkd with teacher: pretrained needs a CE-trained student: pass --teacher RUN_DIR")
             check_self_teacher(self.name, student, teacher)
         elif teacher is not None:
-            raise EdgeKDError("drkd with teacher: dynamic makes its own teacher from the student; drop --teacher, "
+            raise EdgeKDError(f"drkd with teacher: {mode} makes its own teacher from the student; drop --teacher, "
                               "or set method_args teacher: pretrained to distil from the given run")
+        self.start_epoch = self.first_epoch_of(self.args["start"])
+
+    def weight(self, epoch: int) -> float:
+        """The self-target's weight w in epoch ``epoch`` (0-based)."""
+        if epoch < self.start_epoch:
+            return 0.0
+        if self.args["schedule"] == "linear":
+            return self.args["alpha"] * min(1.0, (epoch - self.start_epoch + 1) / (self.epochs - self.start_epoch))
+        return self.args["alpha"]
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Dynamic mode: refresh the snapshot from the student as it is now, i.e. at the end of epoch - 1."""
-        if self.args["teacher"] != "dynamic" or epoch < 1:
-            return
-        self.teacher = freeze_for_inference(self.student)
+        """Snapshot mode: refresh the teacher from the student as it is now, i.e. at the end of epoch - 1."""
+        if self.args["teacher"] in ("snapshot", "dynamic") and epoch >= max(1, self.start_epoch):
+            self.teacher = freeze_for_inference(self.student)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         logits = self.student(x)
         ce = F.cross_entropy(logits, y)
-        if self.teacher is None:
+        w = self.weight(epoch)
+        if self.args["teacher"] == "online":
+            z_t = logits.detach()
+        elif self.teacher is None:
+            w = 0.0
+        else:
+            z_t = frozen_forward(self.teacher, x)
+        if w == 0.0:
             return logits, {"ce": ce}
-        a, T = self.args["alpha"], self.args["T"]
-        z_t = drkd_rectify(frozen_forward(self.teacher, x), y)
-        return logits, {"ce": (1 - a) * ce, "kd": a * kd_loss(logits, z_t, T)}
+        return logits, {"ce": (1 - w) * ce, "kd": w * kd_loss(logits, drkd_rectify(z_t, y), self.args["T"])}

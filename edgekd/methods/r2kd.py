@@ -4,48 +4,27 @@ on the clean batch and an augmented view of it.
 Target logits z_T' = w·z_T + (1 - w)·z_Pr. The loss is CE(z_s(x), y) + Σ over views v in {x, x'} of
 w_v·L_val(v) + w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, when the method is built
 (the structured pruner traces the network on an input of the data's shape), from the teacher as trained, then
-frozen like the teacher (eval mode, conv-bn folded) and never fine-tuned. For speed the student, the teacher
-and the pruned teacher each run once on cat([x, x']) instead of twice per view as the authors' release does;
-the student's BatchNorm therefore normalises over both views.
+frozen like the teacher (eval mode, conv-bn folded) and never fine-tuned. The eval-mode teachers run once on
+cat([x, x']); the student sees each view in its own call, as in the authors' release.
+
+``preset=release`` is the authors' objective exactly: hard argsort ranks for the student too (the rank term then
+passes no gradient) and L1-unstructured pruning of 0.1 of every Conv/Linear weight. The default (``edgekd``)
+uses differentiable soft ranks and structured pruning. Options given alongside a preset override it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, rank_from_logprobs, value_from_probs
+from edgekd.methods.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, augmented_view, batch_augment
 from edgekd.methods.base import FRACTION, NON_NEGATIVE, POSITIVE, Method, frozen_forward, one_of, register_method
 from edgekd.models.freeze import freeze_for_inference
 from edgekd.prune import PRUNE_METHODS, prune_model
 
-AUGMENTATIONS = ("cutmix", "mixup", "cutout", "autoaugment", "none")
-AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")  # torchvision's AutoAugmentPolicy, by lower-case name
-
-
-class BatchAutoAugment(nn.Module):
-    """torchvision AutoAugment on a batch that is already normalised float.
-
-    AutoAugment works on uint8 pixels, so each channel is mapped affinely to [0, 255] with the batch's own
-    per-channel minimum and maximum, quantised, augmented, and mapped back by the exact inverse. For a batch
-    of 8-bit images that spans black to white in every channel (nearly any real batch) this is exactly
-    undoing (pixel / 255 - mean) / std, with no need to know the dataset's mean and std. One sub-policy is
-    drawn per call and applied to the whole batch, as in the authors' release.
-    """
-
-    def __init__(self, policy: str = "cifar10") -> None:
-        from torchvision.transforms import v2
-
-        super().__init__()
-        self.augment = v2.AutoAugment(v2.AutoAugmentPolicy[policy.upper()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lo = x.amin(dim=(0, 2, 3), keepdim=True)
-        span = (x.amax(dim=(0, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
-        pixels = ((x - lo) / span * 255).round().to(torch.uint8)
-        return self.augment(pixels).to(x.dtype) / 255 * span + lo
+PRESETS = {"edgekd": {}, "release": {"rank": "hard", "prune": "l1-unstructured", "prune_ratio": 0.1}}
 
 
 @register_method("r2kd")
@@ -63,6 +42,7 @@ class R2KD(Method):
         "autoaugment_policy": "cifar10",
         "prune": "structured",
         "prune_ratio": 0.1,
+        "preset": "edgekd",
     }
     rules = {
         "teacher_weight": FRACTION,
@@ -75,50 +55,29 @@ class R2KD(Method):
         "autoaugment_policy": one_of(*AUTOAUGMENT_POLICIES),
         "prune": one_of(*PRUNE_METHODS),
         "prune_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "preset": one_of(*PRESETS),
     }
 
     def __init__(self, student, teacher, args, **options) -> None:
         super().__init__(student, teacher, args, **options)
-        a = self.args
+        self.args = a = {**self.args, **PRESETS[self.args["preset"]], **self.check_args(args)}
         if self.input_shape is None:
             raise EdgeKDError("r2kd needs input_shape (C, H, W) to prune its teacher; pass it to build_method")
-        self.augment = self._make_augment(a["augment"], a["autoaugment_policy"], self.num_classes)
+        self.augment = batch_augment(a["augment"], a["autoaugment_policy"], self.num_classes)
         # prune the unfolded teacher: magnitude importance must see the conv weights as trained, not BN-scaled
         example = torch.zeros(1, *self.input_shape, device=next(teacher.parameters()).device)
         self.pruned_teacher = freeze_for_inference(prune_model(teacher.eval(), a["prune_ratio"], a["prune"], example))
-
-    @staticmethod
-    def _make_augment(kind: str, policy: str, num_classes: int):
-        from torchvision.transforms import v2  # imported on use: it costs seconds and only r2kd needs it
-
-        if kind == "cutmix":
-            return v2.CutMix(num_classes=num_classes, alpha=1.0)
-        if kind == "mixup":
-            return v2.MixUp(num_classes=num_classes, alpha=0.2)  # the release's mixup alpha
-        if kind == "cutout":
-            # One square hole a quarter of the side (8 px at 32 px, as the release), zero = the mean colour.
-            return v2.RandomErasing(p=1.0, scale=(1 / 16, 1 / 16), ratio=(1.0, 1.0), value=0.0)
-        if kind == "autoaugment":
-            return BatchAutoAugment(policy)
-        return None  # "none": one view only
 
     def train(self, mode: bool = True) -> "R2KD":
         super().train(mode)
         self.pruned_teacher.eval()
         return self
 
-    def _views(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.augment is None:
-            return x
-        if self.args["augment"] in ("cutmix", "mixup"):  # batch mixers take the labels and mix them too
-            return torch.cat([x, self.augment(x, y)[0]])
-        return torch.cat([x, self.augment(x)])
-
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a = self.args
         b, T, w = x.shape[0], a["T"], a["teacher_weight"]
         with torch.no_grad():
-            views = self._views(x, y)
+            views = x if self.augment is None else torch.cat([x, augmented_view(self.augment, x, y)])
         target = w * frozen_forward(self.teacher, views) + (1 - w) * frozen_forward(self.pruned_teacher, views)
         if self.rectify:  # only the clean half has a label to rectify against
             target[:b] = drkd_rectify(target[:b], y)
