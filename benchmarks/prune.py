@@ -124,7 +124,8 @@ def render(cases: list[dict], lat: dict[str, float], args: argparse.Namespace, s
             if (case["arch"], case["dataset"], keep) == ("resnet20", "digits", 0.5):
                 gap, speedup = -statistics.mean(deltas), base_int8 / int8
                 verdicts = [
-                    f"- recovered within {TARGETS['points_within']:g} point of unpruned: {gap:+.2f} points below "
+                    f"- recovered within {TARGETS['points_within']:g} point of unpruned: "
+                    f"{abs(gap):.2f} points {'below' if gap >= 0 else 'above'} "
                     f"({'met' if gap <= TARGETS['points_within'] else 'NOT met'})",
                     f"- INT8 batch-1 p50 vs the unpruned INT8: {speedup:.2f}x (target >= {TARGETS['int8_speedup']}x: "
                     f"{'met' if speedup >= TARGETS['int8_speedup'] else 'NOT met'})",
