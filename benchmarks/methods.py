@@ -78,7 +78,7 @@ def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Name
             cfg = {**base, "model": args.student, "seed": seed, "method": method, "method_args": method_args}
             if method == "tfkd-self":
                 if seed not in ce_runs:
-                    ce_runs[seed] = _run(work, f"{dataset}-ce-for-tfkd-s{seed}", **{**base, "model": args.student, "seed": seed})
+                    ce_runs[seed] = _run(work, f"{dataset}-ce-for-tfkd-s{seed}", **base, model=args.student, seed=seed)
                 cfg["teacher"] = ce_runs[seed]["out"]
             elif method_class(method).needs_teacher:
                 cfg["teacher"] = t["out"]
@@ -113,7 +113,8 @@ def render(tables: dict, rows: list[str], args: argparse.Namespace, seconds: flo
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), CPU; "
         f"torch {torch.__version__}. Seeds {args.seeds}; {args.epochs} epochs; batch 16 (digits) / 32 (synthetic); "
-        f"SGD lr 0.05 cosine; teacher {args.teacher} (seed 0), student {args.student}. Wall time {seconds / 60:.1f} min. "
+        f"SGD lr 0.05 cosine; teacher {args.teacher} (seed 0), student {args.student}. "
+        f"Wall time {seconds / 60:.1f} min. "
         f"Synthetic: {DATASETS['synthetic']['data_options']}.",
         "",
         "Δ columns: the per-seed difference to `ce` / `kd` of the same seed, in points, mean ± std "
@@ -123,16 +124,18 @@ def render(tables: dict, rows: list[str], args: argparse.Namespace, seconds: flo
     for d, table in tables.items():
         res = table["results"]
         ce, kd = res.get("ce"), res.get("kd")
-        lines += [f"## {d}", "", "| method | top-1 | Δ vs ce (pts) | Δ vs kd (pts) | s/epoch |", "|---|---:|---:|---:|---:|"]
+        lines += [f"## {d}", "", "| method | top-1 | Δ vs ce (pts) | Δ vs kd (pts) | s/epoch |",
+                  "|---|---:|---:|---:|---:|"]
         if table["teacher"]:
             t = table["teacher"]
             lines.append(f"| teacher {args.teacher} (ce, seed 0) | {t['final_acc']:.4f} | – | – | "
                          f"{t['seconds'] / args.epochs:.2f} |")
         for row in rows:
             runs = res[row]
+            per_epoch = statistics.mean(r["seconds"] for r in runs) / args.epochs
             lines.append(
                 f"| {row} | {_mean_std([r['final_acc'] for r in runs])} | {_paired(runs, ce if row != 'ce' else None)} "
-                f"| {_paired(runs, kd if row != 'kd' else None)} | {statistics.mean(r['seconds'] for r in runs) / args.epochs:.2f} |"
+                f"| {_paired(runs, kd if row != 'kd' else None)} | {per_epoch:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)

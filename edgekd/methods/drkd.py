@@ -1,16 +1,17 @@
 """DR-KD (Amik et al. 2022): the student distils from itself, through rectified teacher logits.
 
-Rectification swaps the teacher's wrong top logit with the true class's, so the true class leads and the rest of
-the distribution keeps its shape; it is always on here. The loss is (1 - w)·CE + w·T²·KL(rectified self ‖ student).
+Rectification swaps the teacher's wrong top logit with the true class's, so the true class leads and the rest
+of the distribution keeps its shape; it is always on here. The loss is (1 - w)·CE + w·T²·KL(rectified self ‖
+student).
 
 Teacher modes (``teacher``), the two readings of the paper's "dynamic" self-teacher plus a supplied one:
 
-- ``online`` (default): the student's own logits from the same forward, detached and rectified; no extra forward and no
-  copy. Where the student is right the target is its own prediction and the KD term has no gradient; where it is
-  wrong the term pulls the true class up and the wrongly leading class down, with the other classes held where the
-  student itself puts them.
-- ``snapshot`` (``dynamic``, its former name and default): before each epoch e >= 1 the teacher becomes a frozen, eval-mode
-  copy of the student as it ended epoch e - 1; epoch 0 trains with CE alone.
+- ``online`` (default): the student's own logits from the same forward, detached and rectified; no extra forward
+  and no copy. Where the student is right the target is its own prediction and the KD term has no gradient; where
+  it is wrong the term pulls the true class up and the wrongly leading class down, with the other classes held
+  where the student itself puts them.
+- ``snapshot`` (``dynamic``, its former name and default): before each epoch e >= 1 the teacher becomes a frozen,
+  eval-mode copy of the student as it ended epoch e - 1; epoch 0 trains with CE alone.
 - ``pretrained``: a CE-trained copy of the student's architecture, supplied (or trained first) by the trainer.
 
 The self-target's weight w follows ``schedule``: ``constant`` (alpha throughout) or ``linear`` (grows to alpha at

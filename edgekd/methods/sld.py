@@ -51,7 +51,7 @@ class SLD(Method):
         a = self.args
         self.augment = batch_augment(a["augment"], a["autoaugment_policy"], self.num_classes)
         self.temperatures = [float(t) for t in range(1, a["max_T"] + 1)]
-        self.self_epoch = self.first_epoch_of(a["self_start"]) if a["self_start"] < 1 else self.epochs
+        self.self_epoch = self.first_epoch_of(a["self_start"])  # 1.0: never (the epoch after the last)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a, b = self.args, x.shape[0]
