@@ -56,3 +56,8 @@ def augmented_view(augment: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
     if isinstance(augment, (v2.CutMix, v2.MixUp)):
         return augment(x, y)[0]
     return augment(x)
+
+
+def with_augmented_view(augment: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """cat([x, augmented x]) for the teachers' single call, or ``x`` alone when there is no augmentation."""
+    return x if augment is None else torch.cat([x, augmented_view(augment, x, y)])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, rank_from_logprobs, value_from_probs
-from edgekd.methods.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, augmented_view, batch_augment
+from edgekd.methods.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, batch_augment, with_augmented_view
 from edgekd.methods.base import FRACTION, NON_NEGATIVE, POSITIVE, Method, frozen_forward, one_of, register_method
 from edgekd.models.freeze import freeze_for_inference
 from edgekd.prune import PRUNE_METHODS, prune_model
@@ -77,7 +77,7 @@ class R2KD(Method):
         a = self.args
         b, T, w = x.shape[0], a["T"], a["teacher_weight"]
         with torch.no_grad():
-            views = x if self.augment is None else torch.cat([x, augmented_view(self.augment, x, y)])
+            views = with_augmented_view(self.augment, x, y)
         target = w * frozen_forward(self.teacher, views) + (1 - w) * frozen_forward(self.pruned_teacher, views)
         if self.rectify:  # only the clean half has a label to rectify against
             target[:b] = drkd_rectify(target[:b], y)

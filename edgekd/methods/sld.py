@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import sld_loss
-from edgekd.methods.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, augmented_view, batch_augment
+from edgekd.methods.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, batch_augment, with_augmented_view
 from edgekd.methods.base import FRACTION, NON_NEGATIVE, Method, frozen_forward, one_of, register_method
 
 
@@ -56,7 +56,7 @@ class SLD(Method):
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a, b = self.args, x.shape[0]
         with torch.no_grad():
-            views = x if self.augment is None else torch.cat([x, augmented_view(self.augment, x, y)])
+            views = with_augmented_view(self.augment, x, y)
         z_t = frozen_forward(self.teacher, views)
         own = epoch >= self.self_epoch
         ce = kd = x.new_zeros(())
