@@ -1,11 +1,14 @@
-"""Load test of `edgekd serve` on loopback, side by side with the raw runtime and a naive FastAPI handler.
+"""Load test of `edgekd serve` on loopback, side by side with the raw runtime, a naive FastAPI handler and LitServe.
 
-    python benchmarks/serve_load.py EXPORT_DIR [--rounds 5] [--seconds 4] [--soak-seconds 60] [--out benchmarks/results/serve.md]
+    uv run --all-extras --group bench python benchmarks/serve_load.py EXPORT_DIR [--rounds 5] [--seconds 4] \
+        [--soak-seconds 60] [--out benchmarks/results/serve.md]
 
 Measures, for 1, 4 and 16 closed-loop clients (each with one keep-alive connection, posting digit PNGs):
 (a) the runtime called in-process (batch 1, one thread per client), (b) a naive FastAPI app that runs one
-inference per request in FastAPI's thread pool with the same preprocessing, (c) our batching server.
-The three are measured in interleaved rounds and each number is the median over the rounds. Then cold
+inference per request in FastAPI's thread pool with the same preprocessing, (c) LitServe (the `bench`
+dependency group; the row is left out without it) with dynamic batching on the same artifact and
+preprocessing, (d) our batching server. The servers are measured in interleaved rounds and each number is the
+median over the rounds. Then cold
 start to ready (median of three starts), RSS, and RSS growth over a soak run at 16 clients.
 Every phase is bounded in time and request count and the servers are stopped at the end, so the script
 always finishes by itself.
@@ -14,6 +17,7 @@ always finishes by itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import os
@@ -64,22 +68,35 @@ def multipart(png: bytes) -> bytes:
 # ------------------------------------------------------------------------------------ measurement
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        import psutil
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: LitServe answers from an API-server and an inference-worker process."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        for task in Path(f"/proc/{tree[i]}/task").iterdir():
+            with contextlib.suppress(OSError):
+                tree += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return tree
 
-        return psutil.Process(pid).memory_info().rss / 2**20
-    except ImportError:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a server, summed over its processes."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+    return total / 1024
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process: a cost per request that a busy shared machine does not distort."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a server's processes: a cost per request a busy shared machine does not distort."""
+    ticks = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measured(pid: int, clients: int, seconds: float, call) -> dict[str, float]:
@@ -270,7 +287,14 @@ def run(args: argparse.Namespace) -> str:
     pngs = digit_pngs()
     bodies = [multipart(p) for p in pngs]
     before = machine()
-    names = ("runtime (in-process)", "naive FastAPI", "edgekd serve")
+    try:
+        import litserve
+
+        peer = f"LitServe {litserve.__version__}"
+    except ImportError:
+        peer = None
+        print("litserve is not installed (uv sync --group bench): its row is left out", file=sys.stderr)
+    names = ("runtime (in-process)", "naive FastAPI", *([peer] if peer else []), "edgekd serve")
     samples: dict[str, dict[int, list[dict[str, float]]]] = {n: {c: [] for c in LEVELS} for n in names}
 
     runtime = open_artifact(export_dir, manifest, key, threads=args.threads)
@@ -295,13 +319,18 @@ def run(args: argparse.Namespace) -> str:
     ours, seconds = start_server(serve_cmd(ours_port), ours_port)
     colds.append(seconds)
     cold = float(np.median(colds))
-    naive = None
+    naive = lit = None
     try:
         idle_rss = rss_mb(ours.pid)
         cold_cpu = cpu_seconds(ours.pid)
         naive_port = free_port()
         naive, _ = start_server([py, __file__, "--naive-server", export_dir, "--port", str(naive_port), *threads], naive_port)
-        servers = {"naive FastAPI": (naive.pid, http_caller(naive_port, bodies)), "edgekd serve": (ours.pid, http_caller(ours_port, bodies))}
+        servers = {"naive FastAPI": (naive.pid, http_caller(naive_port, bodies))}
+        if peer:
+            lit_port = free_port()
+            lit, _ = start_server([py, str(Path(__file__).with_name("litserve_peer.py")), export_dir, "--port", str(lit_port), *threads], lit_port)
+            servers[peer] = (lit.pid, http_caller(lit_port, bodies))
+        servers["edgekd serve"] = (ours.pid, http_caller(ours_port, bodies))
         for _, caller in servers.values():
             closed_loop(4, 1.0, caller)  # warm-up
         # Rounds interleave the three, alternating which server goes first, so that a slow spell of a shared
@@ -316,19 +345,27 @@ def run(args: argparse.Namespace) -> str:
         naive_rss = rss_mb(naive.pid)
         stop(naive)
         naive = None
+        if lit is not None:
+            lit_rss = rss_mb(lit.pid)
+            stop(lit)
+            lit = None
         soak_start_rss = rss_mb(ours.pid)
         soak = closed_loop(16, args.soak_seconds, servers["edgekd serve"][1])
         soak_end_rss = rss_mb(ours.pid)
     finally:
         stop(ours)
-        if naive is not None:
-            stop(naive)
+        for proc in (naive, lit):
+            if proc is not None:
+                stop(proc)
 
     rows = {n: {c: median_row(samples[n][c]) for c in LEVELS} for n in names}
     raw1 = rows[names[0]][1]["p50_ms"]
     ours1 = rows["edgekd serve"][1]["p50_ms"]
     ratios = [o["throughput"] / n["throughput"] for o, n in zip(samples["edgekd serve"][16], samples["naive FastAPI"][16])]
     speedup = float(np.median(ratios))
+    if peer:
+        peer_ratios = [o["throughput"] / n["throughput"] for o, n in zip(samples["edgekd serve"][16], samples[peer][16])]
+        peer_p50 = rows[peer][1]["p50_ms"]
     growth = (soak_end_rss - soak_start_rss) / soak_start_rss * 100
     errors = sum(r["errors"] for by_level in samples["edgekd serve"].values() for r in by_level) + soak["errors"]
     checks = [
@@ -340,6 +377,10 @@ def run(args: argparse.Namespace) -> str:
          f"{cold_cpu:.2f} s CPU", cold <= 2),
         ("RSS <= 250 MB", f"{max(idle_rss, soak_end_rss):.0f} MB (idle {idle_rss:.0f} MB)", max(idle_rss, soak_end_rss) <= 250),
     ]
+    if peer:
+        checks.append((f"throughput at 16 clients vs {peer} (reported, no target)",
+                       f"{np.median(peer_ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in peer_ratios)}); "
+                       f"p50 at 1 client {ours1:.2f} vs {peer_p50:.2f} ms", None))
     lines = [
         "# Serving benchmark",
         "",
@@ -357,7 +398,7 @@ def run(args: argparse.Namespace) -> str:
         "",
         "| target | measured | met |",
         "|---|---|---|",
-        *[f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in checks],
+        *[f"| {name} | {value} | {'–' if ok is None else 'yes' if ok else '**no**'} |" for name, value, ok in checks],
         "",
         "| server | clients | p50 ms | p99 ms | requests/s | requests | errors | server CPU ms/request |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -366,7 +407,8 @@ def run(args: argparse.Namespace) -> str:
         for clients, r in by_level.items():
             lines.append(f"| {name} | {clients} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | {r['requests']:.0f} | {r['errors']:.0f} | {r.get('cpu_ms', float('nan')):.2f} |")
     lines.append(f"| edgekd serve, soak {args.soak_seconds:g} s | 16 | {soak['p50_ms']:.2f} | {soak['p99_ms']:.2f} | {soak['throughput']:.0f} | {soak['requests']} | {soak['errors']} | |")
-    lines += ["", f"Naive server RSS after its runs: {naive_rss:.0f} MB.", ""]
+    lines += ["", f"Naive server RSS after its runs: {naive_rss:.0f} MB."
+              + (f" {peer} RSS after its runs (all its processes): {lit_rss:.0f} MB." if peer else ""), ""]
     return "\n".join(lines)
 
 
