@@ -54,9 +54,12 @@ def main() -> None:
     p.add_argument("export_dir")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--threads", type=int, default=None, help="runtime intra-op threads")
-    p.add_argument("--max-batch", type=int, default=8, help="edgekd serve's default; no wait for stragglers, as ours")
+    p.add_argument("--max-batch", type=int, default=8, help="samples per model call (edgekd serve's default)")
+    p.add_argument("--batch-timeout-ms", type=float, default=1.0,
+                   help="how long LitServe waits to fill a batch; at 0 its worker polls its queue without sleeping and "
+                        "takes a core while idle, so the smallest wait that does not")
     args = p.parse_args()
-    api = ExportAPI(args.export_dir, args.threads, max_batch_size=args.max_batch, batch_timeout=0.0)
+    api = ExportAPI(args.export_dir, args.threads, max_batch_size=args.max_batch, batch_timeout=args.batch_timeout_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, healthcheck_path="/v2/health/ready")
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False, num_api_servers=1)
 

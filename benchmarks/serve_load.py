@@ -22,6 +22,7 @@ import http.client
 import io
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -231,7 +232,8 @@ def free_port() -> int:
 def start_server(cmd: list[str], port: int, timeout: float = 60.0) -> tuple[subprocess.Popen, float]:
     """Start a server process; return it and the seconds until /v2/health/ready answered 200."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its own process group, so that stop() also ends the worker processes a server (LitServe) starts
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
@@ -247,12 +249,16 @@ def start_server(cmd: list[str], port: int, timeout: float = 60.0) -> tuple[subp
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """Stop a server and every process of its group (a worker left behind would load the next measurements)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # ------------------------------------------------------------------------------------ report
