@@ -4,6 +4,7 @@ exported to INT8, benchmarked and served at their native size."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -19,9 +20,15 @@ EDGE_STUDENTS = ("timm/mobilenetv3_small_100", "timm/efficientnet_b0", "timm/mob
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """Hugging Face's client answers from its (empty) cache only: nothing is downloaded."""
+    """Hugging Face's client answers from its (empty) cache only: nothing is downloaded. huggingface_hub reads
+    these settings when it is imported (timm imports it), so its constants are patched as well as the environment;
+    with the environment alone the client went online and retried for most of a minute before giving up."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
 
 
 def test_timm_models_are_registered_with_their_native_size():
@@ -46,7 +53,8 @@ def test_a_weights_file_loads_through_timm_with_a_new_head(tmp_path, offline):
     assert all(torch.equal(state[k], v) for k, v in saved.items() if not k.startswith("classifier."))
     # timm's eval transform for this model: bicubic, shorter side floor(224 / 0.875) = 256, centre crop 224
     assert (spec.resize_policy, spec.shorter_side, spec.size, spec.interpolation) == ("shorter_side", 256, (224, 224), "bicubic")
-    with pytest.raises(EdgeKDError, match=r"timm's weights timm/mobilenetv3_small_100\.lamb_in1k are not in the Hugging Face cache"):
+    missing = rf"timm/mobilenetv3_small_100\.lamb_in1k are not in the Hugging Face cache \({re.escape(str(tmp_path))}/"
+    with pytest.raises(EdgeKDError, match=missing):  # the test's own empty cache: the patch took
         pretrained_model("timm/mobilenetv3_small_100", 5, "DEFAULT")
     with pytest.raises(EdgeKDError, match="Invalid pretrained tag"):
         pretrained_model("timm/mobilenetv3_small_100", 5, "no_such_tag")
