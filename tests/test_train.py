@@ -48,21 +48,21 @@ def test_run_dir_contract(tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
-    full = run_training(_cfg(tmp_path, "full", epochs=3), show_progress=False)
+    full = run_training(_cfg(tmp_path, "full", epochs=2), show_progress=False)
 
     original = _Run._train_epoch
 
-    def crash_in_third_epoch(self, epoch, progress):
-        if epoch == 2:
-            raise KeyboardInterrupt  # as if killed mid-run, after the epoch-2 checkpoint
+    def crash_in_second_epoch(self, epoch, progress):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if killed mid-run, after the epoch-1 checkpoint
         return original(self, epoch, progress)
 
-    monkeypatch.setattr(_Run, "_train_epoch", crash_in_third_epoch)
+    monkeypatch.setattr(_Run, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_training(_cfg(tmp_path, "killed", epochs=3), show_progress=False)
-    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["epoch"] == 2
+        run_training(_cfg(tmp_path, "killed", epochs=2), show_progress=False)
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["epoch"] == 1
     monkeypatch.setattr(_Run, "_train_epoch", original)
-    resumed = run_training(_cfg(tmp_path, "killed", epochs=3, resume=True), show_progress=False)
+    resumed = run_training(_cfg(tmp_path, "killed", epochs=2, resume=True), show_progress=False)
 
     assert resumed["final_acc"] == full["final_acc"]
     a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
