@@ -10,8 +10,7 @@ They are settings for the release's 200-epoch runs, not for short ones: alpha 0.
 the weight, and the KD targets are softened at T = 20 (tfkd-reg's at reg_T = 40, which leaves the hand-made
 teacher nearly uniform: 0.102 on the true class with 10 classes, so the part of tfkd-reg's gradient that
 separates the classes is about a twentieth of plain CE's). A run of CE's length then ends far below CE
-(``benchmarks/results/methods.md``); give these methods the release's length, or a lower alpha / reg_alpha for a
-short run.
+(``benchmarks/results/methods.md``): give these methods the release's length.
 """
 
 from __future__ import annotations
