@@ -20,7 +20,7 @@ from PIL import Image
 
 from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.errors import EdgeKDError, one_line
-from edgekd.runtimes import Runtime, open_artifact, runtime_of, select_artifact
+from edgekd.runtimes import open_artifact, run_checked, runtime_of, select_artifact
 from edgekd.serve.preprocess import ImageError, Preprocessor
 
 if TYPE_CHECKING:
@@ -74,21 +74,6 @@ def check_top_k(top_k: int | None, num_classes: int) -> int:
     if not 1 <= top_k <= num_classes:
         raise EdgeKDError(f"top-k must be between 1 and {num_classes} (the number of classes); got {top_k}")
     return top_k
-
-
-def run_checked(model: Runtime, key: str, batch: np.ndarray, num_classes: int) -> np.ndarray:
-    """Logits of a batch; a model that rejects the manifest's input or answers another shape is a one-line error."""
-    try:
-        logits = model.run(batch)
-    except Exception as e:  # the runtime's own error types: the model and the manifest's input disagree
-        raise EdgeKDError(
-            f"artifact {key} cannot run on the input the manifest describes (shape {list(batch.shape)}): "
-            f"{type(e).__name__}: {one_line(e)}; re-run `edgekd export`"
-        ) from None
-    if logits.shape != (len(batch), num_classes):
-        raise EdgeKDError(f"artifact {key} returns logits of shape {logits.shape}, expected "
-                          f"({len(batch)}, {num_classes}); re-run `edgekd export`")
-    return logits
 
 
 def decode_file(preprocess: Preprocessor, path: Path) -> np.ndarray | str:

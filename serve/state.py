@@ -20,8 +20,7 @@ from fastapi import HTTPException
 from PIL import Image
 
 from edgekd.contracts.manifest import load_manifest
-from edgekd.errors import EdgeKDError, one_line
-from edgekd.runtimes import Runtime, open_artifact, runtime_of, select_artifact
+from edgekd.runtimes import Runtime, open_artifact, run_checked, runtime_of, select_artifact
 from edgekd.serve.batching import MicroBatcher, QueueFull
 from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import Preprocessor
@@ -73,19 +72,9 @@ class ServeState:
         sample = io.BytesIO()
         Image.new("RGB", (8, 8), (128, 64, 32)).save(sample, "PNG")
         x = self.preprocess(sample.getvalue())[None]
-        try:
-            for n in sorted({1, self.warmup_batch}):
-                for _ in range(2):
-                    logits = runtime.run(np.repeat(x, n, axis=0))
-        except Exception as e:  # the runtime's own error types: the model and the manifest's input disagree
-            raise EdgeKDError(
-                f"artifact {self.artifact} cannot run on the input the manifest describes (shape {list(x.shape)}): "
-                f"{type(e).__name__}: {one_line(e)}; re-run `edgekd export`"
-            ) from None
-        if logits.shape != (self.warmup_batch, self.num_classes):
-            raise EdgeKDError(
-                f"artifact {self.artifact} returns logits of shape {logits.shape}, expected ({self.warmup_batch}, {self.num_classes}); re-run `edgekd export`"
-            )
+        for n in sorted({1, self.warmup_batch}):
+            for _ in range(2):
+                run_checked(runtime, self.artifact, np.repeat(x, n, axis=0), self.num_classes)
         self.runtime = runtime
         self.load_seconds = time.perf_counter() - start
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.errors import EdgeKDError, one_line
-from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, check_runtime_name, open_artifact
-from edgekd.serve.offline import BATCH, decoded_batches, images_under, progress_bar, run_checked
+from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, check_runtime_name, open_artifact, run_checked
+from edgekd.serve.offline import BATCH, decoded_batches, images_under, progress_bar
 from edgekd.serve.preprocess import Preprocessor
 
 LAYOUT = "a folder with one sub-folder of images per class, named as the export's classes (PATH/<class>/*.png|jpg|...)"

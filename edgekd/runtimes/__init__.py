@@ -9,7 +9,7 @@ runtime imports its own package only when a model is opened. A new runtime is on
 from edgekd.runtimes import ort  # noqa: F401, I001
 from edgekd.runtimes import openvino  # noqa: F401
 from edgekd.runtimes import torch_eager  # noqa: F401
-from edgekd.runtimes.base import Runtime
+from edgekd.runtimes.base import Runtime, run_checked
 from edgekd.runtimes.registry import (
     RUNTIMES,
     artifact_runtimes,
@@ -21,6 +21,6 @@ from edgekd.runtimes.registry import (
 )
 
 __all__ = [
-    "RUNTIMES", "Runtime", "artifact_runtimes", "check_runtime_name", "open_artifact", "register_runtime", "runtime_of",
-    "select_artifact",
+    "RUNTIMES", "Runtime", "artifact_runtimes", "check_runtime_name", "open_artifact", "register_runtime", "run_checked",
+    "runtime_of", "select_artifact",
 ]

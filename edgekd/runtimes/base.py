@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgekd.errors import EdgeKDError, one_line
+
 
 class Runtime:
     """One inference engine. Subclasses declare who they are and what they load, and import their package lazily,
@@ -42,3 +44,18 @@ class Runtime:
             return metadata.version(cls.package)
         except metadata.PackageNotFoundError:
             return None
+
+
+def run_checked(model: Runtime, key: str, batch: np.ndarray, num_classes: int) -> np.ndarray:
+    """Logits of a batch; a model that rejects the manifest's input or answers another shape is a one-line error."""
+    try:
+        logits = model.run(batch)
+    except Exception as e:  # the runtime's own error types: the model and the manifest's input disagree
+        raise EdgeKDError(
+            f"artifact {key} cannot run on the input the manifest describes (shape {list(batch.shape)}): "
+            f"{type(e).__name__}: {one_line(e)}; re-run `edgekd export`"
+        ) from None
+    if logits.shape != (len(batch), num_classes):
+        raise EdgeKDError(f"artifact {key} returns logits of shape {logits.shape}, expected "
+                          f"({len(batch)}, {num_classes}); re-run `edgekd export`")
+    return logits
