@@ -605,3 +605,12 @@ def build_data(spec: str, *, image_size: int | None = None, options: dict | None
     if image_size is not None:
         image_size = _positive_int("image size", image_size)
     return source.build(path, image_size, dict(options or {}))
+
+
+def run_data(desc: dict[str, Any]) -> DataBundle:
+    """The dataset a run's model was trained on (its ``model.json``), at the model's input size and with the
+    model's own preprocessing (e.g. its pretrained weights'): what exporting or pruning that model evaluates on."""
+    from edgekd.contracts.rundir import description_preprocessing
+
+    bundle = build_data(desc["dataset"], image_size=int(desc["input_size"][-1]), options=desc.get("dataset_options") or {})
+    return bundle.with_preprocessing(description_preprocessing(desc))

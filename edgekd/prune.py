@@ -237,8 +237,7 @@ def prune_into(
     """Prune once (no training) into run dir ``out_dir``, written atomically; the numbers also go to its summary."""
     import torch_pruning as tp
 
-    from edgekd.contracts.rundir import description_preprocessing
-    from edgekd.data import build_data, make_loader
+    from edgekd.data import make_loader, run_data
     from edgekd.fsutil import atomic_dir, write_json
     from edgekd.rundir import layer_shapes, load_model, save_model
 
@@ -247,10 +246,7 @@ def prune_into(
         example = torch.zeros(1, *desc["input_size"])
         pruned = prune_model(model, ratio, method, example, target_macs=target_macs,
                              channel_multiple=channel_multiple if method == "structured" else None).eval()
-        options = desc.get("dataset_options") or {}
-        bundle = build_data(desc["dataset"], image_size=desc["input_size"][-1], options=options)
-        bundle = bundle.with_preprocessing(description_preprocessing(desc))
-        loader = make_loader(bundle.val_set(), batch_size, shuffle=False, seed=0)
+        loader = make_loader(run_data(desc).val_set(), batch_size, shuffle=False, seed=0)
         macs_before, params_before = tp.utils.count_ops_and_params(model, example)
         macs_after, params_after = tp.utils.count_ops_and_params(pruned, example)
         info = {"ratio": ratio} if target_macs is None else {"target_macs": target_macs}

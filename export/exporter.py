@@ -20,7 +20,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgekd import __version__
 from edgekd.contracts.manifest import FORMAT_VERSION, MANIFEST, artifact_entry, artifact_key
-from edgekd.contracts.rundir import description_preprocessing
 from edgekd.contracts.values import is_count, is_number
 from edgekd.errors import EdgeKDError
 from edgekd.export.formats import FORMATS, ExportFormat
@@ -212,14 +211,12 @@ class ExportJob:
     def prepare(cls, run_dir: str | Path, out: Path, scratch: Path, bar: Progress, int8: bool, calib_samples: int,
                 calib_method: str, max_drop: float | None, qat_epochs: int = 0) -> ExportJob:
         """Load the run's model and data once: held-out images, PyTorch reference logits, calibration images."""
-        from edgekd.data import build_data
+        from edgekd.data import run_data
         from edgekd.rundir import load_model
 
         model, desc = load_model(run_dir)
         with _stage(f"loading dataset {desc['dataset']!r}"):
-            options = desc.get("dataset_options") or {}
-            bundle = build_data(desc["dataset"], image_size=int(desc["input_size"][1]), options=options)
-            bundle = bundle.with_preprocessing(description_preprocessing(desc))  # the model's, e.g. pretrained weights
+            bundle = run_data(desc)
         if bundle.num_classes != desc["num_classes"]:
             raise EdgeKDError(
                 f"dataset {desc['dataset']!r} has {bundle.num_classes} classes but the run's model has "
