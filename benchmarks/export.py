@@ -16,16 +16,14 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from edgekd.data import build_data, make_loader
 from edgekd.export import export_run
 from edgekd.models import create_model
-from edgekd.rundir import load_model, model_description, save_model
-from edgekd.runtimes import open_artifact
-from timing import cpu_model, load, time_runners
+from edgekd.rundir import model_description, save_model
+from timing import cpu_model, load, time_export
 
 RESULTS = Path(__file__).parent / "results" / "export.md"
 # (label, arch, dataset spec, dataset options, epochs): minutes on a laptop CPU, enough to learn real boundaries
@@ -66,19 +64,7 @@ def bench_case(label: str, arch: str, spec: str, options: dict, epochs: int, wor
     manifest = export_run(run_dir, export_dir, int8=True, progress=False)
     export_seconds = time.perf_counter() - start
 
-    torch.set_num_threads(threads)
-    model, desc = load_model(run_dir)
-    x = np.random.default_rng(0).standard_normal((1, *desc["input_size"])).astype(np.float32)
-    xt = torch.from_numpy(x)
-
-    def torch_run(_: np.ndarray) -> None:
-        with torch.inference_mode():
-            model(xt)
-
-    runners = {"pytorch-fp32": torch_run}
-    for key in manifest["artifacts"]:
-        runners[key] = open_artifact(export_dir, manifest, key, threads=threads).run
-    latency = time_runners(runners, x, iters, warmup)
+    latency = time_export(run_dir, export_dir, manifest, list(manifest["artifacts"]), threads, iters, warmup)
     return {"label": label, "manifest": manifest, "latency": latency, "train_seconds": train_seconds,
             "export_seconds": export_seconds}
 

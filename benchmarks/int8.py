@@ -6,7 +6,7 @@ most 0.5 points lost on the held-out split, ONNX Runtime's bounded remedy search
 OpenVINO), with `--qat-epochs` so that distillation-aware QAT runs where the search misses. Then PyTorch eager,
 ORT FP32 and every INT8 artifact are timed at batch 1 in interleaved rounds at the same thread count.
 
-    uv run --all-extras python benchmarks/int8.py [--epochs 15] [--qat-epochs 2] [--threads 1]
+    uv run --all-extras python benchmarks/int8.py [--epochs 8] [--qat-epochs 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgekd.config import load_config
 from edgekd.export import export_run
 from edgekd.export.exporter import MAX_DROP
-from edgekd.rundir import load_model
-from edgekd.runtimes import open_artifact
 from edgekd.train import run_training
-from timing import cpu_model, load, time_runners
+from timing import cpu_model, load, time_export
 
 RESULTS = Path(__file__).parent / "results" / "int8.md"
 FAMILIES = ("resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -61,20 +58,8 @@ def bench_family(arch: str, work: Path, epochs: int, qat_epochs: int, threads: i
     manifest = export_run(run_dir, export_dir, int8=True, qat_epochs=qat_epochs, progress=False)
     export_s = time.perf_counter() - start
 
-    torch.set_num_threads(threads)
-    model, desc = load_model(run_dir)
-    x = np.random.default_rng(0).standard_normal((1, *desc["input_size"])).astype(np.float32)
-    xt = torch.from_numpy(x)
-
-    def eager(_: np.ndarray) -> None:
-        with torch.inference_mode():
-            model(xt)
-
-    runners = {"pytorch-fp32": eager}
-    for key, entry in manifest["artifacts"].items():
-        if entry["precision"] in ("fp32", "int8") and (entry["precision"] == "int8" or key == "onnx-fp32"):
-            runners[key] = open_artifact(export_dir, manifest, key, threads=threads).run
-    latency = time_runners(runners, x, iters, warmup=50)
+    keys = [k for k, a in manifest["artifacts"].items() if a["precision"] == "int8" or k == "onnx-fp32"]
+    latency = time_export(run_dir, export_dir, manifest, keys, threads, iters, warmup=50)
     return {"arch": arch, "summary": summary, "manifest": manifest, "latency": latency, "train_s": train_s,
             "export_s": export_s}
 
@@ -141,7 +126,7 @@ def render(results: list[dict], args: argparse.Namespace, before: str, after: st
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of every runtime when timing")
     p.add_argument("--iters", type=int, default=400)

@@ -26,6 +26,30 @@ def time_runners(runners: dict, x: np.ndarray, iters: int, warmup: int, rounds: 
     return {name: float(np.median(s) * 1e3) for name, s in samples.items()}
 
 
+def time_export(run_dir: Path, export_dir: Path, manifest: dict, keys: list[str], threads: int, iters: int,
+                warmup: int) -> dict[str, float]:
+    """Batch-1 ms of the run's PyTorch eager model (``pytorch-fp32``) and of the export's artifacts ``keys``, timed
+    side by side by ``time_runners`` at ``threads`` intra-op threads each."""
+    import torch
+
+    from edgekd.rundir import load_model
+    from edgekd.runtimes import open_artifact
+
+    torch.set_num_threads(threads)
+    model, desc = load_model(run_dir)
+    x = np.random.default_rng(0).standard_normal((1, *desc["input_size"])).astype(np.float32)
+    xt = torch.from_numpy(x)
+
+    def eager(_: np.ndarray) -> None:
+        with torch.inference_mode():
+            model(xt)
+
+    runners = {"pytorch-fp32": eager}
+    for key in keys:
+        runners[key] = open_artifact(export_dir, manifest, key, threads=threads).run
+    return time_runners(runners, x, iters, warmup)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
