@@ -82,7 +82,8 @@ def render(results: list[dict], args: argparse.Namespace, before: str, after: st
         "",
         "Drop: PyTorch FP32 minus INT8 top-1, in points (one image of 500 is 0.2). Speed-up: ORT FP32 p50 / INT8 p50.",
         "",
-        "| student | FP32 top-1 | ORT INT8 top-1 (drop) | ORT search kept | OpenVINO INT8 top-1 (drop) | size FP32 / INT8 "
+        "| student | FP32 top-1 | ORT INT8 top-1 (drop) | ORT search kept | OpenVINO INT8 top-1 (drop) "
+        "| size FP32 / INT8 "
         "(MB) | p50 eager / ORT FP32 (ms) | p50 ORT INT8 / OV INT8 (ms) | INT8 vs ORT FP32 | <= 0.5 pts | >= 1.8x |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|:-:|:-:|",
     ]
@@ -110,7 +111,8 @@ def render(results: list[dict], args: argparse.Namespace, before: str, after: st
             f"{(arts['onnx-int8']['size_bytes'] / 1e6) if 'onnx-int8' in arts else float('nan'):.2f} | "
             f"{lat['pytorch-fp32']:.3f} / {lat['onnx-fp32']:.3f} | "
             f"{lat.get('onnx-int8', float('nan')):.3f} / {lat.get('openvino-int8', float('nan')):.3f} | "
-            f"{speedup:.2f}x ({fastest or '–'}) | {'yes' if accurate else '**no**'} | {'yes' if fast else '**no**'} |")
+            f"{speedup:.2f}x ({fastest or '–'}) | {'yes' if accurate else '**no**'} | "
+            f"{'yes' if fast else '**no**'} |")
     lines += ["", "Training and export wall time (s): " + ", ".join(
         f"{r['arch']} {r['train_s']:.0f} + {r['export_s']:.0f}" for r in results) + "."]
     lines += ["", "## What it says", ""]

@@ -25,7 +25,8 @@ def top5(logits: np.ndarray, class_names: list[str]) -> dict:
     logits = logits.astype(np.float64)
     p = np.exp(logits - logits.max())
     p /= p.sum()
-    return {"predictions": [{"index": int(i), "label": class_names[i], "score": float(p[i])} for i in np.argsort(-p)[:5]]}
+    top = np.argsort(-p)[:5]
+    return {"predictions": [{"index": int(i), "label": class_names[i], "score": float(p[i])} for i in top]}
 
 
 class ExportAPI(ls.LitAPI):
@@ -59,7 +60,8 @@ def main() -> None:
                    help="how long LitServe waits to fill a batch; at 0 its worker polls its queue without sleeping and "
                         "takes a core while idle, so the smallest wait that does not")
     args = p.parse_args()
-    api = ExportAPI(args.export_dir, args.threads, max_batch_size=args.max_batch, batch_timeout=args.batch_timeout_ms / 1000)
+    api = ExportAPI(args.export_dir, args.threads, max_batch_size=args.max_batch,
+                    batch_timeout=args.batch_timeout_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, healthcheck_path="/v2/health/ready")
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False, num_api_servers=1)
 

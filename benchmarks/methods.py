@@ -34,7 +34,8 @@ ROWS = [
 # climbs from 0.59 at 12 to a plateau of about 0.92 from epoch 33 of 40, and a self-teacher is only worth judging there.
 DATASETS = {
     "digits": {"data": "digits", "data_options": {}, "batch_size": 16, "epochs": 12},
-    "synthetic": {"data": "synthetic", "data_options": {"count": 2000, "val_count": 500}, "batch_size": 32, "epochs": 40},
+    "synthetic": {"data": "synthetic", "data_options": {"count": 2000, "val_count": 500}, "batch_size": 32,
+                  "epochs": 40},
 }
 ROW = re.compile(r"^([\w-]+)(?:\((.*)\))?$")
 
@@ -85,12 +86,14 @@ def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Name
             elif method_class(method).needs_teacher:
                 cfg["teacher"] = t["out"]
             if method == "dkd" and "warmup" not in method_args:
-                cfg["method_args"] = {**method_args, "warmup": max(1, base["epochs"] // 4)}  # the paper's 20 of 240 epochs
+                # the paper's 20 of 240 epochs
+                cfg["method_args"] = {**method_args, "warmup": max(1, base["epochs"] // 4)}
             s = _run(work, f"{dataset}-{i}-s{seed}", **cfg)
             if method == "ce" and not method_args:
                 ce_runs.setdefault(seed, s)
             results[row].append(s)
-            print(f"{dataset:9s} {row:28s} seed {seed}: {s['final_acc']:.4f}  {s['seconds'] / base['epochs']:.2f} s/epoch",
+            per_epoch = s["seconds"] / base["epochs"]
+            print(f"{dataset:9s} {row:28s} seed {seed}: {s['final_acc']:.4f}  {per_epoch:.2f} s/epoch",
                   flush=True)
     return {"teacher": t, "results": results, "epochs": base["epochs"]}
 

@@ -334,7 +334,8 @@ def run(args: argparse.Namespace) -> str:
         servers = {"naive FastAPI": (naive.pid, http_caller(naive_port, bodies))}
         if peer:
             lit_port = free_port()
-            lit, _ = start_server([py, str(Path(__file__).with_name("litserve_peer.py")), export_dir, "--port", str(lit_port), *threads], lit_port)
+            peer_cmd = [py, str(Path(__file__).with_name("litserve_peer.py")), export_dir, "--port", str(lit_port)]
+            lit, _ = start_server([*peer_cmd, *threads], lit_port)
             servers[peer] = (lit.pid, http_caller(lit_port, bodies))
         servers["edgekd serve"] = (ours.pid, http_caller(ours_port, bodies))
         for _, caller in servers.values():
@@ -370,7 +371,8 @@ def run(args: argparse.Namespace) -> str:
     ratios = [o["throughput"] / n["throughput"] for o, n in zip(samples["edgekd serve"][16], samples["naive FastAPI"][16])]
     speedup = float(np.median(ratios))
     if peer:
-        peer_ratios = [o["throughput"] / n["throughput"] for o, n in zip(samples["edgekd serve"][16], samples[peer][16])]
+        peer_ratios = [o["throughput"] / n["throughput"]
+                       for o, n in zip(samples["edgekd serve"][16], samples[peer][16])]
         peer_p50 = rows[peer][1]["p50_ms"]
     growth = (soak_end_rss - soak_start_rss) / soak_start_rss * 100
     errors = sum(r["errors"] for by_level in samples["edgekd serve"].values() for r in by_level) + soak["errors"]

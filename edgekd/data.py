@@ -612,5 +612,6 @@ def run_data(desc: dict[str, Any]) -> DataBundle:
     model's own preprocessing (e.g. its pretrained weights'): what exporting or pruning that model evaluates on."""
     from edgekd.contracts.rundir import description_preprocessing
 
-    bundle = build_data(desc["dataset"], image_size=int(desc["input_size"][-1]), options=desc.get("dataset_options") or {})
+    options = desc.get("dataset_options") or {}
+    bundle = build_data(desc["dataset"], image_size=int(desc["input_size"][-1]), options=options)
     return bundle.with_preprocessing(description_preprocessing(desc))

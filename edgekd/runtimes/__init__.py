@@ -21,6 +21,6 @@ from edgekd.runtimes.registry import (
 )
 
 __all__ = [
-    "RUNTIMES", "Runtime", "artifact_runtimes", "check_runtime_name", "open_artifact", "register_runtime", "run_checked",
-    "runtime_of", "select_artifact",
+    "RUNTIMES", "Runtime", "artifact_runtimes", "check_runtime_name", "open_artifact", "register_runtime",
+    "run_checked", "runtime_of", "select_artifact",
 ]
