@@ -453,3 +453,19 @@ def test_drkd_online_target_is_the_students_own_rectified_logits():
     assert (~right).any()
     assert torch.allclose(z.grad[right], torch.zeros_like(z.grad[right]), atol=1e-7)
     assert (z.grad[~right].abs().sum(1) > 1e-4).all()
+
+
+def test_drkd_ce_full_keeps_the_labels_whole_weight():
+    args = {"alpha": 0.5, "schedule": "constant"}
+    x, y = batch()
+    terms = {}
+    for ce in ("complement", "full"):
+        method = build_method("drkd", tiny_cnn(), None, {**args, "ce": ce}, num_classes=C)
+        method.eval()
+        logits, terms[ce] = method.forward_train(x, y, epoch=0)
+    ce_loss = F.cross_entropy(logits, y).item()
+    assert terms["full"]["ce"].item() == pytest.approx(ce_loss, rel=1e-5)
+    assert terms["complement"]["ce"].item() == pytest.approx(0.5 * ce_loss, rel=1e-5)
+    assert terms["full"]["kd"].item() == pytest.approx(terms["complement"]["kd"].item(), rel=1e-5)
+    with pytest.raises(EdgeKDError, match="ce must be one of complement, full"):
+        build_method("drkd", tiny_cnn(), None, {"ce": "half"}, num_classes=C)

@@ -1,8 +1,9 @@
 """DR-KD (Amik et al. 2022): the student distils from itself, through rectified teacher logits.
 
 Rectification swaps the teacher's wrong top logit with the true class's, so the true class leads and the rest
-of the distribution keeps its shape; it is always on here. The loss is (1 - w)·CE + w·T²·KL(rectified self ‖
-student).
+of the distribution keeps its shape; it is always on here. The loss is c·CE + w·T²·KL(rectified self ‖
+student), where ``ce`` sets c: ``complement`` (1 - w, the paper's form) or ``full`` (1, the labels keep their whole
+weight and the self-target is added to them).
 
 Teacher modes (``teacher``), the two readings of the paper's "dynamic" self-teacher plus a supplied one:
 
@@ -38,15 +39,16 @@ from edgekd.models.freeze import freeze_for_inference
 
 TEACHER_MODES = ("online", "snapshot", "dynamic", "pretrained")
 SCHEDULES = ("constant", "linear")
+CE_WEIGHTS = ("complement", "full")
 
 
 @register_method("drkd")
 class DRKD(Method):
     needs_teacher = False  # depends on the mode; checked in __init__
     uses_teacher = True
-    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0}
+    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0, "ce": "complement"}
     rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES), "schedule": one_of(*SCHEDULES),
-             "start": (lambda v: 0 <= v < 1, "in [0, 1)")}
+             "start": (lambda v: 0 <= v < 1, "in [0, 1)"), "ce": one_of(*CE_WEIGHTS)}
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
@@ -96,4 +98,5 @@ class DRKD(Method):
             z_t = frozen_forward(self.teacher, x)
         if w == 0.0:
             return logits, {"ce": ce}
-        return logits, {"ce": (1 - w) * ce, "kd": w * kd_loss(logits, drkd_rectify(z_t, y), self.args["T"])}
+        c = 1.0 if self.args["ce"] == "full" else 1 - w
+        return logits, {"ce": c * ce, "kd": w * kd_loss(logits, drkd_rectify(z_t, y), self.args["T"])}
