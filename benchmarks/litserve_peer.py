@@ -18,15 +18,7 @@ import numpy as np
 from edgekd.contracts.manifest import load_manifest
 from edgekd.runtimes import open_artifact, select_artifact
 from edgekd.serve.preprocess import Preprocessor
-
-
-def top5(logits: np.ndarray, class_names: list[str]) -> dict:
-    """Softmax top-5 of one sample's logits, the answer of serve_load.py's naive handler."""
-    logits = logits.astype(np.float64)
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    top = np.argsort(-p)[:5]
-    return {"predictions": [{"index": int(i), "label": class_names[i], "score": float(p[i])} for i in top]}
+from serve_load import top5  # this script runs from benchmarks/, beside it
 
 
 class ExportAPI(ls.LitAPI):

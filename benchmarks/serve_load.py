@@ -197,6 +197,15 @@ def http_caller(port: int, bodies: list[bytes]):
 # ------------------------------------------------------------------------------------ servers
 
 
+def top5(logits: np.ndarray, class_names: list[str]) -> dict:
+    """Softmax top-5 of one sample's logits: the answer of the naive handler and of the LitServe peer."""
+    logits = logits.astype(np.float64)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    top = np.argsort(-p)[:5]
+    return {"predictions": [{"index": int(i), "label": class_names[i], "score": float(p[i])} for i in top]}
+
+
 def naive_app(export_dir: str, threads: int | None = None):
     """One inference per request, run in FastAPI's thread pool: the baseline dynamic batching must beat."""
     from edgekd.contracts.manifest import load_manifest
@@ -214,11 +223,7 @@ def naive_app(export_dir: str, threads: int | None = None):
 
     @app.post("/predict")
     def predict(file: UploadFile = File(...)) -> dict:
-        logits = runtime.run(pre(file.file.read())[None])[0].astype(np.float64)
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        top = np.argsort(-p)[:5]
-        return {"predictions": [{"index": int(i), "label": manifest["class_names"][i], "score": float(p[i])} for i in top]}
+        return top5(runtime.run(pre(file.file.read())[None])[0], manifest["class_names"])
 
     return app
 
