@@ -55,7 +55,8 @@ def train(run_dir: Path, arch: str, spec: str, options: dict, epochs: int) -> No
     save_model(run_dir, model.eval(), model_description(arch, bundle))
 
 
-def bench_case(label: str, arch: str, spec: str, options: dict, epochs: int, work: Path, threads: int, iters: int, warmup: int) -> dict:
+def bench_case(label: str, arch: str, spec: str, options: dict, epochs: int, work: Path, threads: int, iters: int,
+               warmup: int) -> dict:
     run_dir, export_dir = work / f"{arch}-{spec}-run", work / f"{arch}-{spec}-export"
     start = time.perf_counter()
     train(run_dir, arch, spec, options, epochs)
@@ -80,7 +81,8 @@ def render(results: list[dict], threads: int, iters: int, load_before: str, load
         f"every runtime; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
         f"{openvino.__version__.split('-')[0]}. Latency: median of {iters} batch-1 runs per runtime after warm-up, "
         "interleaved in rounds. Accuracy: top-1 on the held-out split of the run's dataset; agreement: top-1 "
-        "agreement with PyTorch. Models are trained for minutes, so absolute accuracy is modest; the drop is what counts.",
+        "agreement with PyTorch. Models are trained for minutes, so absolute accuracy is modest; the drop is what "
+        "counts.",
         "",
         f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after} (shared machine).",
         "",
@@ -94,7 +96,8 @@ def render(results: list[dict], threads: int, iters: int, load_before: str, load
             f"## {r['label']} ({m['input']['shape'][1:]}, {m['eval']['samples']} held-out images; "
             f"training {r['train_seconds']:.0f} s, export with --int8 {r['export_seconds']:.0f} s)",
             "",
-            "| runtime | size (MB) | export (s) | accuracy | drop (pts) | agreement | p50 latency (ms) | vs PyTorch | vs ORT FP32 |",
+            "| runtime | size (MB) | export (s) | accuracy | drop (pts) | agreement | p50 latency (ms) | vs PyTorch "
+            "| vs ORT FP32 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| pytorch-fp32 (eager) | - | - | {torch_acc:.4f} | - | - | {torch_ms:.3f} | 1.00x | "
             f"{lat['onnx-fp32'] / torch_ms:.2f}x |",
@@ -109,8 +112,9 @@ def render(results: list[dict], threads: int, iters: int, load_before: str, load
             lines.append(f"| {key} | dropped: {a['reason']} | | | | | | | |")
         chance = 1 / m["num_classes"]
         if torch_acc < 2 * chance:
-            lines += ["", f"Note: PyTorch accuracy {torch_acc:.4f} is near chance ({chance:.2f}) after this brief training, "
-                      "so accuracy and drop here are noise; agreement and latency are the measurements that count."]
+            lines += ["", f"Note: PyTorch accuracy {torch_acc:.4f} is near chance ({chance:.2f}) after this brief "
+                      "training, so accuracy and drop here are noise; agreement and latency are the measurements that "
+                      "count."]
         int8 = [k for k, a in m["artifacts"].items() if a["precision"] == "int8"]
         if int8:
             best = min(int8, key=lambda k: lat[k])
@@ -124,7 +128,8 @@ def render(results: list[dict], threads: int, iters: int, load_before: str, load
             for what, value, target, unit, higher in checks:
                 ok = value >= target if higher else value <= target
                 sign = ">=" if higher else "<="
-                lines.append(f"- {what}: {value:.2f}{unit} (target {sign} {target}{unit}): {'met' if ok else 'NOT met'}")
+                lines.append(f"- {what}: {value:.2f}{unit} (target {sign} {target}{unit}): "
+                             f"{'met' if ok else 'NOT met'}")
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +144,8 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     load_before = load()
-    results = [bench_case(*case, work=args.out, threads=args.threads, iters=args.iters, warmup=args.warmup) for case in CASES]
+    results = [bench_case(*case, work=args.out, threads=args.threads, iters=args.iters, warmup=args.warmup)
+               for case in CASES]
     text = render(results, args.threads, args.iters, load_before, load())
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(text, encoding="utf-8")

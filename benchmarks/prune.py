@@ -33,7 +33,8 @@ DATA = {
     "synthetic": {"data": "synthetic", "data_options": {"count": 1000, "val_count": 500}},
 }
 # (model, dataset, seeds): the must-show case gets three seeds, the others two (minutes of one CPU core each)
-CASES = [("resnet20", "digits", 3), ("resnet8x4", "digits", 2), ("resnet20", "synthetic", 2), ("resnet8x4", "synthetic", 2)]
+CASES = [("resnet20", "digits", 3), ("resnet8x4", "digits", 2), ("resnet20", "synthetic", 2),
+         ("resnet8x4", "synthetic", 2)]
 KEEP = (0.7, 0.5, 0.3)  # fraction of the MACs left: 30 %, 50 % and 70 % removed
 TARGETS = {"points_within": 1.0, "int8_speedup": 1.3}  # the recovered resnet20 on digits at 50 % removed
 
@@ -48,7 +49,8 @@ def bench_case(work: Path, arch: str, dataset: str, seeds: list[int], epochs: in
         base_dirs.append(base)
         for keep in KEEP:
             recover = {"epochs": recover_epochs, "seed": seed}
-            r = prune_and_recover(base, work / f"{base.name}-keep{keep}", recover, target_macs=keep, show_progress=False)
+            r = prune_and_recover(base, work / f"{base.name}-keep{keep}", recover, target_macs=keep,
+                                  show_progress=False)
             runs[keep].append(r)
             print(f"{arch} {dataset} seed {seed} keep {keep}: {r['acc_before']:.4f} -> pruned {r['acc_pruned']:.4f} "
                   f"-> recovered {r['acc_recovered']:.4f} ({r['macs_after'] / r['macs_before']:.3f} of the MACs)",
@@ -79,14 +81,16 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
 
-def render(cases: list[dict], lat: dict[str, float], args: argparse.Namespace, seconds: float, loads: tuple[str, str]) -> str:
+def render(cases: list[dict], lat: dict[str, float], args: argparse.Namespace, seconds: float,
+           loads: tuple[str, str]) -> str:
     import onnxruntime
 
     lines = [
         "# Prune, then recover",
         "",
         f"Machine: {cpu_model()} ({platform.machine()}), torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}; {seconds / 60:.0f} min in all. Load average before: {loads[0]}; after: {loads[1]}.",
+        f"{onnxruntime.__version__}; {seconds / 60:.0f} min in all. Load average before: {loads[0]}; "
+        f"after: {loads[1]}.",
         "",
         f"Each unpruned model: `edgekd train` (CE, SGD, cosine lr 0.05, batch 64), {args.epochs} epochs, one per seed "
         "(seeds 0, 1, ... as many as the table's n). Pruned with `edgekd prune --target-macs F --recover-epochs "
@@ -110,14 +114,16 @@ def render(cases: list[dict], lat: dict[str, float], args: argparse.Namespace, s
         first = case["runs"][KEEP[0]]
         macs = first[0]["macs_before"] / 1e6
         lines.append(f"| {case['arch']} | {case['dataset']} | {len(first)} | 0 % | {macs:.1f} | "
-                     f"{_mean_std([r['acc_before'] for r in first])} | | | | {base_fp32:.3f} | {base_int8:.3f} | 1.00x |")
+                     f"{_mean_std([r['acc_before'] for r in first])} | | | | {base_fp32:.3f} | {base_int8:.3f} | "
+                     "1.00x |")
         for keep in KEEP:
             rs = case["runs"][keep]
             removed = 1 - rs[0]["macs_after"] / rs[0]["macs_before"]
             deltas = [(r["acc_recovered"] - r["acc_before"]) * 100 for r in rs]
             fp32, int8 = lat[f"{prefix}/keep{keep}/onnx-fp32"], lat[f"{prefix}/keep{keep}/onnx-int8"]
             lines.append(
-                f"| {case['arch']} | {case['dataset']} | {len(rs)} | {removed:.0%} | {rs[0]['macs_after'] / 1e6:.1f} | | "
+                f"| {case['arch']} | {case['dataset']} | {len(rs)} | {removed:.0%} | "
+                f"{rs[0]['macs_after'] / 1e6:.1f} | | "
                 f"{_mean_std([r['acc_pruned'] for r in rs])} | {_mean_std([r['acc_recovered'] for r in rs])} | "
                 f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas) if len(deltas) > 1 else 0:.2f} | "
                 f"{fp32:.3f} | {int8:.3f} | {base_int8 / int8:.2f}x |")

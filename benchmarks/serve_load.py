@@ -62,7 +62,8 @@ def digit_pngs(count: int = 64) -> list[bytes]:
 
 
 def multipart(png: bytes) -> bytes:
-    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+            'Content-Type: image/png\r\n\r\n')
     return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
@@ -171,7 +172,8 @@ def http_caller(port: int, bodies: list[bytes]):
     What the client takes squeezes both servers alike and pulls their throughput ratio towards 1.
     """
     requests = [
-        (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
          f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         for body in bodies
     ]
@@ -279,7 +281,8 @@ def machine() -> str:
     except OSError:
         pass
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if os.name == "posix" else "n/a"
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.machine()}, Python {platform.python_version()}; `uptime`: {load}"
+    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.machine()}, Python {platform.python_version()}; "
+            f"`uptime`: {load}")
 
 
 def median_row(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -335,7 +338,8 @@ def run(args: argparse.Namespace) -> str:
         idle_rss = rss_mb(ours.pid)
         cold_cpu = cpu_seconds(ours.pid)
         naive_port = free_port()
-        naive, _ = start_server([py, __file__, "--naive-server", export_dir, "--port", str(naive_port), *threads], naive_port)
+        naive, _ = start_server([py, __file__, "--naive-server", export_dir, "--port", str(naive_port), *threads],
+                                naive_port)
         servers = {"naive FastAPI": (naive.pid, http_caller(naive_port, bodies))}
         if peer:
             lit_port = free_port()
@@ -350,7 +354,8 @@ def run(args: argparse.Namespace) -> str:
         for r in range(args.rounds):
             order = list(servers) if r % 2 == 0 else list(servers)[::-1]
             for clients in LEVELS:
-                samples[names[0]][clients].append(closed_loop(clients, args.seconds, lambda state, i: runtime.run(xs[i % len(xs)]) is not None))
+                samples[names[0]][clients].append(
+                    closed_loop(clients, args.seconds, lambda state, i: runtime.run(xs[i % len(xs)]) is not None))
                 for name in order:
                     pid, caller = servers[name]
                     samples[name][clients].append(measured(pid, clients, args.seconds, caller))
@@ -373,7 +378,8 @@ def run(args: argparse.Namespace) -> str:
     rows = {n: {c: median_row(samples[n][c]) for c in LEVELS} for n in names}
     raw1 = rows[names[0]][1]["p50_ms"]
     ours1 = rows["edgekd serve"][1]["p50_ms"]
-    ratios = [o["throughput"] / n["throughput"] for o, n in zip(samples["edgekd serve"][16], samples["naive FastAPI"][16])]
+    ratios = [o["throughput"] / n["throughput"]
+              for o, n in zip(samples["edgekd serve"][16], samples["naive FastAPI"][16])]
     speedup = float(np.median(ratios))
     if peer:
         peer_ratios = [o["throughput"] / n["throughput"]
@@ -383,12 +389,15 @@ def run(args: argparse.Namespace) -> str:
     errors = sum(r["errors"] for by_level in samples["edgekd serve"].values() for r in by_level) + soak["errors"]
     checks = [
         ("p50 at 1 client <= runtime + 3 ms", f"{ours1:.2f} ms vs {raw1:.2f} + 3 ms", ours1 <= raw1 + 3),
-        ("throughput at 16 clients >= 1.5x naive", f"{speedup:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})", speedup >= 1.5),
+        ("throughput at 16 clients >= 1.5x naive", f"{speedup:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})",
+         speedup >= 1.5),
         ("errors", f"{errors}", errors == 0),
-        (f"RSS growth over {args.soak_seconds:g} s at 16 clients <= 10 %", f"{growth:+.1f} % ({soak_start_rss:.0f} -> {soak_end_rss:.0f} MB)", growth <= 10),
-        ("cold start to ready <= 2 s", f"{cold:.2f} s wall (median of {', '.join(f'{c:.2f}' for c in colds)}), "
-         f"{cold_cpu:.2f} s CPU", cold <= 2),
-        ("RSS <= 250 MB", f"{max(idle_rss, soak_end_rss):.0f} MB (idle {idle_rss:.0f} MB)", max(idle_rss, soak_end_rss) <= 250),
+        (f"RSS growth over {args.soak_seconds:g} s at 16 clients <= 10 %",
+         f"{growth:+.1f} % ({soak_start_rss:.0f} -> {soak_end_rss:.0f} MB)", growth <= 10),
+        ("cold start to ready <= 2 s",
+         f"{cold:.2f} s wall (median of {', '.join(f'{c:.2f}' for c in colds)}), {cold_cpu:.2f} s CPU", cold <= 2),
+        ("RSS <= 250 MB", f"{max(idle_rss, soak_end_rss):.0f} MB (idle {idle_rss:.0f} MB)",
+         max(idle_rss, soak_end_rss) <= 250),
     ]
     if peer:
         checks.append((f"throughput at 16 clients vs {peer} (reported, no target)",
@@ -397,12 +406,15 @@ def run(args: argparse.Namespace) -> str:
     lines = [
         "# Serving benchmark",
         "",
-        f"`python benchmarks/serve_load.py EXPORT_DIR --rounds {args.rounds} --seconds {args.seconds:g} --soak-seconds {args.soak_seconds:g}"
+        f"`python benchmarks/serve_load.py EXPORT_DIR --rounds {args.rounds} --seconds {args.seconds:g} "
+        f"--soak-seconds {args.soak_seconds:g}"
         f"{f' --threads {args.threads}' if args.threads else ''}`, "
-        f"model `{manifest['model']}`, artifact `{key}`, runtime threads {args.threads or 'ORT default'}, digit PNGs posted as multipart over loopback "
+        f"model `{manifest['model']}`, artifact `{key}`, runtime threads {args.threads or 'ORT default'}, "
+        "digit PNGs posted as multipart over loopback "
         "by client threads on keep-alive sockets with httptools parsing the answers "
         "(closed loop: each client sends its next request when the previous answer arrives). "
-        f"{args.rounds} interleaved rounds of {args.seconds:g} s per server and load level; each cell is the median over the rounds, "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s per server and load level; "
+        "each cell is the median over the rounds, "
         "the throughput ratio the median of the per-round ratios.",
         "",
         f"Machine before: {before}",
@@ -418,8 +430,10 @@ def run(args: argparse.Namespace) -> str:
     ]
     for name, by_level in rows.items():
         for clients, r in by_level.items():
-            lines.append(f"| {name} | {clients} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | {r['requests']:.0f} | {r['errors']:.0f} | {r.get('cpu_ms', float('nan')):.2f} |")
-    lines.append(f"| edgekd serve, soak {args.soak_seconds:g} s | 16 | {soak['p50_ms']:.2f} | {soak['p99_ms']:.2f} | {soak['throughput']:.0f} | {soak['requests']} | {soak['errors']} | |")
+            lines.append(f"| {name} | {clients} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | "
+                         f"{r['requests']:.0f} | {r['errors']:.0f} | {r.get('cpu_ms', float('nan')):.2f} |")
+    lines.append(f"| edgekd serve, soak {args.soak_seconds:g} s | 16 | {soak['p50_ms']:.2f} | {soak['p99_ms']:.2f} | "
+                 f"{soak['throughput']:.0f} | {soak['requests']} | {soak['errors']} | |")
     lines += ["", f"Naive server RSS after its runs: {naive_rss:.0f} MB."
               + (f" {peer} RSS after its runs (all its processes): {lit_rss:.0f} MB." if peer else ""), ""]
     return "\n".join(lines)
@@ -432,14 +446,16 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="duration of each load level in each round")
     p.add_argument("--soak-seconds", type=float, default=60.0, help="duration of the RSS-growth run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.md")
-    p.add_argument("--threads", type=int, default=None, help="runtime intra-op threads, same for all three (default: ORT's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="runtime intra-op threads, same for all three (default: ORT's)")
     p.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.naive_server:
         import uvicorn
 
-        uvicorn.run(naive_app(args.export_dir, args.threads), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(naive_app(args.export_dir, args.threads), host="127.0.0.1", port=args.port, log_level="warning",
+                    access_log=False)
         return
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

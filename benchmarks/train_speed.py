@@ -113,8 +113,8 @@ def render(best: dict[str, float], args, device) -> str:
     lines = [
         f"# Training throughput: {args.teacher} -> {args.student}, batch {args.batch}, {device.type}",
         "",
-        f"Device: {name}; torch {torch.__version__}, {torch.get_num_threads()} threads. Best of {args.rounds} interleaved "
-        f"rounds of {args.steps}-step epochs after a warm-up epoch.",
+        f"Device: {name}; torch {torch.__version__}, {torch.get_num_threads()} threads. Best of {args.rounds} "
+        f"interleaved rounds of {args.steps}-step epochs after a warm-up epoch.",
         "",
         "| loop | images/s | step (ms) | vs edgekd kd |",
         "|---|---:|---:|---:|",

@@ -35,11 +35,14 @@ console = Console()
 # ------------------------------------------------------------------ options shared by train and distill
 _D = TrainConfig()  # the defaults the help texts quote
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.")
-DataOpt = typer.Option(None, help="Dataset: digits (default, embedded), synthetic, cifar10:ROOT, cifar100:ROOT, imagefolder:PATH, tiny-imagenet:PATH.")
+DataOpt = typer.Option(
+    None, help="Dataset: digits (default, embedded), synthetic, cifar10:ROOT, cifar100:ROOT, imagefolder:PATH, "
+               "tiny-imagenet:PATH.")
 EpochsOpt = typer.Option(None, help=f"Training epochs (default {_D.epochs}).")
 BatchOpt = typer.Option(
     None, "--batch-size", "-b",
-    help=f"Global batch per optimizer step, split evenly over the processes and --accumulate steps (default {_D.batch_size}).")
+    help="Global batch per optimizer step, split evenly over the processes and --accumulate steps "
+         f"(default {_D.batch_size}).")
 AccumulateOpt = typer.Option(
     None, help="Gradient accumulation: micro-batches per optimizer step in each process, for a global batch that does "
                f"not fit at once (default {_D.accumulate}).")
@@ -47,7 +50,8 @@ LrOpt = typer.Option(None, help=f"Peak learning rate (default {_D.lr}).")
 OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.")
 ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay by lr_decay at --milestones).")
 MilestonesOpt = typer.Option(
-    None, help="Epochs where multistep decays the lr, comma-separated (e.g. 150,180,210); '' for 62.5/75/87.5% of the epochs.")
+    None, help="Epochs where multistep decays the lr, comma-separated (e.g. 150,180,210); '' for 62.5/75/87.5% of "
+               "the epochs.")
 WarmupOpt = typer.Option(None, help=f"Linear warm-up epochs (default {_D.warmup_epochs}).")
 WdOpt = typer.Option(None, help=f"Weight decay (default {_D.weight_decay}).")
 SeedOpt = typer.Option(None, help=f"Random seed for model init, data order and augmentation (default {_D.seed}).")
@@ -69,7 +73,8 @@ PretrainedOpt = typer.Option(
     help="Start the model (distill: the student) from its architecture's default published weights (tv/ models), with "
          "a new head for the data's classes and the weights' own preprocessing.")
 WeightsOpt = typer.Option(
-    None, help="Start from these weights instead: a published name (e.g. IMAGENET1K_V1) or a torch.save state_dict file.")
+    None, help="Start from these weights instead: a published name (e.g. IMAGENET1K_V1) or a torch.save state_dict "
+               "file.")
 InitOpt = typer.Option(
     None, "--init",
     help="Start from this run dir's model: its architecture (a pruned one included), weights and preprocessing, "
@@ -78,7 +83,8 @@ ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the
 
 
 def _launch(nproc: int, cfg: Any) -> None:
-    """Run this same command in ``nproc`` DDP processes (the --nproc shortcut for torchrun), once its setup checks pass."""
+    """Run this same command in ``nproc`` DDP processes (the --nproc shortcut for torchrun), once its setup checks
+    pass."""
     from edgekd.distributed import launch_local
     from edgekd.train import preflight
 
@@ -134,7 +140,8 @@ def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int)
 def train(
     config: Optional[Path] = ConfigOpt,
     data: Optional[str] = DataOpt,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
     init: Optional[str] = InitOpt,
@@ -169,18 +176,27 @@ def train(
 @app.command()
 def distill(
     config: Optional[Path] = ConfigOpt,
-    method: Optional[str] = typer.Option(None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, sld, r2kd or ce (default {_D.method})."),
-    student: Optional[str] = typer.Option(None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
+    method: Optional[str] = typer.Option(
+        None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, sld, r2kd or ce (default {_D.method})."),
+    student: Optional[str] = typer.Option(
+        None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
     init: Optional[str] = InitOpt,
-    teacher: Optional[str] = typer.Option(None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
-    teacher_arch: Optional[str] = typer.Option(None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4), or of a --teacher-weights teacher."),
+    teacher: Optional[str] = typer.Option(
+        None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
+    teacher_arch: Optional[str] = typer.Option(
+        None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4), or of a --teacher-weights "
+                   "teacher."),
     teacher_weights: Optional[str] = typer.Option(
         None, help="With --teacher-arch and no --teacher: start the teacher from published weights (DEFAULT, or a name "
-                   "such as IMAGENET1K_V2) or a state_dict file, head included: they must already know the data's classes."),
-    rectify: Optional[bool] = typer.Option(None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
-    arg: list[str] = typer.Option([], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4); an unknown KEY lists the method's options."),
+                   "such as IMAGENET1K_V2) or a state_dict file, head included: they must already know the data's "
+                   "classes."),
+    rectify: Optional[bool] = typer.Option(
+        None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
+    arg: list[str] = typer.Option(
+        [], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4); an unknown KEY lists "
+                          "the method's options."),
     data: Optional[str] = DataOpt,
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,
@@ -215,18 +231,26 @@ def distill(
 @app.command()
 def models(
     num_classes: int = typer.Option(100, help="Classes for the parameter/MAC count."),
-    tv: bool = typer.Option(False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, at their own input size; slow: builds every one)."),
-    timm: bool = typer.Option(False, "--timm", help="Also list timm's models (timm/<name>; over a thousand: narrow them with --match)."),
-    match: Optional[str] = typer.Option(None, help="Only names matching this pattern, e.g. 'timm/mobilenetv4*' or '*resnet*'."),
+    tv: bool = typer.Option(
+        False, "--tv", help="Also list torchvision's ImageNet models (tv/<name>, at their own input size; slow: builds "
+                            "every one)."),
+    timm: bool = typer.Option(
+        False, "--timm", help="Also list timm's models (timm/<name>; over a thousand: narrow them with --match)."),
+    match: Optional[str] = typer.Option(
+        None, help="Only names matching this pattern, e.g. 'timm/mobilenetv4*' or '*resnet*'."),
 ) -> None:
     """List the model registry with parameters and MACs."""
     import fnmatch
 
     from edgekd.models import list_models, model_summary
 
-    families = {"tv/": ("torchvision", tv, "tv/resnet18", "--tv"), "timm/": ("timm", timm, "timm/efficientnet_b0", "--timm")}
+    families = {
+        "tv/": ("torchvision", tv, "tv/resnet18", "--tv"),
+        "timm/": ("timm", timm, "timm/efficientnet_b0", "--timm"),
+    }
     names = list_models()
-    shown = [n for n in names if all(shown_family or not n.startswith(prefix) for prefix, (_, shown_family, _, _) in families.items())]
+    shown = [n for n in names
+             if all(shown_family or not n.startswith(prefix) for prefix, (_, shown_family, _, _) in families.items())]
     shown = [n for n in shown if match is None or fnmatch.fnmatch(n.lower(), match.lower())]
     table = Table(title=f"models ({num_classes} classes)")
     for col in ("name", "input", "params (M)", "MACs (M)"):
@@ -264,7 +288,9 @@ def _print_bench(rows: list[dict], title: str) -> None:
     """bench.md's content for a terminal, in 80 columns: every number whole, reasons for skipped rows below."""
     from rich.markdown import Markdown
 
-    from edgekd.export.bench_report import MD_HEADER, format_label, machine_lines, row_cells, several_machines, summary_lines
+    from edgekd.export.bench_report import (
+        MD_HEADER, format_label, machine_lines, row_cells, several_machines, summary_lines,
+    )
 
     many = several_machines(rows)
     header = (("Machine",) if many else ()) + MD_HEADER
@@ -276,7 +302,8 @@ def _print_bench(rows: list[dict], title: str) -> None:
     table = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name in columns:
         text = name in ("machine", "format")  # the only columns that may wrap; numbers stay whole
-        table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=12 if name == "format" else None)
+        table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text,
+                         min_width=12 if name == "format" else None)
     for r in rows:
         cells = dict(zip(header, row_cells(r, many)))
         cells["Format"] += STATUS_MARKS[r["status"].split(":")[0]]
@@ -298,7 +325,8 @@ def datasets() -> None:
     table.add_column("classes, input", overflow="fold", max_width=24)
     table.add_column("what it is, and the files it reads", overflow="fold", ratio=1)
     for row in list_datasets():
-        table.add_row(row["spec"], f"{row['classes']}\n{row['input_size']}", f"{row['description']}\nfiles: {row['layout']}")
+        table.add_row(row["spec"], f"{row['classes']}\n{row['input_size']}",
+                      f"{row['description']}\nfiles: {row['layout']}")
     console.print(table)
 
 
@@ -307,9 +335,11 @@ def prune(
     run: Path = typer.Argument(..., help="Run dir of the model to prune."),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned (and recovered) model to."),
     ratio: Optional[float] = typer.Option(
-        None, help="Channel ratio to remove from every layer group (structured) or weight rate (l1-unstructured); default 0.3."),
+        None, help="Channel ratio to remove from every layer group (structured) or weight rate (l1-unstructured); "
+                   "default 0.3."),
     target_macs: Optional[float] = typer.Option(
-        None, help="Instead of --ratio: prune in small steps until the model has this fraction of its MACs (e.g. 0.5)."),
+        None, help="Instead of --ratio: prune in small steps until the model has this fraction of its MACs "
+                   "(e.g. 0.5)."),
     prune_method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
     channel_multiple: int = typer.Option(
         8, help="Structured: keep every channel count a multiple of this (CPU kernels vectorise over 8 channels; "
@@ -317,7 +347,8 @@ def prune(
     recover_epochs: int = typer.Option(
         0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
                 "The pruned model goes to OUT/pruned, the recovered one to OUT."),
-    method: str = typer.Option("kd", help="Recovery method: kd, r2kd, dkd, dist, ... or ce (fine-tune without the teacher)."),
+    method: str = typer.Option(
+        "kd", help="Recovery method: kd, r2kd, dkd, dist, ... or ce (fine-tune without the teacher)."),
     arg: list[str] = typer.Option([], "--arg", help="Recovery method option KEY=VALUE, repeatable (e.g. --arg T=4)."),
     lr: float = typer.Option(RECOVERY_LR, help="Recovery peak learning rate (a fine-tune of trained weights)."),
     batch_size: Optional[int] = BatchOpt,
@@ -372,12 +403,15 @@ def export(
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
     max_drop: Optional[str] = typer.Option(
         None, help="Largest top-1 drop (points, held-out split) an INT8 artifact may have (default 0.5): ONNX Runtime "
-                   "tries other calibrations, more images and the sensitive layers in FP32 until one meets it, OpenVINO "
-                   "uses NNCF's accuracy control; an artifact that still misses it is not written. 'none': plain PTQ."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 artifacts where a format has them (an OpenVINO FP16-compressed IR)."),
+                   "tries other calibrations, more images and the sensitive layers in FP32 until one meets it, "
+                   "OpenVINO uses NNCF's accuracy control; an artifact that still misses it is not written. "
+                   "'none': plain PTQ."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Also write FP16 artifacts where a format has them (an OpenVINO FP16-compressed IR)."),
     qat_epochs: int = typer.Option(
         0, help="When ONNX Runtime's INT8 still misses --max-drop, fine-tune the fake-quantized model this many "
-                "epochs, distilled from the run's teacher (else from the FP32 model), and export that instead (0: never)."),
+                "epochs, distilled from the run's teacher (else from the FP32 model), and export that instead "
+                "(0: never)."),
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
     from edgekd.export import export_run, manifest_table_rows
@@ -412,7 +446,8 @@ def _print_export(rows: list[dict[str, str]], title: str) -> None:
     columns = [name for name in rows[0] if name != "status"]
     for name in columns:
         text = name == "format"  # the only column that may wrap
-        table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=15 if text else None)
+        table.add_column(name, justify="left" if text else "right", overflow="fold", no_wrap=not text,
+                         min_width=15 if text else None)
     dropped = {r["format"]: r["status"] for r in rows if r["status"].startswith("dropped")}
     for r in rows:
         mark = STATUS_MARKS["skipped"] if r["format"] in dropped else ""
@@ -424,7 +459,8 @@ def _print_export(rows: list[dict[str, str]], title: str) -> None:
 
 @app.command()
 def bench(
-    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export` (reads only its manifest and artifacts)."),
+    export_dir: Path = typer.Argument(
+        ..., help="Export dir from `edgekd export` (reads only its manifest and artifacts)."),
     runtimes: str = bench_options.RuntimesOpt,
     precisions: str = bench_options.PrecisionsOpt,
     batch: str = bench_options.BatchOpt,
@@ -434,7 +470,8 @@ def bench(
     seconds: float = bench_options.SecondsOpt,
     ov_hint: str = bench_options.OvHintOpt,
     ov_streams: Optional[int] = bench_options.OvStreamsOpt,
-    remote: Optional[str] = typer.Option(None, help="Also run on user@host[:path] over SSH (edgekd\\[device] installed there)."),
+    remote: Optional[str] = typer.Option(
+        None, help="Also run on user@host[:path] over SSH (edgekd\\[device] installed there)."),
     remote_python: str = typer.Option("python3", help="Python on the remote machine."),
     ssh_port: Optional[int] = typer.Option(None, help="SSH port of --remote."),
     identity: Optional[Path] = typer.Option(None, help="SSH private key for --remote."),
@@ -450,13 +487,15 @@ def bench(
         from edgekd.export.remote import check_remote_options
 
         check_remote_options(remote, ssh_port, identity)
-    options = bench_options.measurement_options(runtimes, precisions, batch, threads, warmup, iters, seconds, ov_hint, ov_streams)
+    options = bench_options.measurement_options(runtimes, precisions, batch, threads, warmup, iters, seconds, ov_hint,
+                                                ov_streams)
     rows = run_bench(export_dir, **options)
     if remote:
         from edgekd.export.remote import run_remote
 
         console.print(f"benchmarking on {escape(remote)} ...")
-        remote_rows = run_remote(remote, export_dir, options, port=ssh_port, identity=identity, remote_python=remote_python)
+        remote_rows = run_remote(remote, export_dir, options, port=ssh_port, identity=identity,
+                                 remote_python=remote_python)
         rows = merge_reports(rows, remote_rows)
     if not any(r["status"] == "ok" for r in rows):  # a report of failures only is no benchmark: say why, write nothing
         reasons = dict.fromkeys(r["status"] for r in rows)
@@ -468,7 +507,8 @@ def bench(
     failed = [r for r in rows if r["status"].startswith("error")]
     if failed:  # the report keeps what did run; the exit code tells scripts that something did not
         for r in failed:
-            _print_error(f"{r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}", "failed:")
+            _print_error(f"{r.get('artifact') or r['runtime']} {r['precision']} batch {r['batch']}: {r['status']}",
+                         "failed:")
         raise typer.Exit(1)
 
 
@@ -623,7 +663,9 @@ def demo(
 
 
 # What the training side needs beyond the device install (edgekd[train] in pyproject.toml), by import name
-TRAIN_MODULES = ("torch", "torchvision", "torch_pruning", "safetensors", "sklearn", "onnx", "onnxscript", "nncf", "tensorboard")
+TRAIN_MODULES = (
+    "torch", "torchvision", "torch_pruning", "safetensors", "sklearn", "onnx", "onnxscript", "nncf", "tensorboard",
+)
 
 
 def _print_error(message: str, prefix: str = "error:") -> None:
@@ -637,7 +679,8 @@ def main() -> None:
         app(prog_name="edgekd")
     except EdgeKDError as e:
         # raised in a DataLoader worker, the message carries the worker's traceback; its last line is ours
-        message = str(e).strip().splitlines()[-1].removeprefix("edgekd.errors.EdgeKDError: ") if "DataLoader worker" in str(e) else str(e)
+        message = (str(e).strip().splitlines()[-1].removeprefix("edgekd.errors.EdgeKDError: ")
+                   if "DataLoader worker" in str(e) else str(e))
         if not hand_to_launcher(message):
             _print_error(message)
         sys.exit(2)
@@ -650,6 +693,7 @@ def main() -> None:
         )
         sys.exit(2)
     except SystemExit as e:
-        if e.code == 130 and RANK_ERRORS_ENV not in os.environ:  # typer makes Ctrl-C a silent exit 130; a launcher says it once
+        # typer makes Ctrl-C a silent exit 130; a launcher says it once
+        if e.code == 130 and RANK_ERRORS_ENV not in os.environ:
             Console(stderr=True).print("interrupted")
         raise

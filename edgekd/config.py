@@ -86,12 +86,13 @@ class TrainConfig:
             raise EdgeKDError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if not all(isinstance(m, int) and not isinstance(m, bool) for m in self.milestones):
             raise EdgeKDError(f"milestones must be whole epochs, got {self.milestones}")
-        if not 0 <= self.seed < 2**32:  # the trainer derives per-epoch seeds as seed * 1_000_003 + ...: keep them in 64 bits
+        # the trainer derives per-epoch seeds as seed * 1_000_003 + ...: keep them in 64 bits
+        if not 0 <= self.seed < 2**32:
             raise EdgeKDError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.schedule == "multistep" and any(m <= 0 or m >= self.epochs for m in self.milestones):
             raise EdgeKDError(
-                f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs}); pass --milestones "
-                "that fit, or --milestones '' to decay at 62.5/75/87.5% of the epochs"
+                f"milestones {self.milestones} must lie strictly between 0 and epochs ({self.epochs}); "
+                "pass --milestones that fit, or --milestones '' to decay at 62.5/75/87.5% of the epochs"
             )
         from edgekd.methods import method_class  # torch: only training configs get here
 

@@ -109,7 +109,9 @@ class _ArraysOnly(pickle.Unpickler):
         (module, name)
         for module in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("_reconstruct", "scalar")
-    } | {(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+    } | {
+        (module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")
+    } | {("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -156,7 +158,11 @@ def make_eval_transform(spec: PreprocessSpec) -> v2.Compose:
 
 def _to_input(spec: PreprocessSpec) -> list[Any]:
     """The spec's steps after the geometry, shared by training and evaluation: scale, channel order, normalise."""
-    return [v2.ToImage(), _ScaleAndOrder(spec.scale, spec.channel_order == "BGR"), v2.Normalize(list(spec.mean), list(spec.std))]
+    return [
+        v2.ToImage(),
+        _ScaleAndOrder(spec.scale, spec.channel_order == "BGR"),
+        v2.Normalize(list(spec.mean), list(spec.std)),
+    ]
 
 
 @dataclass(frozen=True)
@@ -220,7 +226,8 @@ class DataBundle:
 
     def with_preprocessing(self, spec: PreprocessSpec) -> DataBundle:
         """The same data fed as ``spec`` says (a pretrained model's resize, crop, mean and std)."""
-        return dataclasses.replace(self, model_preprocessing=spec, input_size=(3, *spec.size), mean=spec.mean, std=spec.std)
+        return dataclasses.replace(self, model_preprocessing=spec, input_size=(3, *spec.size), mean=spec.mean,
+                                   std=spec.std)
 
     def train_set(self) -> Dataset:
         return TransformedDataset(self.raw_train, self.train_transform)
@@ -590,7 +597,8 @@ def _source(spec: str) -> tuple[_Source, str]:
 
 
 def check_data_spec(spec: str) -> None:
-    """A known dataset, with a folder that exists where it takes one; reads no data (the files are checked when built)."""
+    """A known dataset, with a folder that exists where it takes one; reads no data (the files are checked when
+    built)."""
     source, path = _source(spec)
     name = source.syntax.partition(":")[0]
     if ":" in source.syntax:

@@ -107,7 +107,8 @@ def _stage(console: Console, n: int, total: int, text: str) -> None:
     console.rule(f"[bold cyan][{n}/{total}] {text}")
 
 
-def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: Console | None = None) -> list[dict[str, Any]]:
+def run_demo(out: Path, *, quick: bool = False, device: str = "auto",
+             console: Console | None = None) -> list[dict[str, Any]]:
     """Run every stage into ``out`` and print one summary table; returns its rows (also demo-summary.json)."""
     from edgekd.config import load_config
     from edgekd.data import build_data
@@ -126,7 +127,8 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
         raise EdgeKDError(f"{out} already exists and is not empty; choose another --out or remove it")
     started = time.perf_counter()
     total = 8
-    common = {"data": "digits", "device": device, "batch_size": 16, "lr": 0.05, "seed": 0}  # small batches: more steps on 1437 images
+    # small batches: more steps on 1437 images
+    common = {"data": "digits", "device": device, "batch_size": 16, "lr": 0.05, "seed": 0}
     resolve_device(load_config(overrides=common).device)  # a bad --device is refused before the first stage starts
 
     _stage(console, 1, total, f"training the teacher ({plan.teacher}, {plan.teacher_epochs} epochs)")
@@ -136,7 +138,8 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
 
     for i, method in enumerate(METHODS):
         _stage(console, 2 + i, total, f"distilling {plan.student} with {method}")
-        cfg = {**common, "model": plan.student, "epochs": plan.student_epochs, "method": method, "out": str(out / "students" / method)}
+        cfg = {**common, "model": plan.student, "epochs": plan.student_epochs, "method": method,
+               "out": str(out / "students" / method)}
         if method != "drkd":  # DR-KD's default teacher is the student itself
             cfg["teacher"] = str(teacher_dir)
         runs[method] = run_training(load_config(overrides=cfg))
@@ -164,7 +167,8 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", console: C
     images = [bundle.raw_val[i] for i in range(len(bundle.raw_val))]  # the whole held-out split, as PNGs
     served = select_artifact(manifest)  # what `edgekd serve` picks by default: INT8 first, ONNX Runtime first
     entry = manifest["artifacts"][served]
-    with running_server(export_dir, out / "serve.log", "--runtime", runtime_of(entry["format"]), "--precision", entry["precision"]) as url:
+    with running_server(export_dir, out / "serve.log", "--runtime", runtime_of(entry["format"]),
+                        "--precision", entry["precision"]) as url:
         http = classify_over_http(url, images)
 
     summary = _summary_rows(runs, pruned, manifest, rows, http, best, served)
@@ -182,12 +186,14 @@ def _summary_rows(runs, pruned, manifest, bench_rows, http, best, key) -> list[d
         rows.append({"stage": name, "accuracy": s["final_acc"], "size_mb": size, "p50_ms": None, "speedup": None})
     for r in bench_rows:
         if r["status"] == "ok" and r["batch"] == 1:
-            rows.append({"stage": f"{best}: {r['runtime']} {r['precision']}", "accuracy": r["accuracy"], "size_mb": r["size_mb"],
-                         "p50_ms": r["p50_ms"], "speedup": r.get("speedup")})
+            rows.append({"stage": f"{best}: {r['runtime']} {r['precision']}", "accuracy": r["accuracy"],
+                         "size_mb": r["size_mb"], "p50_ms": r["p50_ms"], "speedup": r.get("speedup")})
     # the pruned + recovered student's ORT INT8, its speed-up over the same PyTorch eager FP32 as the rows above
-    eager = next((r["p50_ms"] for r in bench_rows if r["status"] == "ok" and r["runtime"] == "torch" and r["batch"] == 1), None)
+    eager = next((r["p50_ms"] for r in bench_rows
+                  if r["status"] == "ok" and r["runtime"] == "torch" and r["batch"] == 1), None)
     int8 = pruned["int8"]
-    rows.append({"stage": f"{best} pruned to {pruned['macs_after'] / pruned['macs_before']:.0%} MACs + recovered: ort int8",
+    rows.append({"stage": f"{best} pruned to {pruned['macs_after'] / pruned['macs_before']:.0%} MACs + recovered: "
+                          "ort int8",
                  "accuracy": int8["accuracy"], "size_mb": int8["size_bytes"] / 1e6, "p50_ms": int8["p50_ms"],
                  "speedup": eager / int8["p50_ms"] if eager else None, "acc_pruned": pruned["acc_pruned"],
                  "acc_recovered": pruned["acc_recovered"], "macs_ratio": pruned["macs_after"] / pruned["macs_before"]})

@@ -90,7 +90,8 @@ def launch_local(nproc: int, args: list[str]) -> None:
             if messages:
                 raise EdgeKDError("\n".join(dict.fromkeys(messages))) from None
             rank, failure = e.get_first_failure()
-            how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {signal.Signals(-failure.exitcode).name}"
+            how = (f"exit code {failure.exitcode}" if failure.exitcode >= 0
+                   else f"signal {signal.Signals(-failure.exitcode).name}")
             raise SystemExit(f"error: training process rank {rank} failed ({how}); its output is above") from None
         finally:
             logging.disable(logging.NOTSET)

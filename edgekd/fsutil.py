@@ -95,7 +95,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     with _beside(path, make_file, ".tmp") as tmp_path:
         try:
             yield tmp_path
-            # mkstemp makes 0600 and some writers (safetensors) recreate the file 0600: set the mode any written file gets
+            # mkstemp makes 0600 and some writers (safetensors) recreate the file 0600: set the mode any written
+            # file gets
             os.chmod(tmp_path, 0o666 & ~_umask())
             os.replace(tmp_path, path)
         finally:

@@ -47,7 +47,8 @@ def dist_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: float, beta: float, gam
     return tau**2 * (beta * inter + gamma * intra)
 
 
-def dkd_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, T: float) -> torch.Tensor:
+def dkd_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, alpha: float, beta: float,
+             T: float) -> torch.Tensor:
     """Decoupled KD (Zhao et al. 2022) as mdistiller writes it: α·TCKD + β·NCKD, each with T², averaged over the batch.
 
     TCKD is the KL between the binary (target, all non-targets) distributions; NCKD the KL between the

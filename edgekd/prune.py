@@ -188,8 +188,9 @@ def prune_model(
     ``structured``: torch-pruning DepGraph with L1 magnitude importance removes ``ratio`` of the channels of
     every prunable layer group (or, with ``target_macs``, enough of them to leave that fraction of the MACs),
     never the classifier's outputs, keeping channel counts multiples of ``channel_multiple`` when given; needs
-    ``example_input`` (one batch of the model's input shape, on its device) to trace the graph. ``l1-unstructured``: zero the ``ratio`` smallest |w| of every Conv2d/Linear
-    weight (made permanent, no masks left behind).
+    ``example_input`` (one batch of the model's input shape, on its device) to trace the graph.
+    ``l1-unstructured``: zero the ``ratio`` smallest |w| of every Conv2d/Linear weight (made permanent, no masks left
+    behind).
     """
     if method not in PRUNE_METHODS:
         raise EdgeKDError(f"unknown pruning method {method!r}; choose one of: {', '.join(PRUNE_METHODS)}")

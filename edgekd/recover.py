@@ -45,7 +45,8 @@ def prune_and_recover(
         raise EdgeKDError(f"{out_dir} already exists and is not empty; choose another --out or remove it")
     settings = {**RECOVERY_DEFAULTS, **recover}
     overrides = {  # the unpruned run's data at its size; the pruned model starts, the unpruned one teaches
-        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {}, "image_size": desc["input_size"][-1],
+        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
+        "image_size": desc["input_size"][-1],
         "teacher": str(run_dir), "init": str(out_dir / "pruned"), "out": str(out_dir), **settings,
     }
     load_config(None, {**overrides, "init": None})  # bad recovery settings are one line before minutes of pruning
@@ -60,6 +61,7 @@ def prune_and_recover(
         raise
     how = {k: pruned[k] for k in ("ratio", "target_macs", "method", "channel_multiple", "source") if k in pruned}
     sizes = {k: pruned[k] for k in ("macs_before", "macs_after", "params_before", "params_after", "acc_before")}
-    result = {**summary, "pruning": how, **sizes, "acc_pruned": pruned["acc_after"], "acc_recovered": summary["final_acc"]}
+    result = {**summary, "pruning": how, **sizes, "acc_pruned": pruned["acc_after"],
+              "acc_recovered": summary["final_acc"]}
     write_json(out_dir / "summary.json", {k: v for k, v in result.items() if k not in ("wall_seconds", "out")})
     return result

@@ -25,14 +25,18 @@ from edgekd.contracts.manifest import MANIFEST
 from edgekd.contracts.rundir import DESCRIPTION, METRICS, SUMMARY
 from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
-from edgekd.export.bench_report import EMULATED_NOTE, baseline_label, fastest_entries, format_label, machine_label, machine_name
+from edgekd.export.bench_report import (
+    EMULATED_NOTE, baseline_label, fastest_entries, format_label, machine_label, machine_name,
+)
 from edgekd.fsutil import write_text
 
 DEFAULT_NAME = "report.html"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """
-body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#1f2328}
-h1{font-size:26px;margin-bottom:4px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;\
+padding:0 16px;color:#1f2328}
+h1{font-size:26px;margin-bottom:4px}\
+h2{font-size:19px;margin-top:32px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
 p.meta{color:#59636e;margin-top:0}p.empty{color:#59636e;font-style:italic}p.note{color:#59636e;font-size:13px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px}
 th{background:#f6f8fa;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -325,7 +329,10 @@ def _accuracy_plot(runs: Sequence[Run]) -> str:
     fig = _figure(min(12.0, 1.3 * len(names) + 3), 4.2)
     ax = fig.subplots()
     x = np.arange(len(names))
-    for offset, key, color, label in ((-0.2, "best_acc", "tab:blue", "best"), (0.2, "final_acc", "tab:orange", "final")):
+    for offset, key, color, label in (
+        (-0.2, "best_acc", "tab:blue", "best"),
+        (0.2, "final_acc", "tab:orange", "final"),
+    ):
         means, stds = [], []
         for name in names:
             vals = [100 * r.summary[key] for r in groups[name] if isinstance(r.summary.get(key), (int, float))]
@@ -335,7 +342,8 @@ def _accuracy_plot(runs: Sequence[Run]) -> str:
         ax.bar_label(bars, labels=[f"{m:.1f}" if math.isfinite(m) else "" for m in means], fontsize=8, padding=2)
     counts = [len(groups[n]) for n in names]
     ax.set_xticks(x, [f"{n}\n(n={c})" if c > 1 else n for n, c in zip(names, counts)], fontsize=9)
-    ax.set(ylabel="held-out top-1 accuracy (%)", title="Accuracy per method", ylim=(0, 105), xlim=(-0.8, len(names) - 0.2))
+    ax.set(ylabel="held-out top-1 accuracy (%)", title="Accuracy per method", ylim=(0, 105),
+           xlim=(-0.8, len(names) - 0.2))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=9, loc="lower right")
     return _img(fig, "accuracy per method: best and final held-out top-1")
@@ -433,16 +441,20 @@ def _summary_section(found: Found, root: Path) -> str:
         if sized:
             e, key, a = min(sized, key=lambda t: t[2]["size_bytes"])
             torch_acc = (e.manifest.get("eval") or {}).get("torch_accuracy")
-            items.append(("Smallest artifact", f"{key}: {_num(_mb(a['size_bytes']))} MB, accuracy {_pct(a.get('accuracy'))}"
+            items.append(("Smallest artifact",
+                          f"{key}: {_num(_mb(a['size_bytes']))} MB, accuracy {_pct(a.get('accuracy'))}"
                           f" (PyTorch {_pct(torch_acc)})"))
     rows = [r for b in found.benches for r in b.rows]
     if rows:
         for f in fastest_entries(rows):
-            vs = f", {_times(f['speedup'])} {baseline_label(f['baseline'])}" if f.get("baseline") and f.get("speedup") else ""
-            items.append((f"Fastest at batch {f['batch']} on {f['machine']}", f"{format_label(f)}: p50 {_num(f['p50_ms'])} ms{vs}"))
+            vs = (f", {_times(f['speedup'])} {baseline_label(f['baseline'])}"
+                  if f.get("baseline") and f.get("speedup") else "")
+            items.append((f"Fastest at batch {f['batch']} on {f['machine']}",
+                          f"{format_label(f)}: p50 {_num(f['p50_ms'])} ms{vs}"))
         emulated = sum(bool(r.get("emulated")) for r in rows)
         if emulated:
-            items.append(("Emulated bench rows", f"{emulated}: they show the artifact runs there, not the device's latency"))
+            items.append(("Emulated bench rows",
+                          f"{emulated}: they show the artifact runs there, not the device's latency"))
     return "<h2>Summary</h2>" + _kv_table(items)
 
 
@@ -463,7 +475,9 @@ def _demo_section(demo: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _runs_table(runs: Sequence[Run]) -> str:
-    headers = ("Run", "Method", "Model", "Teacher", "Dataset", "Epochs", "Best acc", "Final acc", "Params", "Train time (s)")
+    headers = (
+        "Run", "Method", "Model", "Teacher", "Dataset", "Epochs", "Best acc", "Final acc", "Params", "Train time (s)",
+    )
     rows = []
     for r in runs:
         s = r.summary

@@ -52,7 +52,8 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
 _SHAPE_KEYS = {nn.Conv2d: ("in", "out", "groups"), nn.BatchNorm2d: ("features",), nn.Linear: ("in", "out")}
 
 
-def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weights: dict[str, tuple[int, ...]]) -> nn.Module:
+def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]],
+                       weights: dict[str, tuple[int, ...]]) -> nn.Module:
     """Resize layers in place to recorded shapes; the weights are then loaded over them.
 
     Each recorded shape is checked against the tensor shapes in the weights file (``weights``: name -> shape)
@@ -65,7 +66,8 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], weig
             raise EdgeKDError(f"model.json names layer {name!r}, which {type(model).__name__} does not have")
         keys = next((k for t, k in _SHAPE_KEYS.items() if isinstance(m, t)), ())
         if not isinstance(s, dict) or any(not is_count(s.get(k)) for k in keys):
-            raise EdgeKDError(f"model.json layer_shapes[{name!r}] needs positive integers {', '.join(keys)}; the run dir is corrupt")
+            raise EdgeKDError(
+                f"model.json layer_shapes[{name!r}] needs positive integers {', '.join(keys)}; the run dir is corrupt")
         if isinstance(m, nn.Conv2d):
             expected = (s["out"], s["in"] // s["groups"], *m.kernel_size)
         elif isinstance(m, nn.BatchNorm2d):

@@ -70,7 +70,8 @@ def micro_batch(cfg: TrainConfig, world_size: int) -> int:
     """
     share, rest = divmod(cfg.batch_size, world_size * cfg.accumulate)
     if rest or not share:
-        parts = f"{world_size} process{'es' if world_size > 1 else ''} x {cfg.accumulate} accumulation step{'s' if cfg.accumulate > 1 else ''}"
+        parts = (f"{world_size} process{'es' if world_size > 1 else ''} x "
+                 f"{cfg.accumulate} accumulation step{'s' if cfg.accumulate > 1 else ''}")
         raise EdgeKDError(
             f"batch_size {cfg.batch_size} (the global batch) does not split evenly over {parts}; "
             f"pass a multiple of {world_size * cfg.accumulate} as --batch-size, or change --nproc or --accumulate"
@@ -97,7 +98,8 @@ def check_teacher_path(cfg: TrainConfig) -> Path | None:
     elif not path.is_file():
         raise EdgeKDError(f"teacher {path} does not exist; pass an edgekd run dir or a checkpoint file")
     elif not cfg.teacher_arch:
-        raise EdgeKDError(f"{path} is a checkpoint file: also pass --teacher-arch (e.g. resnet32x4) to say what it holds")
+        raise EdgeKDError(
+            f"{path} is a checkpoint file: also pass --teacher-arch (e.g. resnet32x4) to say what it holds")
     return path
 
 
@@ -135,22 +137,25 @@ def _published_teacher(cfg: TrainConfig, bundle: Any) -> nn.Module | None:
     fed = bundle.preprocessing
     if spec is not None and (spec.size, spec.mean, spec.std) != (fed.size, fed.mean, fed.std):
         raise EdgeKDError(
-            f"the teacher weights {source} expect {spec.size[0]}x{spec.size[1]} inputs normalised with mean {spec.mean}, "
-            f"but this run feeds {fed.size[0]}x{fed.size[1]} with mean {fed.mean}; start the student from weights of "
-            "the same preprocessing (--pretrained) or fine-tune the teacher on this data first"
+            f"the teacher weights {source} expect {spec.size[0]}x{spec.size[1]} inputs normalised with mean "
+            f"{spec.mean}, but this run feeds {fed.size[0]}x{fed.size[1]} with mean {fed.mean}; start the student "
+            "from weights of the same preprocessing (--pretrained) or fine-tune the teacher on this data first"
         )
     teacher.edgekd_source = source  # what summary.json names as the teacher
     return teacher
 
 
 def check_fits_data(desc: dict[str, Any], bundle: Any, what: str) -> None:
-    """A model trained on other classes or another image size than this run's data would distil (or start from) noise."""
+    """A model trained on other classes or another image size than this run's data would distil (or start from)
+    noise."""
     if desc["num_classes"] != bundle.num_classes:
         raise EdgeKDError(f"{what} has {desc['num_classes']} classes but the data has {bundle.num_classes}")
     if "class_names" in desc and list(desc["class_names"]) != list(bundle.class_names):
         raise EdgeKDError(
-            f"{what} was trained on other classes ({desc.get('dataset')}: {', '.join(map(str, desc['class_names'][:3]))}, ...) "
-            f"than this run's data ({bundle.spec}: {', '.join(map(str, bundle.class_names[:3]))}, ...); use a model of the same dataset"
+            f"{what} was trained on other classes ({desc.get('dataset')}: "
+            f"{', '.join(map(str, desc['class_names'][:3]))}, ...) "
+            f"than this run's data ({bundle.spec}: {', '.join(map(str, bundle.class_names[:3]))}, ...); "
+            "use a model of the same dataset"
         )
     if "input_size" in desc and tuple(desc["input_size"]) != tuple(bundle.input_size):
         size = desc["input_size"][-1]
@@ -169,9 +174,11 @@ def check_run_dir(out: Path, resume: bool) -> None:
     if not resume and (ckpt.exists() or (out / "model.safetensors").exists()):
         raise EdgeKDError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     # hidden names are skipped: under DDP another rank may be mid-way through an atomic write (.config.yaml.*.tmp)
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".")) if out.is_dir() else []
+    foreign = (sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+               if out.is_dir() else [])
     if not resume and foreign:
-        raise EdgeKDError(f"{out} already exists and holds other files ({', '.join(foreign[:3])}); choose another --out or remove it")
+        raise EdgeKDError(
+            f"{out} already exists and holds other files ({', '.join(foreign[:3])}); choose another --out or remove it")
 
 
 def preflight(cfg: TrainConfig, processes: int) -> None:
@@ -190,7 +197,8 @@ def preflight(cfg: TrainConfig, processes: int) -> None:
     micro_batch(cfg, processes)
     check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
     check_data_spec(cfg.data)
-    self_taught = method_class(cfg.method).wants_self_teacher(cfg.method_args)  # its teacher is trained first when none is given
+    # its teacher is trained first when none is given
+    self_taught = method_class(cfg.method).wants_self_teacher(cfg.method_args)
     given = check_teacher_path(cfg) is not None or cfg.teacher_weights is not None
     check_teacher_given(cfg.method, self_taught or given, cfg.rectify)
 
@@ -242,7 +250,8 @@ class _Run:
         val = self.bundle.val_set()
         if info.enabled:  # each rank scores its own slice; sums are reduced, so the accuracy is exact
             val = torch.utils.data.Subset(val, range(info.rank, len(val), info.world_size))
-        self.val_loader = make_loader(val, max(self.micro_batch, 256), shuffle=False, seed=cfg.seed, workers=cfg.workers, pin_memory=pin)
+        self.val_loader = make_loader(val, max(self.micro_batch, 256), shuffle=False, seed=cfg.seed,
+                                      workers=cfg.workers, pin_memory=pin)
         if len(self.train_loader) < cfg.accumulate:
             images = len(self.bundle.raw_train)
             split = f"the training split ({images} images)"
@@ -256,7 +265,8 @@ class _Run:
 
     # ----------------------------------------------------------------- set-up
     def _make_student(self) -> nn.Module:
-        """A fresh student, or one started from a run dir or pretrained weights, whose preprocessing the data then takes."""
+        """A fresh student, or one started from a run dir or pretrained weights, whose preprocessing the data then
+        takes."""
         from edgekd.models import create_model
         from edgekd.models.weights import DEFAULT, pretrained_model
 
@@ -301,7 +311,8 @@ class _Run:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = list(self.method.learnable_parameters())
         if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay, nesterov=False)
+            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                   weight_decay=self.cfg.weight_decay, nesterov=False)
         return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -333,12 +344,13 @@ class _Run:
             self.method.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-            self.start_epoch, self.best_acc, self.history = int(state["epoch"]), float(state["best_acc"]), list(state["history"])
+            self.start_epoch, self.best_acc, self.history = (
+                int(state["epoch"]), float(state["best_acc"]), list(state["history"]))
         except (RuntimeError, KeyError, EOFError, ValueError, TypeError, OSError, pickle.UnpicklingError) as e:
             what = f"no {e}" if isinstance(e, KeyError) else load_problem(e)
             raise EdgeKDError(
-                f"{path} cannot be resumed ({what}); it is corrupt, or from another model or config (resume with the run's own "
-                f"settings: -c {self.out / 'config.yaml'})"
+                f"{path} cannot be resumed ({what}); it is corrupt, or from another model or config (resume with the "
+                f"run's own settings: -c {self.out / 'config.yaml'})"
             ) from None
 
     # ---------------------------------------------------------------- loop
@@ -386,7 +398,8 @@ class _Run:
             "dataset": self.bundle.spec,
             "params": sum(p.numel() for p in self.method.student.parameters()),
             "seconds": seconds,
-            "images_per_s": sum(r["images_per_s"] * r["seconds"] for r in self.history) / seconds,  # the whole run's rate
+            # the whole run's rate
+            "images_per_s": sum(r["images_per_s"] * r["seconds"] for r in self.history) / seconds,
             "world_size": self.info.world_size,
             "device": str(self.device),
         }
@@ -453,7 +466,8 @@ class _Run:
         self.engine.train()
         accumulate = cfg.accumulate
         steps = len(self.train_loader) // accumulate  # optimizer steps; a last incomplete group is dropped
-        task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, stats="") if progress is not None else None
+        task = (progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, stats="")
+                if progress is not None else None)
         loss_sums: dict[str, float] = {}
         correct = seen = 0
         start = time.perf_counter()
@@ -471,7 +485,8 @@ class _Run:
                 # DDP averages gradients across processes only on the last micro-batch of the step
                 last = k == accumulate - 1
                 with contextlib.nullcontext() if last or self.engine is self.method else self.engine.no_sync():
-                    with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                    with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32,
+                                        enabled=self.amp_dtype is not None):
                         logits, losses = self.engine(x, y, epoch)
                         loss = sum(losses.values())
                     if not torch.isfinite(loss):
@@ -480,8 +495,8 @@ class _Run:
                             if epoch > 0 else "Nothing was saved: it happened in the first epoch."
                         )
                         raise EdgeKDError(
-                            f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged; lower --lr "
-                            f"or check the data. {kept}"
+                            f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged; "
+                            f"lower --lr or check the data. {kept}"
                         )
                     # each micro-batch's loss is a mean over its images: 1/K of it makes the step's gradient the mean
                     # over the whole global batch, as one batch of that size would give
@@ -495,7 +510,8 @@ class _Run:
             self.scaler.update()
             if task is not None:
                 rate = seen / (time.perf_counter() - start)
-                progress.update(task, advance=1, stats=f"loss {loss.item():.3f}  acc {correct / seen:.3f}  {rate:,.0f} img/s")
+                progress.update(task, advance=1,
+                                stats=f"loss {loss.item():.3f}  acc {correct / seen:.3f}  {rate:,.0f} img/s")
         seconds = time.perf_counter() - start
         names = sorted(loss_sums)
         totals = all_reduce_sum([loss_sums[k] for k in names] + [correct, seen, seconds], device, self.info)
@@ -517,7 +533,8 @@ class _Run:
         correct = total = 0
         for x, y in self.val_loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
                 logits = self.method.student(x)
             correct += (logits.argmax(1) == y).sum().item()
             total += y.shape[0]

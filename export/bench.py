@@ -62,7 +62,8 @@ def _cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         fields = dict(
-            (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in cpuinfo.read_text(errors="replace").splitlines())
+            (k.strip(), v.strip())
+            for k, _, v in (line.partition(":") for line in cpuinfo.read_text(errors="replace").splitlines())
         )
         for key in ("model name", "Model", "Hardware", "cpu model"):
             if fields.get(key):
@@ -72,7 +73,8 @@ def _cpu_model() -> str:
             return board.read_text(errors="replace").strip("\x00\n ")
     if sys.platform == "darwin":
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=5)
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.strip()
     return platform.processor() or platform.machine()
@@ -139,7 +141,8 @@ def _source_run(export_dir: Path, manifest: Mapping[str, Any]) -> tuple[Path | N
 @contextlib.contextmanager
 def _open(export_dir: Path, manifest: dict[str, Any], runtime: str, key: str | None, run_dir: Path | None,
           threads: int | None, verify: bool, options: dict[str, Any]) -> Iterator[Runtime]:
-    """The loaded model for one configuration (a baseline: the source run); ImportError: the runtime is not installed."""
+    """The loaded model for one configuration (a baseline: the source run); ImportError: the runtime is not
+    installed."""
     if RUNTIMES[runtime].source_run:
         rt = RUNTIMES[runtime](run_dir, threads=threads)
     else:
@@ -155,7 +158,8 @@ def _runs(runtime: str, precision: str, entry: Mapping[str, Any]) -> bool:
     return entry.get("format") in RUNTIMES[runtime].formats and entry.get("precision") == precision
 
 
-def _plan(manifest: Mapping[str, Any], runtimes: Sequence[str], precisions: Sequence[str]) -> list[tuple[str, str, str | None, str | None]]:
+def _plan(manifest: Mapping[str, Any], runtimes: Sequence[str],
+          precisions: Sequence[str]) -> list[tuple[str, str, str | None, str | None]]:
     """(runtime, precision, artifact key, skip reason) to measure; a baseline has no key: it loads the source run."""
     dropped = manifest.get("dropped") or {}
     plan = []
@@ -170,7 +174,8 @@ def _plan(manifest: Mapping[str, Any], runtimes: Sequence[str], precisions: Sequ
             if not keys:
                 why = [f"{k} was dropped at export: {a.get('reason', 'no reason given')}" for k, a in dropped.items()
                        if _runs(runtime, precision, a)]
-                plan.append((runtime, precision, None, "skipped: " + ("; ".join(why) or f"no {runtime} {precision} artifact in this export")))
+                plan.append((runtime, precision, None,
+                             "skipped: " + ("; ".join(why) or f"no {runtime} {precision} artifact in this export")))
     return plan
 
 
@@ -189,7 +194,8 @@ def _check_options(runtimes, precisions, batches, threads, warmup, iters, second
     if not batches or any(not isinstance(b, int) or not 1 <= b <= MAX_BATCH for b in batches):
         raise EdgeKDError(f"batch sizes must be integers from 1 to {MAX_BATCH}, got {list(batches)}")
     if not threads or any(t is not None and (not isinstance(t, int) or not 1 <= t <= MAX_THREADS) for t in threads):
-        raise EdgeKDError(f"threads must be integers from 1 to {MAX_THREADS} or None (the runtime's default), got {list(threads)}")
+        raise EdgeKDError(
+            f"threads must be integers from 1 to {MAX_THREADS} or None (the runtime's default), got {list(threads)}")
     if warmup < 0 or (iters is not None and iters < 1) or not 0 < seconds < math.inf:
         raise EdgeKDError(f"need warmup >= 0, iters >= 1 (or None) and seconds > 0; got {warmup}, {iters}, {seconds}")
     if ov_hint.upper() not in OV_HINTS:
@@ -236,10 +242,12 @@ def run_bench(
     manifest = load_manifest(export_dir)
     shape = manifest["input"]["shape"]
     if any(not isinstance(d, int) for d in shape[1:]):
-        raise EdgeKDError(f"{export_dir}/manifest.json input shape {shape} is not fixed apart from the batch; re-run `edgekd export`")
+        raise EdgeKDError(
+            f"{export_dir}/manifest.json input shape {shape} is not fixed apart from the batch; re-run `edgekd export`")
     for b in batches:
         if b * math.prod(shape[1:]) * 4 > MAX_INPUT_BYTES:
-            raise EdgeKDError(f"batch {b} of {'x'.join(map(str, shape[1:]))} inputs needs more than 2 GiB of input; pass a smaller --batch")
+            raise EdgeKDError(f"batch {b} of {'x'.join(map(str, shape[1:]))} inputs needs more than 2 GiB of input; "
+                              "pass a smaller --batch")
     machine = machine_info()
     options = {"hint": ov_hint.upper(), "streams": ov_streams}  # each runtime takes those it declares
     rng = np.random.default_rng(0)
@@ -272,7 +280,8 @@ def run_bench(
                     if status is None:
                         try:
                             rt = stack.enter_context(
-                                _open(export_dir, manifest, runtime, key, run_dir, n_threads, key not in verified, options)
+                                _open(export_dir, manifest, runtime, key, run_dir, n_threads, key not in verified,
+                                      options)
                             )
                         except ImportError as e:
                             hint = "" if cls.source_run else " (pip install 'edgekd[device]')"
@@ -282,9 +291,12 @@ def run_bench(
                     if rt is not None:
                         verified.add(key)
                         if run_dir is not None:
-                            fields["machine"] = {**machine, "versions": {**machine["versions"], cls.package: rt.version()}}
+                            fields["machine"] = {
+                                **machine, "versions": {**machine["versions"], cls.package: rt.version()},
+                            }
                     for batch in batches:
-                        bar.update(task, description=f"{runtime} {precision} batch {batch} threads {n_threads or 'auto'}")
+                        bar.update(task,
+                                   description=f"{runtime} {precision} batch {batch} threads {n_threads or 'auto'}")
                         row = bench_row(runtime, precision, batch, n_threads, status or "ok", **fields)
                         if rt is not None:
                             _measure(row, rt, inputs[batch], warmup=warmup, iters=iters, seconds=seconds)
@@ -293,7 +305,8 @@ def run_bench(
     return add_speedups(rows)
 
 
-def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, iters: int | None, seconds: float) -> None:
+def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, iters: int | None,
+             seconds: float) -> None:
     """Fill a row's latency fields, or its error status when the runtime rejects the input (e.g. a fixed batch)."""
     try:
         ms = time_calls(lambda: rt.run(x), warmup=warmup, iters=iters, seconds=seconds)
@@ -310,7 +323,8 @@ def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, it
 # on the device): one definition, turned into ``run_bench`` keywords by ``measurement_options`` and back into this
 # command line by ``bench_argv``.
 RuntimesOpt = typer.Option(
-    ",".join(RUNTIMES), help=f"Comma-separated: {', '.join(RUNTIMES)} (torch: the PyTorch baseline, only where torch is installed).")
+    ",".join(RUNTIMES),
+    help=f"Comma-separated: {', '.join(RUNTIMES)} (torch: the PyTorch baseline, only where torch is installed).")
 PrecisionsOpt = typer.Option("fp32,int8", help=f"Comma-separated: {', '.join(PRECISIONS)}.")
 BatchOpt = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8,32.")
 ThreadsOpt = typer.Option("auto", help="Comma-separated thread counts; auto = the runtime's default.")

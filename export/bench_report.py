@@ -17,7 +17,10 @@ from edgekd.contracts.bench_rows import BENCH_JSON, fastest, machine_key
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import atomic_path, write_json as _write_json_file, write_text
 from edgekd.runtimes import RUNTIMES
-MD_HEADER = ("Format", "Batch", "Threads", "Status", "Size (MB)", "Accuracy", "p50 (ms)", "p99 (ms)", "Throughput (img/s)", "Speed-up")
+MD_HEADER = (
+    "Format", "Batch", "Threads", "Status", "Size (MB)", "Accuracy", "p50 (ms)", "p99 (ms)", "Throughput (img/s)",
+    "Speed-up",
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 EMULATED_NOTE = (
     "Rows marked (emulated) ran under an emulator: they show that the artifact loads and gives output there; "
@@ -37,7 +40,8 @@ def machine_name(machine: Mapping[str, Any]) -> str:
 
 
 def machine_label(machine: Mapping[str, Any]) -> str:
-    return f"{machine_name(machine)}: {machine.get('cpu', '?')} ({machine.get('arch', '?')}, {machine.get('cores', '?')} cores)"
+    return (f"{machine_name(machine)}: {machine.get('cpu', '?')} ({machine.get('arch', '?')}, "
+            f"{machine.get('cores', '?')} cores)")
 
 
 def _machines(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -85,7 +89,8 @@ def write_json(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) 
     return Path(path)
 
 
-def merge_reports(local_rows: Sequence[Mapping[str, Any]], remote_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def merge_reports(local_rows: Sequence[Mapping[str, Any]],
+                  remote_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row list from two benches; each row keeps the machine it was measured on."""
     merged = [dict(r) for r in (*local_rows, *remote_rows)]
     missing = [format_label(r) for r in merged if not r.get("machine")]
@@ -191,7 +196,8 @@ def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             vs = f", {f['speedup']:.2f}× {baseline_label(f['baseline'])}"
         threads = "auto" if f["threads"] is None else f["threads"]
         lines.append(
-            f"- **Fastest{where} at batch {f['batch']}: {format_label(f)}** (threads {threads}, p50 {_ms(f['p50_ms'])} ms{vs})."
+            f"- **Fastest{where} at batch {f['batch']}: {format_label(f)}** "
+            f"(threads {threads}, p50 {_ms(f['p50_ms'])} ms{vs})."
         )
     if not any(r["status"] == "ok" and not r.get("emulated") for r in rows):
         lines.append("No configuration was measured on a device; see the Status column.")
@@ -239,7 +245,8 @@ def render_png(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
         cmap = matplotlib.colormaps["tab10"]
         for i, batch in enumerate(batches):
             sel = [r for r in ok if r["batch"] == batch]
-            xs = [labels.index(_plot_label(r, with_threads, with_machine)) + (i - (len(batches) - 1) / 2) * width for r in sel]
+            xs = [labels.index(_plot_label(r, with_threads, with_machine)) + (i - (len(batches) - 1) / 2) * width
+                  for r in sel]
             p50 = [r["p50_ms"] for r in sel]
             whisker = [[0.0] * len(sel), [r["p99_ms"] - r["p50_ms"] for r in sel]]
             bars = bars_ax.bar(xs, p50, width, yerr=whisker, capsize=4, color=cmap(i), label=f"batch {batch}")
@@ -270,7 +277,8 @@ def render_png(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
             acc_ax.set_xlim(left=0)
             acc_ax.grid(alpha=0.3)
         else:
-            acc_ax.text(0.5, 0.5, "no accuracy recorded in the manifest", ha="center", va="center", transform=acc_ax.transAxes)
+            acc_ax.text(0.5, 0.5, "no accuracy recorded in the manifest", ha="center", va="center",
+                        transform=acc_ax.transAxes)
             acc_ax.set_axis_off()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -87,7 +87,8 @@ def _stack(dataset: Any, indices: np.ndarray | None = None) -> tuple[np.ndarray,
 
 def _torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
     with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(images[i : i + batch])).float().numpy() for i in range(0, len(images), batch)])
+        return np.concatenate([model(torch.from_numpy(images[i : i + batch])).float().numpy()
+                               for i in range(0, len(images), batch)])
 
 
 def _progress(enabled: bool) -> Progress:
@@ -142,7 +143,8 @@ def export_run(
     return job.manifest
 
 
-def _describe(run_dir: str | Path, desc: dict[str, Any], bundle: Any, val_samples: int, torch_acc: float) -> tuple[dict, dict]:
+def _describe(run_dir: str | Path, desc: dict[str, Any], bundle: Any, val_samples: int,
+              torch_acc: float) -> tuple[dict, dict]:
     """The manifest skeleton (no artifacts yet) and the metadata embedded in every model file."""
     size = [int(v) for v in desc["input_size"]]
     name = f"{desc['arch']}-{bundle.name}"

@@ -65,7 +65,8 @@ class _Ssh:
 
     def _unreachable(self, r: subprocess.CompletedProcess) -> EdgeKDError:
         return EdgeKDError(
-            f"cannot reach {self.host} over ssh ({_last_line(r.stderr)}); check the host, port and key (batch mode: no password prompts)"
+            f"cannot reach {self.host} over ssh ({_last_line(r.stderr)}); check the host, port and key "
+            "(batch mode: no password prompts)"
         )
 
     def run(self, command: str) -> subprocess.CompletedProcess:
@@ -112,7 +113,8 @@ def run_remote(
         if "No module named" in r.stderr:
             raise EdgeKDError(f"edgekd is not installed on {ssh.host}: {INSTALL_HINT}")
         if r.returncode == 127:
-            raise EdgeKDError(f"{remote_python} was not found on {ssh.host}; pass the Python that has edgekd ({INSTALL_HINT})")
+            raise EdgeKDError(
+                f"{remote_python} was not found on {ssh.host}; pass the Python that has edgekd ({INSTALL_HINT})")
         raise EdgeKDError(f"preparing {ssh.host} failed (exit {r.returncode}: {_last_line(r.stderr)})")
     workdir = _last_line(r.stdout)
     remote_export = f"{workdir}/{export_dir.name}"

@@ -31,7 +31,8 @@ def compare_logits(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray
     }
 
 
-def verify_file(model_file: Path, fmt: str, images: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def verify_file(model_file: Path, fmt: str, images: np.ndarray, labels: np.ndarray,
+                reference: np.ndarray) -> dict[str, float]:
     """Load ``model_file`` with the runtime of ``fmt`` and compare its logits with the reference logits."""
     runtime = RUNTIMES[runtime_of(fmt)](model_file)
     return compare_logits(run_batched(runtime, images), reference, labels)

@@ -54,8 +54,10 @@ def create_app(
     check_runtime_name(runtime)
     if precision is not None and precision not in PRECISIONS:
         raise EdgeKDError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if max_batch < 1 or queue_size < 1 or not 0 <= batch_timeout_ms < math.inf or not 0 < max_upload_mb < math.inf or max_pixels < 1:
-        raise EdgeKDError("max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0 (finite)")
+    if (max_batch < 1 or queue_size < 1 or not 0 <= batch_timeout_ms < math.inf or not 0 < max_upload_mb < math.inf
+            or max_pixels < 1):
+        raise EdgeKDError(
+            "max_batch, queue_size and max_pixels must be >= 1, batch_timeout_ms >= 0 and max_upload_mb > 0 (finite)")
     if max_batch > MAX_BATCH:  # the warm-up runs one batch this large
         raise EdgeKDError(f"max_batch must be at most {MAX_BATCH}, got {max_batch}")
     if threads is not None and threads < 1:

@@ -161,7 +161,8 @@ class MicroBatcher:
                 return
 
     def _run_capped(self, stacked: np.ndarray, calls: list[tuple[int, float]]) -> np.ndarray:
-        """Run ``stacked`` in calls of at most ``max_batch`` samples (one request bigger than that runs alone, sliced)."""
+        """Run ``stacked`` in calls of at most ``max_batch`` samples (one request bigger than that runs alone,
+        sliced)."""
         outputs = []
         for first in range(0, len(stacked), self.max_batch):
             part = stacked[first : first + self.max_batch]
@@ -170,7 +171,8 @@ class MicroBatcher:
             calls.append((len(part), time.perf_counter() - t0))
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def _deliver(self, items: list[_Item], result: np.ndarray | Exception, started: float, calls: list[tuple[int, float]]) -> None:
+    def _deliver(self, items: list[_Item], result: np.ndarray | Exception, started: float,
+                 calls: list[tuple[int, float]]) -> None:
         """On the event loop: hand each request its rows (or the runtime's error), then record the calls."""
         start = 0
         for it in items:

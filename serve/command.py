@@ -29,7 +29,8 @@ def serve(
     port: int = typer.Option(8000, envvar="EDGEKD_PORT", help="TCP port."),
     max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
     batch_timeout_ms: float = typer.Option(
-        0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call (best on CPU)."),
+        0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call "
+                  "(best on CPU)."),
     api_key: Optional[str] = typer.Option(
         None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
@@ -50,8 +51,8 @@ def serve(
 
     limits = {"max_pixels": max_pixels} if max_pixels is not None else {}
     run_server(
-        export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime, precision=precision,
-        max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key, max_upload_mb=max_upload_mb,
-        queue_size=queue_size, threads=threads, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-        max_header_kb=max_header_kb, **limits,
+        export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime,
+        precision=precision, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key,
+        max_upload_mb=max_upload_mb, queue_size=queue_size, threads=threads, header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout, max_header_kb=max_header_kb, **limits,
     )

@@ -100,7 +100,8 @@ class APIKeyCheck:
             if supplied is not None and hmac.compare_digest(supplied.encode("latin-1", "replace"), self.expected):
                 return
         raise HTTPException(
-            401, "missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", headers={"WWW-Authenticate": "Bearer"}
+            401, "missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
     async def check(self, request: Request) -> None:
@@ -131,14 +132,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 without echoing the offending input back (it can be megabytes) and with at most ten errors."""
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:MAX_REPORTED_ERRORS]]
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                  for e in exc.errors()[:MAX_REPORTED_ERRORS]]
         summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         return JSONResponse(error_body(request, errors, summary), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """FastAPI's ``{"detail": ...}`` answer, with the protocol's ``error`` string beside it on /v2 routes."""
-        return JSONResponse(error_body(request, exc.detail, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(request, exc.detail, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(ClientDisconnect)
     async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:

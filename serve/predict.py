@@ -38,17 +38,20 @@ def _top_k(raw: str | None) -> int | None:
     try:
         return TOP_K.validate_python(raw)
     except ValidationError as e:
-        raise RequestValidationError([{**err, "loc": ("query", "top_k")} for err in e.errors(include_input=False)]) from None
+        raise RequestValidationError(
+            [{**err, "loc": ("query", "top_k")} for err in e.errors(include_input=False)]) from None
 
 
 async def read_image_field(request: Request, max_file: int, max_upload_mb: float) -> bytes:
     """The bytes of multipart field ``file``, read under the size cap; 415/422/413 for the wrong shape of request."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
-        raise HTTPException(415, f"unsupported request type {content_type or 'none'!r}; send multipart/form-data with the image in field 'file'")
+        raise HTTPException(415, f"unsupported request type {content_type or 'none'!r}; "
+                                 "send multipart/form-data with the image in field 'file'")
     try:
         form = await request.form(max_files=1, max_fields=16)
-    except StarletteHTTPException as e:  # Starlette's 400 for a form over its limits is a wrong request shape here, like a missing field
+    except StarletteHTTPException as e:
+        # Starlette's 400 for a form over its limits is a wrong request shape here, like a missing field
         if str(e.detail).startswith("Too many"):
             raise HTTPException(422, f"{e.detail} Send one image, in field 'file'.") from None
         raise
@@ -57,10 +60,12 @@ async def read_image_field(request: Request, max_file: int, max_upload_mb: float
         if upload is None:
             raise HTTPException(422, "missing form field 'file': send the image as a file upload in field 'file'")
         if isinstance(upload, str):
-            raise HTTPException(422, "form field 'file' is text, not a file: send it as a file upload (a part with a filename)")
+            raise HTTPException(
+                422, "form field 'file' is text, not a file: send it as a file upload (a part with a filename)")
         part_type = (upload.content_type or "").split(";")[0].strip().lower()
         if part_type and not part_type.startswith("image/") and part_type != "application/octet-stream":
-            raise HTTPException(415, f"unsupported content type {part_type!r} for 'file'; send an image (image/png, image/jpeg, ...)")
+            raise HTTPException(
+                415, f"unsupported content type {part_type!r} for 'file'; send an image (image/png, image/jpeg, ...)")
         data = await upload.read(max_file + 1)
     finally:
         await form.close()
@@ -84,7 +89,8 @@ def predict_endpoint(
         if top_k is None:
             top_k = min(5, s.num_classes)
         elif top_k > s.num_classes:
-            raise HTTPException(422, f"top_k must be between 1 and {s.num_classes} (the number of classes); got {top_k}")
+            raise HTTPException(
+                422, f"top_k must be between 1 and {s.num_classes} (the number of classes); got {top_k}")
         with s.batcher.incoming():
             data = await read_image_field(request, max_file, max_upload_mb)
             try:
@@ -120,7 +126,9 @@ def predict_operation(
         "summary": "Predict",
         "description": "Classify one image sent as multipart field `file`.",
         "operationId": "predict_predict_post",
-        "parameters": [{"name": "top_k", "in": "query", "required": False, "description": top_k["description"], "schema": top_k}],
+        "parameters": [
+            {"name": "top_k", "in": "query", "required": False, "description": top_k["description"], "schema": top_k},
+        ],
         "requestBody": {
             "required": True,
             "content": {
@@ -134,7 +142,10 @@ def predict_operation(
             },
         },
         "responses": {
-            "200": {"description": "Successful Response", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+            "200": {
+                "description": "Successful Response",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}},
+            },
             **{str(code): {"description": HTTPStatus(code).phrase, **error} for code in ERRORS},
         },
     }

@@ -2,8 +2,8 @@
 
 The spec's steps (``edgekd.contracts.preprocessing``) in PIL + numpy, bit for bit the training eval transform
 built from the same spec with torchvision: resize (exact, or shorter side then centre crop) with the spec's PIL
-filter, uint8 times float32 ``scale``, then (x - mean) / std in float32. Before that, whatever the client sent is turned into the RGB
-image training would have seen:
+filter, uint8 times float32 ``scale``, then (x - mean) / std in float32. Before that, whatever the client sent is
+turned into the RGB image training would have seen:
 
 - EXIF orientation is applied (a phone photo is classified the way it is displayed);
 - images with transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) are composited on a
@@ -133,14 +133,17 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         reason = str(e).split(",")[0]  # Pillow's "Image size (N pixels) exceeds limit of M pixels, could be ..."
-        raise ImageTooLarge(f"image rejected as a decompression bomb: {reason}; this server accepts at most {max_pixels} pixels") from None
+        raise ImageTooLarge(
+            f"image rejected as a decompression bomb: {reason}; this server accepts at most {max_pixels} pixels"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError("not an image: the data matches no image format Pillow can read") from None
     except Exception as e:  # Pillow signals unreadable input with many types (OSError, SyntaxError, ValueError, ...)
         raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from None
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; this server accepts at most {max_pixels}")
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; this server accepts at most {max_pixels}")
     return img
 
 

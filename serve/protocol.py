@@ -123,4 +123,5 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_header_
     if not (0 < header_timeout_s < float("inf") and 0 < body_timeout_s < float("inf") and max_header_kb >= 1):
         raise EdgeKDError("header and body timeouts must be > 0 seconds and the header limit >= 1 KB")
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {
-        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s, "max_header_bytes": max_header_kb * 1024})
+        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+        "max_header_bytes": max_header_kb * 1024})

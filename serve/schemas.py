@@ -90,7 +90,8 @@ class InferInputTensor(BaseModel):
         nested = np.array(value, dtype=object)  # ragged nesting gives a shorter shape, never an error
         shape = info.data.get("shape")
         if shape is not None and list(nested.shape) != shape:
-            raise ValueError(f"data is nested as shape {list(nested.shape)}, not {shape}; nest it evenly as 'shape' says or send it flattened")
+            raise ValueError(f"data is nested as shape {list(nested.shape)}, not {shape}; "
+                             "nest it evenly as 'shape' says or send it flattened")
         return nested.ravel().tolist()
 
     @model_validator(mode="after")

@@ -42,8 +42,8 @@ def run_server(
     app = create_app(export_dir, **app_options)
     check_can_listen(host, port)
     app.state.serve.load()  # before uvicorn: an unservable export is one line here, not a lifespan traceback
-    config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level, access_log=access_log,
-                            http=protocol)
+    config = uvicorn.Config(app, host=host, port=port, workers=1, lifespan="on", log_level=log_level,
+                            access_log=access_log, http=protocol)
     server = uvicorn.Server(config)
     try:
         server.run()
@@ -57,7 +57,8 @@ def run_server(
 def check_can_listen(host: str, port: int) -> None:
     """Bind ``host:port`` once, as uvicorn will, so that a port in use or a bad address is a one-line error."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)

@@ -166,6 +166,7 @@ def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
     async def ready() -> JSONResponse:
         if state.ready and state.batcher.running:
             return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "detail": "the model is still loading"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"ready": False, "detail": "the model is still loading"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     return router

@@ -65,7 +65,8 @@ def build_tiny_export(d: Path) -> Path:
     artifacts = {
         "onnx-fp32": artifact_entry(d, ["model.onnx"], format="onnx", precision="fp32", accuracy=0.95),
         "onnx-int8": artifact_entry(d, ["model_int8.onnx"], format="onnx", precision="int8", accuracy=0.94),
-        "openvino-fp32": artifact_entry(d, ["model.xml", "model.bin"], format="openvino", precision="fp32", accuracy=0.95),
+        "openvino-fp32": artifact_entry(d, ["model.xml", "model.bin"], format="openvino", precision="fp32",
+                                        accuracy=0.95),
     }
     manifest = {
         "model": "tiny", "arch": "tiny", "input": {"name": "input", "shape": [None, 3, 16, 16]},
@@ -171,7 +172,8 @@ def test_report_files_are_written_and_parseable(tmp_path):
     for row in doc["rows"]:
         assert {"runtime", "precision", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips",
                 "size_mb", "accuracy", "machine", "emulated", "status", "speedup"} <= row.keys()
-    assert [(f["batch"], f["runtime"], f["precision"]) for f in doc["fastest"]] == [(1, "ort", "int8"), (4, "ort", "int8")]
+    assert [(f["batch"], f["runtime"], f["precision"]) for f in doc["fastest"]] == [
+        (1, "ort", "int8"), (4, "ort", "int8")]
     assert read_rows(paths["json"]) == doc["rows"]
 
     md = paths["md"].read_text().splitlines()
@@ -203,7 +205,8 @@ def test_markdown_of_merged_machines_has_a_machine_column():
     md = render_markdown(merged, "two machines")
     assert "| Machine | Format |" in md and "| pi | ONNX Runtime INT8 |" in md
     assert "- **Fastest on a at batch 1: ONNX Runtime INT8**" in md
-    assert "- **Fastest on pi at batch 1: ONNX Runtime INT8** (threads auto, p50 12.0 ms, 2.50× ONNX Runtime FP32)." in md
+    assert ("- **Fastest on pi at batch 1: ONNX Runtime INT8** (threads auto, p50 12.0 ms, 2.50× ONNX Runtime FP32)."
+            in md)
     with pytest.raises(EdgeKDError, match="without machine info"):
         merge_reports(local, [{**remote[0], "machine": None}])
 
@@ -226,7 +229,8 @@ def test_real_bench_on_tiny_export(tiny_export, tiny_rows):
             assert r["machine"]["cores"] >= 1 and r["machine"]["arch"] and r["emulated"] is False
     assert by[("openvino", "fp32", 1)]["options"] == {"hint": "LATENCY", "streams": None}
     assert by[("openvino", "int8", 1)]["status"] == "skipped: no openvino int8 artifact in this export"
-    assert by[("torch", "fp32", 1)]["status"] == "skipped: the manifest names no source run to load the PyTorch model from"
+    assert by[("torch", "fp32", 1)]["status"] == (
+        "skipped: the manifest names no source run to load the PyTorch model from")
     ort_fp32 = by[("ort", "fp32", 2)]
     assert ort_fp32["speedup"] == 1.0 and ort_fp32["baseline"] == "ort fp32"
     int8 = by[("ort", "int8", 2)]
@@ -282,7 +286,8 @@ def test_bench_command_exits_1_when_an_artifact_failed_and_keeps_the_report(tiny
         f.write(b"\0")
 
     def bench_cli(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(broken), "--runtimes", "ort", "--iters", "2", "--warmup", "0", *args])
+        monkeypatch.setattr(
+            sys, "argv", ["edgekd", "bench", str(broken), "--runtimes", "ort", "--iters", "2", "--warmup", "0", *args])
         with pytest.raises(SystemExit) as exc:
             main()
         captured = capsys.readouterr()
@@ -304,7 +309,8 @@ def test_bench_command_exits_1_when_an_artifact_failed_and_keeps_the_report(tiny
     assert code == 2 and "seconds > 0" in err and not (tmp_path / "r2").exists()
 
 
-def test_bench_command_with_nothing_measurable_is_one_line_and_writes_nothing(tiny_export, tmp_path, monkeypatch, capsys):
+def test_bench_command_with_nothing_measurable_is_one_line_and_writes_nothing(tiny_export, tmp_path, monkeypatch,
+                                                                              capsys):
     from edgekd.cli import main
 
     broken = shutil.copytree(tiny_export, tmp_path / "newer")
@@ -312,7 +318,8 @@ def test_bench_command_with_nothing_measurable_is_one_line_and_writes_nothing(ti
     for entry in manifest["artifacts"].values():
         entry["format"] = "tflite"  # from a newer edgekd: skipped, not a crash
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(broken), "--runtimes", "ort", "--out", str(tmp_path / "r")])
+    monkeypatch.setattr(sys, "argv",
+                        ["edgekd", "bench", str(broken), "--runtimes", "ort", "--out", str(tmp_path / "r")])
     with pytest.raises(SystemExit) as exc:
         main()
     err = capsys.readouterr().err
@@ -323,7 +330,9 @@ def test_bench_command_with_nothing_measurable_is_one_line_and_writes_nothing(ti
 def test_dropped_artifact_says_why(tiny_export, tmp_path):
     d = shutil.copytree(tiny_export, tmp_path / "dropped")
     manifest = json.loads((d / "manifest.json").read_text())
-    manifest["dropped"] = {"openvino-int8": {"format": "openvino", "precision": "int8", "reason": "accuracy drop 2.1 points > 0.5"}}
+    manifest["dropped"] = {
+        "openvino-int8": {"format": "openvino", "precision": "int8", "reason": "accuracy drop 2.1 points > 0.5"},
+    }
     (d / "manifest.json").write_text(json.dumps(manifest))
     rows = run_bench(d, runtimes=("openvino",), precisions=("int8",), warmup=0, iters=2, progress=False)
     assert rows[0]["status"] == "skipped: openvino-int8 was dropped at export: accuracy drop 2.1 points > 0.5"

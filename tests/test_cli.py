@@ -36,7 +36,8 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
     "args, message",
     [
         (["train", "--model", "resnet9000", "--epochs", "1"], "unknown model"),
-        (["models", "--num-classes", "100000000"], "num_classes must be an integer from 1 to 100,000"),  # was a 25 GB allocation
+        # was a 25 GB allocation
+        (["models", "--num-classes", "100000000"], "num_classes must be an integer from 1 to 100,000"),
         (["train", "--epochs", "-3"], "epochs must be > 0"),
         (["train", "--data", "imagefolder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
         (["train", "--data", "mnist", "--epochs", "1"], "unknown dataset"),
@@ -47,7 +48,8 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["export", "/no/run", "--out", "/tmp/never-written", "--int8", "--max-drop", "half"], "'none', got 'half'"),
         (["train", "--config", "/no/recipe.yaml"], "does not exist"),
         (["distill", "--arg", "alpha"], "KEY=VALUE"),
-        (["train", "--epochs", "3", "--schedule", "multistep", "--milestones", "5"], "milestones [5] must lie strictly between 0 and epochs (3)"),
+        (["train", "--epochs", "3", "--schedule", "multistep", "--milestones", "5"],
+         "milestones [5] must lie strictly between 0 and epochs (3)"),
         (["distill", "--milestones", "x,2"], "--milestones takes comma-separated integers"),
         (["serve", "/no/export"], "no manifest.json"),
         (["report", "/no/such[/]"], "/no/such[/] is not a directory"),  # plain text, not Rich markup
@@ -80,13 +82,15 @@ def test_corrupt_checkpoint_via_cli(monkeypatch, capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "resnet8", "--epochs", "1", "--out", str(run), "--resume")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "resnet8", "--epochs", "1", "--out", str(run),
+                           "--resume")
     assert code == 2 and "cannot be resumed" in err
 
 
 def test_resume_continues_with_the_runs_own_config(monkeypatch, capsys, tmp_path):
     run = tmp_path / "run"
-    first = ("train", "--model", "resnet8", "--image-size", "16", "--batch-size", "128", "--epochs", "1", "--out", str(run))
+    first = ("train", "--model", "resnet8", "--image-size", "16", "--batch-size", "128", "--epochs", "1",
+             "--out", str(run))
     assert run_cli(monkeypatch, capsys, *first)[0] == 0
     code, _, err = run_cli(monkeypatch, capsys, "train", "--out", str(run), "--epochs", "2", "--resume")
     assert code == 0, err  # no --model: resnet8 and 16 px come from run/config.yaml, --epochs from the flag
@@ -129,17 +133,19 @@ def test_a_training_command_on_a_device_install_says_what_to_install():
     )
     proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "needs the training side (torch is not installed): install the train extra (pip install '.[train]' in a checkout)" in proc.stderr
+    assert ("needs the training side (torch is not installed): install the train extra "
+            "(pip install '.[train]' in a checkout)" in proc.stderr)
 
 
 def test_entry_point_runs_as_module():
-    proc = subprocess.run([sys.executable, "-m", "edgekd", "train", "--epochs", "0"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "train", "--epochs", "0"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2 and "epochs must be > 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_empty_milestones_flag_clears_a_recipes_milestones(monkeypatch, capsys, tmp_path):
-    """`--milestones ''` replaces the recipe's 150,180,210 with the epoch fractions, so a 3-epoch multistep run is valid:
-    the run gets as far as the recipe's (absent) data folder."""
+    """`--milestones ''` replaces the recipe's 150,180,210 with the epoch fractions, so a 3-epoch multistep run is
+    valid: the run gets as far as the recipe's (absent) data folder."""
     recipe = Path(__file__).resolve().parents[1] / "configs" / "cifar100" / "resnet32x4_resnet8x4.yaml"
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(monkeypatch, capsys, "distill", "-c", str(recipe), "--epochs", "3")
@@ -150,7 +156,10 @@ def test_empty_milestones_flag_clears_a_recipes_milestones(monkeypatch, capsys, 
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--out", "/dev/null"], "/dev/null is a file, not a folder"), (["--device", "foo"], "device must be one of auto, cpu, cuda")],
+    [
+        (["--out", "/dev/null"], "/dev/null is a file, not a folder"),
+        (["--device", "foo"], "device must be one of auto, cpu, cuda"),
+    ],
 )
 def test_demo_refuses_bad_options_before_its_first_stage(monkeypatch, capsys, tmp_path, args, message):
     monkeypatch.chdir(tmp_path)

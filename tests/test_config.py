@@ -39,7 +39,8 @@ def test_arg_flags_add_to_a_recipes_method_options(tmp_path):
         ({"method": "kd", "method_args": {"T": 0}}, "option T must be > 0"),
         ({"method": "kd", "method_args": {"T": -1}}, "option T must be > 0"),
         ({"method": "drkd", "method_args": {"alpha": 2}}, r"option alpha must be in \[0, 1\]"),
-        ({"method": "drkd", "method_args": {"teacher": "teacher"}}, "option teacher must be one of online, snapshot, dynamic, pretrained"),
+        ({"method": "drkd", "method_args": {"teacher": "teacher"}},
+         "option teacher must be one of online, snapshot, dynamic, pretrained"),
         ({"method": "dkd", "method_args": {"warmup": "abc"}}, "option warmup must be an integer"),
         ({"method": "dkd", "method_args": {"warmup": 2.5}}, "option warmup must be an integer"),
         ({"method": "r2kd", "method_args": {"prune_ratio": 1.0}}, r"option prune_ratio must be in \[0, 1\)"),
@@ -55,7 +56,8 @@ def test_bad_values(overrides, message):
 
 def test_numbers_are_typed_like_their_defaults(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("lr: 1e-3\nmethod: dkd\nmethod_args: {T: 2, warmup: 5.0, alpha: 1e-1}\n")  # YAML 1.1 reads 1e-3 as a string
+    # YAML 1.1 reads 1e-3 as a string
+    path.write_text("lr: 1e-3\nmethod: dkd\nmethod_args: {T: 2, warmup: 5.0, alpha: 1e-1}\n")
     cfg = load_config(path)
     assert cfg.lr == 0.001 and cfg.method_args == {"T": 2.0, "warmup": 5, "alpha": 0.1}
     assert isinstance(cfg.method_args["T"], float) and isinstance(cfg.method_args["warmup"], int)

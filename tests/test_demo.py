@@ -22,7 +22,8 @@ def test_demo_quick_end_to_end(tmp_path):
     rows = {r["stage"]: r for r in json.loads((out / "demo-summary.json").read_text())}
     for method in ("teacher (ce)", "kd", "drkd", "r2kd"):
         assert 0.1 < rows[method]["accuracy"] <= 1.0, method
-        assert (out / ("teacher" if method.startswith("teacher") else f"students/{method}") / "model.safetensors").is_file()
+        assert (out / ("teacher" if method.startswith("teacher") else f"students/{method}")
+                / "model.safetensors").is_file()
 
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert {"onnx-fp32", "onnx-int8", "openvino-fp32"} <= set(manifest["artifacts"])
@@ -43,7 +44,8 @@ def test_demo_quick_end_to_end(tmp_path):
     [pruned] = [r for s, r in rows.items() if "MACs + recovered" in s]
     assert pruned["macs_ratio"] <= 0.5 and pruned["acc_recovered"] > pruned["acc_pruned"] + 0.1
     assert pruned["p50_ms"] > 0 and pruned["accuracy"] > 0.5
-    assert (out / "pruned" / "pruned" / "model.safetensors").is_file() and (out / "export-pruned" / "manifest.json").is_file()
+    assert ((out / "pruned" / "pruned" / "model.safetensors").is_file()
+            and (out / "export-pruned" / "manifest.json").is_file())
 
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "r2kd" in html and "drkd" in html

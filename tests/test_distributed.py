@@ -42,7 +42,8 @@ def test_two_process_gloo_run_then_single_process_resume(tmp_path, monkeypatch, 
     # the same recipe on 1 and 2 processes: the same optimizer steps and learning rates, the same accuracy (within
     # the noise of another data order and per-process batch norm statistics)
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
-    assert [round(r["images_per_s"] * r["seconds"]) for r in rows] == [round(r["images_per_s"] * r["seconds"]) for r in ref_rows]
+    assert ([round(r["images_per_s"] * r["seconds"]) for r in rows]
+            == [round(r["images_per_s"] * r["seconds"]) for r in ref_rows])
     assert summary["final_acc"] > 0.8 and abs(summary["final_acc"] - ref_rows[-1]["val_acc"]) < ACCURACY_NOISE
 
     with single_torch_thread():
@@ -60,7 +61,8 @@ def test_two_process_gloo_run_then_single_process_resume(tmp_path, monkeypatch, 
         (["train", *ARGS, "--device", "cuda"], "no CUDA GPU is visible"),
         (["train", *ARGS, "--data", "cifar10:/no/such/root"], "/no/such/root is not a directory"),
         (["distill", "--student", "resnet8", "--method", "kd", "--teacher-arch", "resnet8"], "needs a teacher"),
-        (["train", *ARGS, "--batch-size", "63"], "batch_size 63 (the global batch) does not split evenly over 2 processes"),
+        (["train", *ARGS, "--batch-size", "63"],
+         "batch_size 63 (the global batch) does not split evenly over 2 processes"),
     ],
 )
 def test_nproc_checks_setup_once_before_launching(monkeypatch, capsys, tmp_path, args, message):
@@ -75,7 +77,8 @@ def test_nproc_checks_setup_once_before_launching(monkeypatch, capsys, tmp_path,
 @pytest.mark.timeout(300)
 def test_nproc_mistake_found_by_the_ranks_is_one_line(tmp_path):
     """Both ranks find the batch too large for their half of the data: one message, no launcher traceback."""
-    proc = _edgekd("train", *ARGS, "--epochs", "1", "--batch-size", "2000", "--nproc", "2", "--out", str(tmp_path / "run"))
+    proc = _edgekd("train", *ARGS, "--epochs", "1", "--batch-size", "2000", "--nproc", "2",
+                   "--out", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: batch_size 2000 (global; 1000 per process) is larger than each process's share of the training split "
@@ -95,7 +98,8 @@ def test_nproc_asks_one_gpu_per_process(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = load_config(overrides={"device": "auto", "out": str(tmp_path / "run")})
     preflight(cfg, 2)
-    with pytest.raises(EdgeKDError, match="--nproc 4 needs one GPU per process, and 2 are visible; pass --nproc 2, or --device cpu"):
+    with pytest.raises(EdgeKDError,
+                       match="--nproc 4 needs one GPU per process, and 2 are visible; pass --nproc 2, or --device cpu"):
         preflight(cfg, 4)
     preflight(load_config(overrides={"device": "cpu", "out": str(tmp_path / "run")}), 4)
 
@@ -106,4 +110,5 @@ def test_nproc_lets_self_teacher_methods_train_their_teacher(tmp_path, method, a
     from edgekd.config import load_config
     from edgekd.train import preflight
 
-    preflight(load_config(overrides={"device": "cpu", "method": method, "method_args": args, "out": str(tmp_path / "run")}), 2)
+    preflight(load_config(overrides={"device": "cpu", "method": method, "method_args": args,
+                                     "out": str(tmp_path / "run")}), 2)

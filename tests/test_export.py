@@ -269,7 +269,8 @@ def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_
     # ONNX Runtime tried its remedies, fastest first, and says so: every calibration, more images, FP32 layers
     search = manifest["dropped"]["onnx-int8"]["quantization"]["search"]
     assert [(t["calibration"], t["samples"]) for t in search] == [
-        ("minmax", 64), ("entropy", 64), ("percentile", 64), ("percentile", 256), (search[-1]["calibration"], search[-1]["samples"])]
+        ("minmax", 64), ("entropy", 64), ("percentile", 64), ("percentile", 256),
+        (search[-1]["calibration"], search[-1]["samples"])]
     assert [len(t["fp32_nodes"]) for t in search] == [0, 0, 0, 0, 2] and all(t["drop_points"] > 1 for t in search)
     assert "tried minmax (64 images): " in manifest["dropped"]["onnx-int8"]["reason"]
     assert "2 layers FP32" in manifest["dropped"]["onnx-int8"]["reason"]
@@ -304,7 +305,8 @@ def test_default_int8_export_keeps_no_artifact_over_half_a_point(manifest: dict)
     assert int8["openvino-int8"]["quantization"]["accuracy_control"] is True
 
 
-def test_int8_search_keeps_the_first_calibration_that_meets_max_drop(tmp_path: Path, digits_run_dir: Path, monkeypatch) -> None:
+def test_int8_search_keeps_the_first_calibration_that_meets_max_drop(tmp_path: Path, digits_run_dir: Path,
+                                                                     monkeypatch) -> None:
     from edgekd.export import exporter, export_run
     from edgekd.export.formats.onnx import OnnxFormat
 
@@ -316,11 +318,13 @@ def test_int8_search_keeps_the_first_calibration_that_meets_max_drop(tmp_path: P
 
     def minmax_loses_two_points(path, fmt, *args):
         scores = real_verify(path, fmt, *args)
-        return {**scores, "accuracy": scores["accuracy"] - 0.02} if "int8" in Path(path).name and methods[-1] == "minmax" else scores
+        return ({**scores, "accuracy": scores["accuracy"] - 0.02}
+                if "int8" in Path(path).name and methods[-1] == "minmax" else scores)
 
     monkeypatch.setattr(OnnxFormat, "_quantize", record)
     monkeypatch.setattr(exporter, "verify_file", minmax_loses_two_points)
-    manifest = export_run(digits_run_dir, tmp_path / "exp", formats=("onnx",), int8=True, calib_samples=64, progress=False)
+    manifest = export_run(digits_run_dir, tmp_path / "exp", formats=("onnx",), int8=True, calib_samples=64,
+                          progress=False)
     int8 = manifest["artifacts"]["onnx-int8"]
     assert methods == ["minmax", "entropy"] or int8["quantization"]["search"][1]["drop_points"] > 0.5
     kept = int8["quantization"]["search"][-1]

@@ -194,7 +194,8 @@ def test_checkpoint_round_trip_gives_identical_logits(layout, trained_resnet8, x
         "bare": state,
         "dataparallel": {"model": {"module." + k: v for k, v in state.items()}, "epoch": 240},
         "edgekd": {  # a run's own checkpoint.pt, as the trainer writes it
-            "epoch": 2, "student": state, "optimizer": torch.optim.SGD(trained_resnet8.parameters(), lr=0.1).state_dict(),
+            "epoch": 2, "student": state,
+            "optimizer": torch.optim.SGD(trained_resnet8.parameters(), lr=0.1).state_dict(),
             "scaler": {}, "best_acc": 0.5, "history": [{"epoch": 1, "val_acc": 0.5}],
         },
     }[layout]
@@ -220,7 +221,8 @@ def test_corrupt_missing_and_foreign_checkpoints_are_user_errors(tmp_path):
     code.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     with pytest.raises(EdgeKDError) as err:
         load_checkpoint_file(model, code)
-    assert "holds more than tensors" in str(err.value) and "weights_only" not in str(err.value)  # no advice to turn safety off
+    # no advice to turn safety off
+    assert "holds more than tensors" in str(err.value) and "weights_only" not in str(err.value)
     no_tensors = tmp_path / "meta.pth"
     torch.save({"epoch": 3, "note": "no weights"}, no_tensors)
     with pytest.raises(EdgeKDError, match="no state_dict"):
@@ -242,7 +244,8 @@ def test_wrong_architecture_is_rejected_without_touching_the_model(tmp_path):
 
 
 
-@pytest.mark.parametrize(("name", "side", "bn_left"), [("resnet8x4", 32, 0), ("vgg8", 32, 0), ("vgg8", 64, 0), ("wrn_16_1", 32, 7)])
+@pytest.mark.parametrize(("name", "side", "bn_left"),
+                         [("resnet8x4", 32, 0), ("vgg8", 32, 0), ("vgg8", 64, 0), ("wrn_16_1", 32, 7)])
 def test_freeze_for_inference_folds_conv_bn_and_keeps_the_logits(name: str, side: int, bn_left: int):
     model = _randomize_bn(create_model(name, 10)).train()
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))

@@ -76,7 +76,8 @@ def test_stored_forms_of_older_files_and_bad_values() -> None:
     for change, message in [
         ({"resize_policy": "stretch"}, "resize_policy 'stretch'"),
         ({"resize": [0, 32]}, "no usable resize"),
-        ({"resize_policy": "shorter_side", "center_crop": [32, 32], "shorter_side": 16}, "must be a whole number >= the crop"),
+        ({"resize_policy": "shorter_side", "center_crop": [32, 32], "shorter_side": 16},
+         "must be a whole number >= the crop"),
         ({"interpolation": "cubic"}, "interpolation=cubic is not supported"),
         ({"std": [0.2, 0.0, 0.2]}, "must be positive"),
         ({"mean": [0.5]}, "three numbers each for mean and std"),

@@ -17,7 +17,8 @@ from edgekd.contracts.preprocessing import PreprocessSpec
 from edgekd.errors import EdgeKDError
 from edgekd.models.weights import pretrained_model
 
-WEIGHTS_FILE = "mobilenet_v3_small-047dcff4.pth"  # the file torchvision's MobileNet_V3_Small_Weights.IMAGENET1K_V1 names
+# the file torchvision's MobileNet_V3_Small_Weights.IMAGENET1K_V1 names
+WEIGHTS_FILE = "mobilenet_v3_small-047dcff4.pth"
 IMAGENET_SPEC = PreprocessSpec((224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize_policy="shorter_side",
                                shorter_side=256, interpolation="bilinear")
 
@@ -34,7 +35,8 @@ def offline(monkeypatch):
 
 @pytest.fixture
 def cached_weights(tmp_path, monkeypatch, offline) -> dict[str, torch.Tensor]:
-    """A seeded ImageNet-shaped mobilenet_v3_small state_dict, placed where torch.hub looks under a temporary TORCH_HOME."""
+    """A seeded ImageNet-shaped mobilenet_v3_small state_dict, placed where torch.hub looks under a temporary
+    TORCH_HOME."""
     import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
@@ -123,7 +125,8 @@ def test_pretrained_run_carries_the_weights_preprocessing_to_export_and_server(c
     desc = json.loads((run / "model.json").read_text())
     assert desc["weights"] == "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
     assert description_preprocessing(desc) == IMAGENET_SPEC and desc["input_size"] == [3, 224, 224]
-    assert desc["preprocessing"]["resize_policy"] == "shorter_side" and desc["preprocessing"]["center_crop"] == [224, 224]
+    assert (desc["preprocessing"]["resize_policy"] == "shorter_side"
+            and desc["preprocessing"]["center_crop"] == [224, 224])
 
     manifest = export_run(run, tmp_path / "export", formats=("onnx",), progress=False)
     assert manifest_preprocessing(manifest) == IMAGENET_SPEC and manifest["input"]["shape"] == [None, 3, 224, 224]
@@ -153,7 +156,8 @@ def test_a_teacher_starts_whole_from_weights_that_know_the_data_classes(cached_w
     from edgekd.train import load_teacher
 
     _write_photos(tmp_path / "photos")
-    bundle = build_data(f"imagefolder:{tmp_path / 'photos'}").with_preprocessing(IMAGENET_SPEC)  # as a --pretrained student's
+    # as a --pretrained student's
+    bundle = build_data(f"imagefolder:{tmp_path / 'photos'}").with_preprocessing(IMAGENET_SPEC)
     torch.manual_seed(3)
     fine_tuned = torchvision.models.mobilenet_v3_small(num_classes=2)  # a 2-class teacher, saved as a plain state_dict
     torch.save(fine_tuned.state_dict(), tmp_path / "teacher.pth")

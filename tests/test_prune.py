@@ -116,15 +116,18 @@ def test_pruned_model_round_trips_through_a_run_dir(tmp_path):
         ({"class_names": None}, "class_names must be 10 strings"),
         ({"dataset_options": [1]}, "dataset_options an object"),
         ({"layer_shapes": "x"}, "layer_shapes must be an object"),
-        ({"layer_shapes": {"conv1": {"in": 3, "out": 10**9, "groups": 1}}}, r"layer_shapes\['conv1'\] .* does not match"),
-        ({"layer_shapes": {"conv1": {"in": 3, "groups": 1}}}, r"layer_shapes\['conv1'\] needs positive integers in, out, groups"),
+        ({"layer_shapes": {"conv1": {"in": 3, "out": 10**9, "groups": 1}}},
+         r"layer_shapes\['conv1'\] .* does not match"),
+        ({"layer_shapes": {"conv1": {"in": 3, "groups": 1}}},
+         r"layer_shapes\['conv1'\] needs positive integers in, out, groups"),
         ({"layer_shapes": {"conv1": {"in": 3, "out": 16, "groups": 0}}}, "needs positive integers"),
     ],
 )
 def test_a_corrupt_model_json_is_refused_before_a_model_is_built(tmp_path, change, message):
     model = create_model("resnet8", 10).eval()
     pruned = prune_model(model, 0.3, "structured", torch.zeros(1, 3, 32, 32))
-    save_model(tmp_path, pruned, {**description("resnet8", 10, 32, "synthetic", {}), "layer_shapes": layer_shapes(pruned)})
+    save_model(tmp_path, pruned,
+               {**description("resnet8", 10, 32, "synthetic", {}), "layer_shapes": layer_shapes(pruned)})
     desc = json.loads((tmp_path / "model.json").read_text())
     (tmp_path / "model.json").write_text(json.dumps({**desc, **change}))
     with pytest.raises(EdgeKDError, match=message):
@@ -142,7 +145,9 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     # 40 held-out images: accuracy is a multiple of 1/40
     assert round(result["acc_before"] * 40, 6) == round(result["acc_before"] * 40)
     loaded, desc = load_model(tmp_path / "pruned")
-    assert desc["pruned"] == {"ratio": 0.3, "method": "structured", "channel_multiple": 8, "source": str(tmp_path / "run")}
+    assert desc["pruned"] == {
+        "ratio": 0.3, "method": "structured", "channel_multiple": 8, "source": str(tmp_path / "run"),
+    }
     assert all(m.out_channels % 8 == 0 for m in loaded.modules() if isinstance(m, nn.Conv2d))
     assert sum(p.numel() for p in loaded.parameters()) == result["params_after"]
     assert json.loads((tmp_path / "run" / "model.json").read_text())["arch"] == "resnet8"
@@ -232,7 +237,8 @@ def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path
 def test_a_failed_recovery_leaves_no_run_behind(tmp_path):
     synthetic_run(tmp_path / "run")
     with pytest.raises(EdgeKDError, match="batch_size 4096"):
-        prune_and_recover(tmp_path / "run", tmp_path / "out" / "rec", {"epochs": 1, "batch_size": 4096, "device": "cpu"}, 0.3)
+        prune_and_recover(tmp_path / "run", tmp_path / "out" / "rec",
+                          {"epochs": 1, "batch_size": 4096, "device": "cpu"}, 0.3)
     assert not (tmp_path / "out").exists()
     with pytest.raises(EdgeKDError, match="unknown method"):  # checked before any pruning
         prune_and_recover(tmp_path / "run", tmp_path / "rec", {"epochs": 1, "method": "nope"}, 0.3)

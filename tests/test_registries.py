@@ -113,9 +113,12 @@ def test_a_new_format_and_runtime_work_in_every_stage(ort_optimized, digits_run_
     assert not (out / "model.onnx").exists()  # the graph it descends from stayed in scratch space
 
     rows = run_bench(out, precisions=("fp32",), warmup=0, iters=3, progress=False)
-    assert [(r["runtime"], r["status"]) for r in rows] == [("ort", "skipped: no ort fp32 artifact in this export"),
-                                                           ("openvino", "skipped: no openvino fp32 artifact in this export"),
-                                                           ("torch", "ok"), ("ort-optimized", "ok")]
+    assert [(r["runtime"], r["status"]) for r in rows] == [
+        ("ort", "skipped: no ort fp32 artifact in this export"),
+        ("openvino", "skipped: no openvino fp32 artifact in this export"),
+        ("torch", "ok"),
+        ("ort-optimized", "ok"),
+    ]
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (20, 200, 20)).save(buf, "PNG")

@@ -32,7 +32,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    """An sshd on a free loopback port that lets the current user in with a key made here; yields connection settings."""
+    """An sshd on a free loopback port that lets the current user in with a key made here; yields connection
+    settings."""
     if not SSHD.is_file() or shutil.which("ssh-keygen") is None or shutil.which("scp") is None:
         pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server)")
     if os.geteuid() == 0:  # sshd started by root insists on its privilege-separation directory

@@ -55,8 +55,9 @@ def _bench_row(runtime, precision, p50, p99, accuracy, machine=HOST, status="ok"
     return {
         "runtime": runtime, "precision": precision, "batch": 1, "threads": None, "status": status,
         "p50_ms": p50 if measured else None, "p90_ms": (p50 + p99) / 2 if measured else None,
-        "p99_ms": p99 if measured else None, "mean_ms": p50 * 1.1 if measured else None, "iters": 50 if measured else None,
-        "throughput_ips": 1000 / (p50 * 1.1) if measured else None, "size_mb": 0.125665 if precision == "int8" else 0.348617,
+        "p99_ms": p99 if measured else None, "mean_ms": p50 * 1.1 if measured else None,
+        "iters": 50 if measured else None, "throughput_ips": 1000 / (p50 * 1.1) if measured else None,
+        "size_mb": 0.125665 if precision == "int8" else 0.348617,
         "accuracy": accuracy, "speedup": None, "baseline": None, "artifact": artifact, "options": {},
         "machine": machine, "emulated": emulated,
     }
@@ -65,10 +66,11 @@ def _bench_row(runtime, precision, p50, p99, accuracy, machine=HOST, status="ok"
 def make_demo(root: Path) -> Path:
     """Two 3-epoch runs, a pruned model dir, an export manifest, a bench.json and a demo summary."""
     _run(root, "ce", "ce", [0.55, 0.72, 0.8125], [{"ce": 1.9}, {"ce": 1.1}, {"ce": 0.7}])
-    _run(root, "drkd", "drkd", [0.58, 0.79, 0.84375], [{"ce": 0.4, "kd": 1.6}, {"ce": 0.3, "kd": 0.9}, {"ce": 0.2, "kd": 0.5}],
-         teacher="dynamic")
+    _run(root, "drkd", "drkd", [0.58, 0.79, 0.84375],
+         [{"ce": 0.4, "kd": 1.6}, {"ce": 0.3, "kd": 0.9}, {"ce": 0.2, "kd": 0.5}], teacher="dynamic")
     _write(root / "runs" / "pruned" / "model.json",
-           {"arch": "resnet8", "dataset": "digits", "pruned": {"ratio": 0.3, "method": "structured", "source": "runs/ce"}})
+           {"arch": "resnet8", "dataset": "digits",
+            "pruned": {"ratio": 0.3, "method": "structured", "source": "runs/ce"}})
     # a half-written dir from an interrupted atomic write: never reported
     _run(root / ".ghost.x1.partial", "ghost", "ghostmethod", [0.1, 0.2, 0.3], [{"ce": 2.0}] * 3)
     _write(root / "export" / "manifest.json", {
@@ -167,8 +169,8 @@ def test_plots_are_embedded_pngs_with_content(demo_report):
 
 
 def test_sections_without_data_say_so(tmp_path):
-    _write(tmp_path / "manifest.json", {"model": "m", "artifacts": {"onnx-fp32": {"format": "onnx", "precision": "fp32",
-                                                                                   "size_bytes": 1000, "accuracy": 0.5}}})
+    _write(tmp_path / "manifest.json", {"model": "m", "artifacts": {
+        "onnx-fp32": {"format": "onnx", "precision": "fp32", "size_bytes": 1000, "accuracy": 0.5}}})
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "bench.json").write_text("{not json", encoding="utf-8")
     out = build_report(tmp_path, tmp_path / "out" / "page.html")
@@ -184,10 +186,11 @@ def test_sections_without_data_say_so(tmp_path):
 
 def test_malformed_files_are_skipped_with_a_note(tmp_path):
     """Hand-edited or foreign files are listed under 'Skipped files'; the rest of the page is still written."""
-    row = {"runtime": "ort", "precision": "fp32", "batch": 1, "threads": None, "status": "ok", "p50_ms": 1.0, "p99_ms": 1.2, "machine": "x"}
+    row = {"runtime": "ort", "precision": "fp32", "batch": 1, "threads": None, "status": "ok", "p50_ms": 1.0,
+           "p99_ms": 1.2, "machine": "x"}
     unmeasured = {**row, "machine": {"cpu": "x"}, "p50_ms": None}
-    docs = {"list": {"rows": ["x"]}, "text": {"rows": "x"}, "machine": {"rows": [row]}, "nomachine": {"rows": [{**row, "machine": None}]},
-            "unmeasured": {"rows": [unmeasured]}}
+    docs = {"list": {"rows": ["x"]}, "text": {"rows": "x"}, "machine": {"rows": [row]},
+            "nomachine": {"rows": [{**row, "machine": None}]}, "unmeasured": {"rows": [unmeasured]}}
     for name, doc in docs.items():
         _write(tmp_path / name / "bench.json", doc)
     _write(tmp_path / "export" / "manifest.json", {"artifacts": {"onnx-fp32": {"format": "onnx"}}, "eval": "x"})

@@ -102,7 +102,8 @@ def server(export_dir: Path):
 @pytest.fixture(scope="module")
 def strict_server(export_dir: Path):
     """API key, 50 kB upload limit, 100k pixel limit, one-slot queue: the limits' failure paths."""
-    app = create_app(export_dir, api_key="s3cret-key", max_upload_mb=0.05, max_pixels=100_000, queue_size=1, max_batch=1)
+    app = create_app(export_dir, api_key="s3cret-key", max_upload_mb=0.05, max_pixels=100_000, queue_size=1,
+                     max_batch=1)
     with LiveServer(app) as live:
         yield live
 
@@ -128,7 +129,8 @@ def test_preprocess_matches_the_torchvision_eval_transform(export_dir: Path):
         np.testing.assert_array_equal(ours, reference(img).numpy())
     # distinct statistics per channel, BGR order: the model's channel c (blue first) gets mean[c] and std[c]
     mean, std = [0.1, 0.5, 0.9], [0.2, 0.3, 0.4]
-    bgr = Preprocessor.from_manifest({**manifest, "preprocessing": {**p, "mean": mean, "std": std, "channel_order": "BGR"}})
+    bgr = Preprocessor.from_manifest(
+        {**manifest, "preprocessing": {**p, "mean": mean, "std": std, "channel_order": "BGR"}})
     img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     swapped = Image.fromarray(np.ascontiguousarray(np.asarray(img)[..., ::-1]))
     rgb_spec = PreprocessSpec(tuple(p["resize"]), tuple(mean), tuple(std))
@@ -258,24 +260,29 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         assert meta["name"] == name and meta["versions"] == [key] and meta["platform"] == "onnxruntime_onnx"
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
         assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, manifest["num_classes"]]}]
-        request = {"id": "r1", "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        request = {"id": "r1", "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
         r = client.post(f"/v2/models/{name}/infer", json=request)
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["model_name"] == name and out["id"] == "r1"
         logits = np.asarray(out["outputs"][0]["data"], np.float32).reshape(out["outputs"][0]["shape"])
         assert logits.shape == (3, manifest["num_classes"])
-        single = [client.post("/predict", params={"top_k": 1}, files={"file": ("d.png", png(img), "image/png")}).json() for img, _ in heldout[:3]]
+        single = [client.post("/predict", params={"top_k": 1}, files={"file": ("d.png", png(img), "image/png")}).json()
+                  for img, _ in heldout[:3]]
         assert logits.argmax(1).tolist() == [s["predictions"][0]["index"] for s in single]
-        nested = client.post(f"/v2/models/{name}/infer", json={"inputs": [{**request["inputs"][0], "data": x.tolist()}]})
-        assert nested.status_code == 200, nested.text  # the protocol's nested form gives the same answer as the flat one
+        nested = client.post(f"/v2/models/{name}/infer",
+                             json={"inputs": [{**request["inputs"][0], "data": x.tolist()}]})
+        # the protocol's nested form gives the same answer as the flat one
+        assert nested.status_code == 200, nested.text
         assert nested.json()["outputs"] == out["outputs"]
 
         def infer(**change):
             tensor = {**request["inputs"][0], **change}
             return client.post(f"/v2/models/{name}/infer", json={"inputs": [tensor]})
 
-        for r in (infer(name="pixels"), infer(datatype="INT8"), infer(shape=[3, 3, 32, 31]), infer(data=[0.0] * 10), infer(shape=[3, 3, 32])):
+        for r in (infer(name="pixels"), infer(datatype="INT8"), infer(shape=[3, 3, 32, 31]), infer(data=[0.0] * 10),
+                  infer(shape=[3, 3, 32])):
             assert r.status_code == 400 and isinstance(r.json()["detail"], str), r.text
         assert infer(data="zeros").status_code == 422
         ragged = x.tolist()
@@ -286,35 +293,47 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         bad_leaf = x.tolist()
         bad_leaf[1][2][3][4] = "0.5"
         r = infer(data=bad_leaf)  # located by its index in the flattened data
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs", 0, "data", int(np.ravel_multi_index((1, 2, 3, 4), x.shape))], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [
+            "body", "inputs", 0, "data", int(np.ravel_multi_index((1, 2, 3, 4), x.shape))], r.text
         for bad in ([True] * x.size, ["0.5"] * x.size):  # not JSON numbers, though Python would coerce them
             assert infer(data=bad).status_code == 422
         start = time.perf_counter()
         r = infer(data=[None] * 1_000_000)  # every element wrong: one error, no echo of the input
-        assert r.status_code == 422 and len(r.content) < 1000 and time.perf_counter() - start < 5, (len(r.content), r.content[:300])
-        assert r.json()["detail"] == [{"loc": ["body", "inputs", 0, "data", 0], "msg": "Input should be a valid number", "type": "float_type"}]
-        assert r.json()["error"] == "body.inputs.0.data.0: Input should be a valid number"  # the protocol's error string
+        assert r.status_code == 422 and len(r.content) < 1000 and time.perf_counter() - start < 5, (
+            len(r.content), r.content[:300])
+        assert r.json()["detail"] == [
+            {"loc": ["body", "inputs", 0, "data", 0], "msg": "Input should be a valid number", "type": "float_type"}]
+        # the protocol's error string
+        assert r.json()["error"] == "body.inputs.0.data.0: Input should be a valid number"
         assert client.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 422
-        assert client.post(f"/v2/models/{name}/infer", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+        assert client.post(f"/v2/models/{name}/infer", content=b"{not json",
+                           headers={"content-type": "application/json"}).status_code == 422
         r = client.post("/v2/models/other/infer", json=request)
-        assert r.status_code == 404 and r.json()["error"] == r.json()["detail"] == f"unknown model 'other'; this server serves {name!r}"
+        assert (r.status_code == 404
+                and r.json()["error"] == r.json()["detail"] == f"unknown model 'other'; this server serves {name!r}")
         assert client.get("/v2/models/other").status_code == 404
-        assert "error" not in client.post("/predict", params={"top_k": 0}).json()  # outside /v2: DESIGN's {"detail": ...} alone
+        # outside /v2: DESIGN's {"detail": ...} alone
+        assert "error" not in client.post("/predict", params={"top_k": 0}).json()
         assert client.get("/v2/health/live").json() == {"live": True}
         assert client.get("/v2/health/ready").json() == {"ready": True}
         assert client.get("/docs").status_code == 200
         spec = client.get("/openapi.json").json()
-        predict = spec["paths"]["/predict"]["post"]  # a Starlette route, documented by hand: check the document is whole
+        # a Starlette route, documented by hand: check the document is whole
+        predict = spec["paths"]["/predict"]["post"]
         assert "multipart/form-data" in predict["requestBody"]["content"]
         assert [p["name"] for p in predict["parameters"]] == ["top_k"]
-        assert predict["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
+        assert predict["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/PredictResponse"}
         assert set(predict["responses"]) == {"200", "400", "401", "413", "415", "422", "503"}
-        infer_body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        infer_body = (
+            spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"])
         assert infer_body == {"$ref": "#/components/schemas/InferRequest"}
         schemas = spec["components"]["schemas"]
-        assert schemas["PredictResponse"]["properties"]["predictions"]["items"] == {"$ref": "#/components/schemas/Prediction"}
+        assert schemas["PredictResponse"]["properties"]["predictions"]["items"] == {
+            "$ref": "#/components/schemas/Prediction"}
         assert "ErrorResponse" in schemas
-        assert schemas["InferRequest"]["properties"]["inputs"]["items"] == {"$ref": "#/components/schemas/InferInputTensor"}
+        assert schemas["InferRequest"]["properties"]["inputs"]["items"] == {
+            "$ref": "#/components/schemas/InferInputTensor"}
         assert "data" in schemas["InferInputTensor"]["properties"]
         text = client.get("/metrics").text
         for path in ("/docs", "/openapi.json"):  # plain Starlette routes: counted under their path, not "unmatched"
@@ -345,7 +364,8 @@ def test_bad_input_gets_the_right_status_never_a_500(server: LiveServer, heldout
         ({"files": {"file": ("a.png", good, "image/png")}, "params": {"top_k": 0}}, 422),
         ({"files": {"file": ("a.png", good, "image/png")}, "params": {"top_k": 11}}, 422),
         ({"files": {"file": ("a.png", good, "image/png")}, "params": {"top_k": "many"}}, 422),
-        ({"content": b"--x\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nno closing", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
+        ({"content": b"--x\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nno closing",
+          "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
     ]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for kwargs, status in cases:
@@ -355,7 +375,8 @@ def test_bad_input_gets_the_right_status_never_a_500(server: LiveServer, heldout
         r = client.post("/predict", data={"file": "just text"}, files={"other": ("a.png", good, "image/png")})
         assert "not a file" in r.json()["detail"]  # a part without a filename is there, but text
         assert client.post("/predict", files={"file": ("a.png", good, "image/png")}).status_code == 200
-        assert metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="500") == 0
+        assert metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST",
+                      status="500") == 0
 
 
 def test_a_client_that_hangs_up_mid_upload_is_counted_499_without_a_logged_error(server: LiveServer):
@@ -367,16 +388,20 @@ def test_a_client_that_hangs_up_mid_upload_is_counted_499_without_a_logged_error
         logger.addHandler(handler)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            before = metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="499")
+            before = metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST",
+                            status="499")
             port = int(server.url.rsplit(":", 1)[1])
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(
-                    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
-                    b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n' + b"\0" * 1000
+                    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 100000\r\n\r\n"
+                    b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                    b"Content-Type: image/png\r\n\r\n" + b"\0" * 1000
                 )
                 time.sleep(0.2)  # the server is reading the body when the client goes
             deadline = time.monotonic() + 10
-            while (after := metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict", method="POST", status="499")) == before:
+            while (after := metric(client.get("/metrics").text, "edgekd_requests_total", endpoint="/predict",
+                                   method="POST", status="499")) == before:
                 assert time.monotonic() < deadline, "the hang-up was never counted"
                 time.sleep(0.05)
             text = client.get("/metrics").text
@@ -460,7 +485,8 @@ def test_size_limits_answer_413_while_reading(strict_server: LiveServer):
             assert r.status_code == status, (size, r.text)
 
         def chunks():  # no Content-Length: the server must stop at the cap while the body streams in
-            yield b'--abc\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+            yield (b'--abc\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+                   b"Content-Type: image/png\r\n\r\n")
             for _ in range(40):
                 yield b"\0" * 4096
 
@@ -475,8 +501,10 @@ def test_api_key(strict_server: LiveServer):
     with httpx.Client(base_url=strict_server.url, timeout=60) as client:
         for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
             r = client.post("/predict", files=body, headers=headers)
-            assert r.status_code == 401 and "API key" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
-        assert client.post("/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 401  # before the body
+            assert (r.status_code == 401 and "API key" in r.json()["detail"]
+                    and r.headers["www-authenticate"] == "Bearer")
+        # before the body
+        assert client.post("/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 401
         assert client.post("/predict?top_k=0", files=body).status_code == 401
         assert client.get("/metrics").status_code == 401
         assert client.get("/v2/models/x").status_code == 401
@@ -502,7 +530,8 @@ def test_full_queue_answers_503_with_retry_after(strict_server: LiveServer):
     try:
         with httpx.Client(base_url=strict_server.url, timeout=60, headers=KEY) as client:
             with ThreadPoolExecutor(6) as pool:
-                answers = list(pool.map(lambda _: client.post("/predict", files={"file": ("d.png", body, "image/png")}), range(6)))
+                answers = list(pool.map(lambda _: client.post("/predict", files={"file": ("d.png", body, "image/png")}),
+                                        range(6)))
     finally:
         del runtime.run
     codes = sorted(r.status_code for r in answers)
@@ -519,7 +548,8 @@ def test_concurrent_requests_are_batched_and_counted(server: LiveServer, heldout
     with httpx.Client(base_url=server.url, timeout=60) as client:
         before = client.get("/metrics").text
         with ThreadPoolExecutor(16) as pool:
-            codes = list(pool.map(lambda b: client.post("/predict", files={"file": ("d.png", b, "image/png")}).status_code, bodies))
+            codes = list(pool.map(
+                lambda b: client.post("/predict", files={"file": ("d.png", b, "image/png")}).status_code, bodies))
         after = client.get("/metrics").text
     assert codes == [200] * len(bodies)
     ok = dict(endpoint="/predict", method="POST", status="200")
@@ -723,7 +753,8 @@ def _broken_copy(export_dir: Path, where: Path, change) -> Path:
         (lambda m: m["artifacts"]["onnx-int8"].pop("sha256") and None, "needs a 'sha256'"),
         (lambda m: m["artifacts"]["onnx-int8"].update(accuracy="high"), "has accuracy 'high', not a number"),
         (lambda m: m.update(input={}), "input shape None is not [batch, channels, height, width]"),
-        (lambda m: m.update(artifacts={"tflite-int8": {**m["artifacts"]["onnx-int8"], "format": "tflite"}}), "no artifact this edgekd can run"),
+        (lambda m: m.update(artifacts={"tflite-int8": {**m["artifacts"]["onnx-int8"], "format": "tflite"}}),
+         "no artifact this edgekd can run"),
     ],
 )
 def test_an_unservable_export_is_one_line_before_uvicorn_starts(export_dir: Path, tmp_path: Path, change, message: str):
@@ -748,9 +779,13 @@ def test_openvino_artifact_serves_the_same_answers(export_dir: Path, heldout):
         pytest.fail("the session export has no openvino-fp32 artifact")
     answers = {}
     for runtime in ("ort", "openvino"):
-        with LiveServer(create_app(export_dir, runtime=runtime, precision="fp32")) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        with (
+            LiveServer(create_app(export_dir, runtime=runtime, precision="fp32")) as live,
+            httpx.Client(base_url=live.url, timeout=60) as client,
+        ):
             answers[runtime] = [
-                client.post("/predict", params={"top_k": 1}, files={"file": ("d.png", png(img), "image/png")}).json()["predictions"][0]["index"]
+                client.post("/predict", params={"top_k": 1},
+                            files={"file": ("d.png", png(img), "image/png")}).json()["predictions"][0]["index"]
                 for img, _ in heldout[:20]
             ]
             platform = client.get(f"/v2/models/{manifest['model']}").json()["platform"]
@@ -790,7 +825,8 @@ def test_server_starts_and_answers_with_torch_unimportable(export_dir: Path, tmp
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(proc, url, log, 90)
-        r = httpx.post(f"{url}/predict", files={"file": ("d.png", png(Image.new("L", (8, 8), 80)), "image/png")}, headers={"X-API-Key": "k"}, timeout=30)
+        r = httpx.post(f"{url}/predict", files={"file": ("d.png", png(Image.new("L", (8, 8), 80)), "image/png")},
+                       headers={"X-API-Key": "k"}, timeout=30)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 5
     finally:
         proc.terminate()

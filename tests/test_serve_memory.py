@@ -67,7 +67,8 @@ def test_eight_maximum_size_images_at_once_stay_within_the_memory_budget(export_
             small = io.BytesIO()
             Image.new("RGB", (300, 200), (10, 200, 30)).save(small, "PNG")
             for _ in range(3):  # warm: the first requests allocate the server's steady-state buffers
-                assert client.post("/predict", files={"file": ("s.png", small.getvalue(), "image/png")}).status_code == 200
+                assert client.post(
+                    "/predict", files={"file": ("s.png", small.getvalue(), "image/png")}).status_code == 200
             baseline = _rss_mb(proc.pid, "VmRSS")
 
             def send(item: tuple[str, bytes]) -> int:

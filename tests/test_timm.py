@@ -52,7 +52,8 @@ def test_a_weights_file_loads_through_timm_with_a_new_head(tmp_path, offline):
     assert state["classifier.weight"].shape == (5, 1024)
     assert all(torch.equal(state[k], v) for k, v in saved.items() if not k.startswith("classifier."))
     # timm's eval transform for this model: bicubic, shorter side floor(224 / 0.875) = 256, centre crop 224
-    assert (spec.resize_policy, spec.shorter_side, spec.size, spec.interpolation) == ("shorter_side", 256, (224, 224), "bicubic")
+    assert (spec.resize_policy, spec.shorter_side, spec.size, spec.interpolation) == (
+        "shorter_side", 256, (224, 224), "bicubic")
     missing = rf"timm/mobilenetv3_small_100\.lamb_in1k are not in the Hugging Face cache \({re.escape(str(tmp_path))}/"
     with pytest.raises(EdgeKDError, match=missing):  # the test's own empty cache: the patch took
         pretrained_model("timm/mobilenetv3_small_100", 5, "DEFAULT")
@@ -118,4 +119,5 @@ def test_a_timm_student_distils_from_a_run_dir_teacher(tmp_path):
     assert desc["arch"] == "timm/mobilenetv4_conv_small" and desc["teacher"] == str(tmp_path / "teacher")
     manifest = export_run(tmp_path / "student", tmp_path / "export", formats=("onnx",), int8=True, calib_samples=8,
                           max_drop=None, progress=False)
-    assert set(manifest["artifacts"]) == {"onnx-fp32", "onnx-int8"} and manifest["artifacts"]["onnx-fp32"]["agreement"] == 1.0
+    assert (set(manifest["artifacts"]) == {"onnx-fp32", "onnx-int8"}
+            and manifest["artifacts"]["onnx-fp32"]["agreement"] == 1.0)

@@ -24,7 +24,8 @@ def _cfg(tmp_path, name, **kw):
 def test_run_dir_contract(tmp_path):
     summary = run_training(_cfg(tmp_path, "run", epochs=2), show_progress=False)
     out = tmp_path / "run"
-    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT, "curves.png"):
+    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT,
+                 "curves.png"):
         assert (out / name).is_file(), name
     desc = json.loads((out / "model.json").read_text())
     assert desc["arch"] == "resnet8" and desc["num_classes"] == 10 and desc["input_size"] == [3, 16, 16]
@@ -95,7 +96,8 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, diverging_me
     with pytest.raises(EdgeKDError, match=r"loss became nan at epoch 2.*last good checkpoint.*epoch 1\) is intact"):
         run_training(cfg, show_progress=False)
     state = torch.load(tmp_path / "nan" / CHECKPOINT, weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
     assert not (tmp_path / "nan" / "model.safetensors").exists()
 
 
@@ -104,7 +106,8 @@ def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder(tmp_path, divergin
     with pytest.raises(EdgeKDError, match="Nothing was saved: it happened in the first epoch"):
         run_training(cfg, show_progress=False)
     assert not (tmp_path / "early").exists()
-    nested = _cfg(tmp_path, "new/sub/early", epochs=2, method="test-diverge", method_args={"at_epoch": 0}, image_size=16)
+    nested = _cfg(tmp_path, "new/sub/early", epochs=2, method="test-diverge", method_args={"at_epoch": 0},
+                  image_size=16)
     with pytest.raises(EdgeKDError, match="Nothing was saved"):
         run_training(nested, show_progress=False)
     assert not (tmp_path / "new").exists()
@@ -164,7 +167,8 @@ def linear_probe():
     from edgekd.models import register_model
     from edgekd.models.registry import _REGISTRY
 
-    register_model("test-linear-probe")(lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, num_classes)))
+    register_model("test-linear-probe")(
+        lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, num_classes)))
     yield "test-linear-probe"
     _REGISTRY.pop("test-linear-probe")
 
@@ -187,8 +191,8 @@ def test_the_global_batch_must_split_evenly(tmp_path):
     from edgekd.train import micro_batch
 
     assert micro_batch(_cfg(tmp_path, "r", batch_size=64, accumulate=2), 4) == 8
-    with pytest.raises(EdgeKDError, match=r"batch_size 60 \(the global batch\) does not split evenly over 4 processes x 2 "
-                                          r"accumulation steps; pass a multiple of 8"):
+    with pytest.raises(EdgeKDError, match=r"batch_size 60 \(the global batch\) does not split evenly over 4 "
+                                          r"processes x 2 accumulation steps; pass a multiple of 8"):
         micro_batch(_cfg(tmp_path, "r", batch_size=60, accumulate=2), 4)
     with pytest.raises(EdgeKDError, match="accumulate must be > 0"):
         _cfg(tmp_path, "r", accumulate=0)
@@ -202,7 +206,8 @@ def test_tensorboard_scalars_are_the_metrics_rows(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     events.Reload()
     tags = {"loss/ce": lambda r: r["losses"]["ce"], "accuracy/train": lambda r: r["train_acc"],
-            "accuracy/val": lambda r: r["val_acc"], "lr": lambda r: r["lr"], "images_per_s": lambda r: r["images_per_s"]}
+            "accuracy/val": lambda r: r["val_acc"], "lr": lambda r: r["lr"],
+            "images_per_s": lambda r: r["images_per_s"]}
     assert set(events.Tags()["scalars"]) == set(tags)
     for tag, value in tags.items():
         scalars = events.Scalars(tag)

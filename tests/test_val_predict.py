@@ -52,17 +52,20 @@ def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_val_reproduces_the_manifest_accuracy_of_every_artifact_without_torch(export_dir: Path, digits_folder: Path, tmp_path: Path):
+def test_val_reproduces_the_manifest_accuracy_of_every_artifact_without_torch(export_dir: Path, digits_folder: Path,
+                                                                              tmp_path: Path):
     out = tmp_path / "val.json"
     proc = subprocess.run(
-        [sys.executable, "-c", NO_TRAINING_SIDE, "val", str(export_dir), "--data", str(digits_folder), "--json", str(out)],
+        [sys.executable, "-c", NO_TRAINING_SIDE, "val", str(export_dir), "--data", str(digits_folder),
+         "--json", str(out)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"},
     )
     assert proc.returncode == 0, proc.stderr
     manifest = load_manifest(export_dir)
     report = json.loads(out.read_text())
     assert report["images"] == manifest["eval"]["samples"] == 360 and report["unreadable"] == []
-    assert sorted(r["artifact"] for r in report["artifacts"]) == sorted(manifest["artifacts"]) and len(manifest["artifacts"]) == 4
+    assert (sorted(r["artifact"] for r in report["artifacts"]) == sorted(manifest["artifacts"])
+            and len(manifest["artifacts"]) == 4)
     per_folder = {d.name: len(list(d.iterdir())) for d in digits_folder.iterdir()}
     for row in report["artifacts"]:
         entry = manifest["artifacts"][row["artifact"]]
@@ -97,21 +100,26 @@ def test_predict_gives_the_servers_answers(monkeypatch, capsys, export_dir: Path
             body = Path(result["file"]).read_bytes()
             served = client.post("/predict", params={"top_k": 10}, files={"file": ("d.png", body, "image/png")}).json()
             mine = result["predictions"]
-            assert mine[0]["index"] == served["predictions"][0]["index"] and mine[0]["label"] == served["predictions"][0]["label"]
+            assert (mine[0]["index"] == served["predictions"][0]["index"]
+                    and mine[0]["label"] == served["predictions"][0]["label"])
             scores = {p["index"]: p["score"] for p in served["predictions"]}
             assert len(mine) == 10 and all(abs(p["score"] - scores[p["index"]]) <= 1e-5 for p in mine)
     first = predicted["files"][0]
-    assert f"{first['file']} " in out and f"{first['predictions'][0]['label']} {first['predictions'][0]['score']:.4f}" in out
+    assert (f"{first['file']} " in out
+            and f"{first['predictions'][0]['label']} {first['predictions'][0]['score']:.4f}" in out)
 
 
 def test_bad_inputs_are_one_line_errors(monkeypatch, capsys, export_dir: Path, digits_folder: Path, tmp_path: Path):
     good = next((digits_folder / "5").iterdir())
     missing = [
-        (("predict", str(export_dir), str(tmp_path / "missing.png")), "missing.png does not exist; pass image files or folders"),
+        (("predict", str(export_dir), str(tmp_path / "missing.png")),
+         "missing.png does not exist; pass image files or folders"),
         (("predict", str(digits_folder), str(good)), f"{digits_folder} has no manifest.json"),
         (("val", str(digits_folder), "--data", str(digits_folder)), f"{digits_folder} has no manifest.json"),
-        (("val", str(export_dir), "--data", str(tmp_path / "nowhere")), "is not a folder; `edgekd val` reads a folder with one"),
-        (("val", str(export_dir), "--data", str(export_dir)), "are not classes of this export (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
+        (("val", str(export_dir), "--data", str(tmp_path / "nowhere")),
+         "is not a folder; `edgekd val` reads a folder with one"),
+        (("val", str(export_dir), "--data", str(export_dir)),
+         "are not classes of this export (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
         (("predict", str(export_dir), str(good), "--top-k", "11"), "top-k must be between 1 and 10"),
         (("predict", str(export_dir), str(tmp_path)), "no image files"),
     ]
@@ -142,4 +150,5 @@ def test_bad_inputs_are_one_line_errors(monkeypatch, capsys, export_dir: Path, d
                              "--precisions", "int8", "--runtimes", "ort")
     images = sum(1 for d in ("1", "7") for _ in (digits_folder / d).iterdir())
     assert code == 1 and f"({images} images)" in out and "onnx-int8" in out and "openvino" not in out
-    assert err.strip().splitlines()[-1] == f"error: {labelled / '7' / 'zz.png'}: not an image: the data matches no image format Pillow can read"
+    assert err.strip().splitlines()[-1] == (
+        f"error: {labelled / '7' / 'zz.png'}: not an image: the data matches no image format Pillow can read")

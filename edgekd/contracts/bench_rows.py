@@ -14,7 +14,8 @@ from edgekd.errors import EdgeKDError
 BENCH_JSON = "bench.json"
 
 
-def bench_row(runtime: str, precision: str, batch: int, threads: int | None, status: str, **fields: Any) -> dict[str, Any]:
+def bench_row(runtime: str, precision: str, batch: int, threads: int | None, status: str,
+              **fields: Any) -> dict[str, Any]:
     """A row with every field present; ``fields`` fill in what was measured."""
     row: dict[str, Any] = {
         "runtime": runtime,
@@ -84,6 +85,7 @@ def row_problem(row: Any) -> str | None:
     bad += [k for k in ("batch",) if not is_count(row.get(k))]
     bad += [k for k in ("threads",) if row.get(k) is not None and not isinstance(row.get(k), int)]
     bad += [k for k in _ROW_NUMBERS if row.get(k) is not None and not is_number(row[k])]
-    bad += [k for k in ("p50_ms", "p99_ms") if row.get("status") == "ok" and row.get(k) is None]  # what a measured row is
+    # what a measured row is
+    bad += [k for k in ("p50_ms", "p99_ms") if row.get("status") == "ok" and row.get(k) is None]
     bad += [k for k in ("machine",) if not isinstance(row.get(k), dict)]
     return f"bad or missing {', '.join(bad)}" if bad else None

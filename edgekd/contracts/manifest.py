@@ -67,7 +67,8 @@ def _structure_problem(manifest: Any) -> str | None:
     shape = manifest["input"].get("shape")
     if not isinstance(shape, list) or len(shape) != 4:
         return f"input shape {shape!r} is not [batch, channels, height, width]"
-    if not (shape[0] is None or is_count(shape[0], 1)) or not is_count(shape[1], 4) or not all(is_count(v, MAX_SIDE) for v in shape[2:]):
+    if (not (shape[0] is None or is_count(shape[0], 1)) or not is_count(shape[1], 4)
+            or not all(is_count(v, MAX_SIDE) for v in shape[2:])):
         return f"input shape {shape!r} needs 1-4 channels and sides of 1-{MAX_SIDE} pixels"
     classes = manifest.get("num_classes", len(manifest["class_names"]))
     if not is_count(classes, 10**6) or classes != len(manifest["class_names"]):
@@ -105,7 +106,8 @@ def verify_artifact(export_dir: str | Path, manifest: dict[str, Any], key: str) 
         if not p.is_file():
             raise EdgeKDError(f"artifact {key}: {p} is missing; re-run `edgekd export`")
         if sha256_file(p) != entry["sha256"][rel]:
-            raise EdgeKDError(f"artifact {key}: {p} does not match its sha256 in {MANIFEST}; the file was changed or corrupted")
+            raise EdgeKDError(
+                f"artifact {key}: {p} does not match its sha256 in {MANIFEST}; the file was changed or corrupted")
         paths.append(p)
     return paths
 

@@ -90,16 +90,19 @@ class PreprocessSpec:
             raise EdgeKDError(f"{where} has no usable resize (got {size!r}); {fix}")
         shorter = pre.get("shorter_side") if policy == "shorter_side" else None
         if policy == "shorter_side" and not (is_count(shorter) and shorter >= max(size)):
-            raise EdgeKDError(f"{where} shorter_side {shorter!r} must be a whole number >= the crop {list(size)}; {fix}")
+            raise EdgeKDError(
+                f"{where} shorter_side {shorter!r} must be a whole number >= the crop {list(size)}; {fix}")
         layout, order = pre.get("layout", "NCHW"), pre.get("channel_order", "RGB")
         interpolation = pre.get("interpolation", "bilinear")
         if layout not in LAYOUTS or order not in CHANNEL_ORDERS or interpolation not in INTERPOLATIONS:
             raise EdgeKDError(
                 f"{where} layout={layout} channel_order={order} interpolation={interpolation} is not "
-                f"supported; edgekd handles {', '.join(LAYOUTS)}, {'/'.join(CHANNEL_ORDERS)} and {', '.join(INTERPOLATIONS)}"
+                f"supported; edgekd handles {', '.join(LAYOUTS)}, {'/'.join(CHANNEL_ORDERS)} and "
+                f"{', '.join(INTERPOLATIONS)}"
             )
         mean, std, scale = pre.get("mean", [0.0, 0.0, 0.0]), pre.get("std", [1.0, 1.0, 1.0]), pre.get("scale", 1 / 255)
-        if not all(isinstance(v, list) and len(v) == 3 and all(map(is_number, v)) for v in (mean, std)) or not is_number(scale):
+        if (not all(isinstance(v, list) and len(v) == 3 and all(map(is_number, v)) for v in (mean, std))
+                or not is_number(scale)):
             raise EdgeKDError(
                 f"{where} needs three numbers each for mean and std and a number for scale (got mean="
                 f"{mean!r}, std={std!r}, scale={scale!r}); {fix}"

@@ -30,7 +30,8 @@ def read_description(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / DESCRIPTION
     if not run_dir.is_dir():
-        raise EdgeKDError(f"run dir {run_dir} does not exist; pass the --out folder of `edgekd train` or `edgekd distill`")
+        raise EdgeKDError(
+            f"run dir {run_dir} does not exist; pass the --out folder of `edgekd train` or `edgekd distill`")
     if not path.is_file() or not (run_dir / WEIGHTS).is_file():
         raise EdgeKDError(f"{run_dir} is not an edgekd run dir: it needs {WEIGHTS} and {DESCRIPTION}")
     try:
@@ -51,7 +52,9 @@ def read_description(run_dir: str | Path) -> dict[str, Any]:
 
 def description_preprocessing(desc: dict[str, Any], where: str = f"{DESCRIPTION} preprocessing") -> PreprocessSpec:
     """The model's preprocessing spec; a ``model.json`` written before the spec existed means exact resize."""
-    spec = desc.get("preprocessing") or {"resize": list(desc["input_size"][1:]), "mean": desc["mean"], "std": desc["std"]}
+    spec = desc.get("preprocessing") or {
+        "resize": list(desc["input_size"][1:]), "mean": desc["mean"], "std": desc["std"],
+    }
     return PreprocessSpec.from_dict(spec, where=where, fix="the run dir is corrupt")
 
 

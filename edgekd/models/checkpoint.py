@@ -68,7 +68,8 @@ def load_problem(e: BaseException) -> str:
     text = str(e)
     if text.startswith("Weights only load failed"):  # a paragraph of advice, then the reason, then a docs link
         body = text.split("Check the documentation")[0]
-        detail = body.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in body else body.split("\n", 1)[-1]
+        detail = (body.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in body
+                  else body.split("\n", 1)[-1])
         return f"it holds more than tensors: {' '.join(detail.split())}; edgekd loads weights only, never pickled code"
     return one_line(e)
 

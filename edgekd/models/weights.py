@@ -1,9 +1,10 @@
 """Start a model from pretrained weights (``--pretrained``, ``--weights NAME|FILE``) with a head for the data's classes.
 
 The weights come from the library that publishes them (torchvision for ``tv/`` models, from torch.hub's cache; timm
-for ``timm/`` models, through its own loading) or from a local ``torch.save`` file. Every tensor whose name and shape fit the new model is copied; the classifier
-head, which has as many outputs as the weights' own classes, keeps its fresh initialisation. The weights'
-preprocessing (resize the shorter side, centre-crop, their mean and std) goes with them into the run.
+for ``timm/`` models, through its own loading) or from a local ``torch.save`` file. Every tensor whose name and shape
+fit the new model is copied; the classifier head, which has as many outputs as the weights' own classes, keeps its
+fresh initialisation. The weights' preprocessing (resize the shorter side, centre-crop, their mean and std) goes with
+them into the run.
 """
 
 from __future__ import annotations

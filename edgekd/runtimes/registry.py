@@ -49,10 +49,12 @@ def select_artifact(manifest: dict[str, Any], runtime: str | None = None, precis
     if not keys:
         have = ", ".join(f"{k} ({a['format']})" for k, a in manifest["artifacts"].items())
         raise EdgeKDError(
-            f"no artifact this edgekd can run for runtime={runtime or 'any'} precision={precision or 'any'}; this export has: {have}"
+            f"no artifact this edgekd can run for runtime={runtime or 'any'} precision={precision or 'any'}; "
+            f"this export has: {have}"
         )
     order = {p: i for i, p in enumerate(PRECISIONS)}
-    return min(keys, key=lambda k: (order.get(manifest["artifacts"][k]["precision"], 9), names.index(runtime_of(manifest["artifacts"][k]["format"]))))
+    return min(keys, key=lambda k: (order.get(manifest["artifacts"][k]["precision"], 9),
+                                    names.index(runtime_of(manifest["artifacts"][k]["format"]))))
 
 
 def open_artifact(
@@ -68,7 +70,8 @@ def open_artifact(
     entry = manifest["artifacts"][key]
     name = runtime or runtime_of(entry["format"])
     if name is None or entry["format"] not in RUNTIMES[name].formats:
-        raise EdgeKDError(f"artifact {key} is {entry['format']}, which {name or 'no runtime of this edgekd'} does not run")
+        raise EdgeKDError(
+            f"artifact {key} is {entry['format']}, which {name or 'no runtime of this edgekd'} does not run")
     paths = verify_artifact(export_dir, manifest, key) if verify else [Path(export_dir) / f for f in entry["files"]]
     cls = RUNTIMES[name]
     return cls(paths[0], threads=threads, **{k: v for k, v in options.items() if k in cls.options})
