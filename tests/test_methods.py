@@ -57,7 +57,8 @@ def same(a: dict, b: dict) -> bool:
 
 EXPECTED_TERMS = {
     "ce": {"ce"}, "lsr": {"ce"}, "kd": {"ce", "kd"}, "dist": {"ce", "kd"}, "dkd": {"ce", "kd"},
-    "tfkd-self": {"ce", "kd"}, "tfkd-reg": {"ce", "kd"}, "drkd": {"ce", "kd"}, "r2kd": {"ce", "value", "rank"}, "sld": {"ce", "kd"},
+    "tfkd-self": {"ce", "kd"}, "tfkd-reg": {"ce", "kd"}, "drkd": {"ce", "kd"}, "r2kd": {"ce", "value", "rank"},
+    "sld": {"ce", "kd"},
 }
 
 
@@ -94,7 +95,8 @@ def test_step_trains_the_student_only(name):
         assert not m.training, n
         assert not any(p.requires_grad for p in m.parameters()), n
         assert all(p.grad is None for p in m.parameters()), n
-    if name in ("kd", "dist", "dkd", "r2kd", "tfkd-self", "sld") or (name == "drkd" and method.args["teacher"] == "snapshot"):
+    snapshot = name == "drkd" and method.args["teacher"] == "snapshot"
+    if name in ("kd", "dist", "dkd", "r2kd", "tfkd-self", "sld") or snapshot:
         assert method.teacher is not None
         assert not any(isinstance(m, nn.BatchNorm2d) for m in method.teacher.modules())  # conv-bn folded
 
@@ -160,7 +162,8 @@ def test_tfkd_self_scales_kd_like_the_release():
     z_s, z_t = logits.detach().double().numpy(), method.teacher(x).detach().double().numpy()
     lp_s, lp_t = np_log_softmax(z_s / 20, axis=1), np_log_softmax(z_t / 20, axis=1)
     kl_mean = (np.exp(lp_t) * (lp_t - lp_s)).sum() / (B * C)  # nn.KLDivLoss() default: mean over all entries
-    assert terms["kd"].item() == pytest.approx(0.95 * 2.0 * 400 * kl_mean, rel=1e-3)  # float32 KL of close distributions
+    # float32 KL of close distributions
+    assert terms["kd"].item() == pytest.approx(0.95 * 2.0 * 400 * kl_mean, rel=1e-3)
     with pytest.raises(EdgeKDError, match="copy of the student"):
         build_method("tfkd-self", tiny_cnn(8), tiny_cnn(16), num_classes=C)
 
@@ -240,7 +243,8 @@ def test_r2kd_step_each_augmentation_and_rank_mode(augment, rank):
     views = 1 if augment == "none" else 2
     # the frozen teachers see the clean batch and its augmented view in one call; the student one call per view,
     # so that its batch norm normalises the clean batch by itself (as in the authors' release)
-    assert {n: c.sizes for n, c in calls.items()} == {"student": [B] * views, "teacher": [views * B], "pruned_teacher": [views * B]}
+    sizes = {"student": [B] * views, "teacher": [views * B], "pruned_teacher": [views * B]}
+    assert {n: c.sizes for n, c in calls.items()} == sizes
     assert logits.shape == (B, C)
     with torch.no_grad():
         assert torch.allclose(logits, method.student(x), atol=1e-6)
@@ -357,7 +361,8 @@ def np_kd(z_s: np.ndarray, z_t: np.ndarray, T: float) -> float:
 
 def test_sld_loss_matches_the_papers_definition_on_random_logits():
     g = torch.Generator().manual_seed(3)
-    z_s, z_t = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3, torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
+    z_s = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
+    z_t = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
     y = torch.randint(0, 10, (8,), generator=g)
     s, t, labels = z_s.numpy(), z_t.numpy(), y.numpy()
     temps = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

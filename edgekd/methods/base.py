@@ -41,7 +41,8 @@ def _typed(method: str, key: str, value: Any, default: Any) -> Any:
             number = None
         if number is not None and (isinstance(default, float) or number.is_integer()):
             return float(number) if isinstance(default, float) else int(number)
-    kind = "an integer" if type(default) is int else "a number" if isinstance(default, float) else type(default).__name__
+    kind = ("an integer" if type(default) is int
+            else "a number" if isinstance(default, float) else type(default).__name__)
     raise EdgeKDError(f"method {method!r} option {key} must be {kind}, got {value!r}")
 
 
@@ -70,7 +71,8 @@ def check_teacher_given(name: str, has_teacher: bool, rectify: bool = False) -> 
     """The method class, once it is clear it gets the teacher it needs and ``--rectify`` has a teacher to act on."""
     cls = method_class(name)
     if cls.needs_teacher and not has_teacher:
-        raise EdgeKDError(f"method {name!r} needs a teacher: pass --teacher RUN_DIR (or a checkpoint with --teacher-arch)")
+        raise EdgeKDError(f"method {name!r} needs a teacher: pass --teacher RUN_DIR "
+                          "(or a checkpoint with --teacher-arch)")
     if rectify and not cls.uses_teacher:
         raise EdgeKDError(f"--rectify needs a teacher-based method; {name!r} has no teacher")
     return cls
@@ -137,7 +139,7 @@ class Method(nn.Module):
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
-        """True when the teacher is a CE-trained copy of the student, which the trainer trains first if none is given."""
+        """True when the teacher is a CE-trained copy of the student, trained first by the trainer if none is given."""
         return False
 
     @classmethod
@@ -191,7 +193,9 @@ class Method(nn.Module):
         """The first (0-based) epoch at or past ``fraction`` of the run: 150 of 240 for 0.625, 0 for 0."""
         return math.ceil(fraction * self.epochs - 1e-9)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, epoch: int = 0):

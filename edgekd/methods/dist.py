@@ -14,7 +14,8 @@ class DIST(Method):
     needs_teacher = True
     uses_teacher = True
     defaults = {"beta": 1.0, "gamma": 1.0, "tau": 4.0, "ce_weight": 1.0, "kd_weight": 2.0}
-    rules = {"beta": NON_NEGATIVE, "gamma": NON_NEGATIVE, "tau": POSITIVE, "ce_weight": NON_NEGATIVE, "kd_weight": NON_NEGATIVE}
+    rules = {"beta": NON_NEGATIVE, "gamma": NON_NEGATIVE, "tau": POSITIVE, "ce_weight": NON_NEGATIVE,
+             "kd_weight": NON_NEGATIVE}
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a = self.args

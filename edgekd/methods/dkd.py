@@ -14,7 +14,8 @@ class DKD(Method):
     needs_teacher = True
     uses_teacher = True
     defaults = {"alpha": 1.0, "beta": 8.0, "T": 4.0, "ce_weight": 1.0, "warmup": 20}
-    rules = {"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "T": POSITIVE, "ce_weight": NON_NEGATIVE, "warmup": NON_NEGATIVE}
+    rules = {"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "T": POSITIVE, "ce_weight": NON_NEGATIVE,
+             "warmup": NON_NEGATIVE}
 
     def warmup_factor(self, epoch: int) -> float:
         """min((epoch + 1) / warmup, 1): mdistiller counts epochs from 1, edgekd from 0, so epoch 0 gets 1/warmup."""

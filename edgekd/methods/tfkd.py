@@ -70,7 +70,8 @@ class TfKDReg(Method):
     softmax(u / reg_T) (u taken as logits), against the student's unsoftened log-softmax, with no T² factor."""
 
     defaults = {"reg_alpha": 0.95, "reg_T": 40.0, "multiplier": 1.0, "correct_prob": 0.99}
-    rules = {"reg_alpha": FRACTION, "reg_T": POSITIVE, "multiplier": NON_NEGATIVE, "correct_prob": (lambda v: 0 < v <= 1, "in (0, 1]")}
+    rules = {"reg_alpha": FRACTION, "reg_T": POSITIVE, "multiplier": NON_NEGATIVE,
+             "correct_prob": (lambda v: 0 < v <= 1, "in (0, 1]")}
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a = self.args
