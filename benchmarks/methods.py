@@ -1,8 +1,8 @@
 """Distillation methods side by side on digits and synthetic, several seeds, one table with paired differences.
 
 One fixed teacher->student pair per dataset; the teacher is trained once (seed 0) and shared by every
-teacher-based method; tfkd-self distils from the same seed's `ce` student (its "pre-trained copy of the
-student"). A row is a method with options, written ``name`` or ``name(key=value,...)`` (the options of
+teacher-based method; tfkd-self and drkd(teacher=pretrained) distil from the same seed's `ce` student (their
+"pre-trained copy of the student"). A row is a method with options, written ``name`` or ``name(key=value,...)`` (the options of
 ``--arg``). Reports mean ± std of the final held-out accuracy, seconds per epoch, and each row's per-seed
 difference to ``ce`` and to ``kd`` (same seed, same data order: mean ± std of the differences).
 
@@ -79,7 +79,7 @@ def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Name
         for i, row in enumerate(rows):
             method, method_args = parsed[row]
             cfg = {**base, "model": args.student, "seed": seed, "method": method, "method_args": method_args}
-            if method == "tfkd-self":
+            if method == "tfkd-self" or method_class(method).wants_self_teacher(method_args):
                 if seed not in ce_runs:
                     ce_runs[seed] = _run(work, f"{dataset}-ce-for-tfkd-s{seed}", **base, model=args.student, seed=seed)
                 cfg["teacher"] = ce_runs[seed]["out"]
