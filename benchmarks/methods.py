@@ -2,9 +2,10 @@
 
 One fixed teacher->student pair per dataset; the teacher is trained once (seed 0) and shared by every
 teacher-based method; tfkd-self and drkd(teacher=pretrained) distil from the same seed's `ce` student (their
-"pre-trained copy of the student"). A row is a method with options, written ``name`` or ``name(key=value,...)`` (the options of
-``--arg``). Reports mean ± std of the final held-out accuracy, seconds per epoch, and each row's per-seed
-difference to ``ce`` and to ``kd`` (same seed, same data order: mean ± std of the differences).
+"pre-trained copy of the student"). A row is a method with options, written ``name`` or
+``name(key=value,...)`` (the options of ``--arg``). Reports mean ± std of the final held-out accuracy, seconds
+per epoch, and each row's per-seed difference to ``ce`` and to ``kd`` (same seed, same data order: mean ± std of
+the differences).
 
     uv run --all-extras python benchmarks/methods.py                       # writes benchmarks/results/methods.md
     uv run --all-extras python benchmarks/methods.py --rows 'ce,drkd(teacher=online)' --out /tmp/drkd.md
