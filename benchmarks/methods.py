@@ -38,6 +38,7 @@ DATASETS = {
     "synthetic": {"data": "synthetic", "data_options": {"count": 2000, "val_count": 500}, "batch_size": 32,
                   "epochs": 40},
 }
+TEACHER_LR = 0.05
 ROW = re.compile(r"^([\w-]+)(?:\((.*)\))?$")
 
 
@@ -65,7 +66,7 @@ def split_rows(text: str) -> list[str]:
 
 
 def _run(work: Path, name: str, **overrides) -> dict:
-    cfg = load_config(overrides={"lr": 0.05, "out": str(work / name), **overrides})
+    cfg = load_config(overrides={"out": str(work / name), **overrides})
     return run_training(cfg, show_progress=False)
 
 
@@ -73,7 +74,8 @@ def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Name
     base = {**DATASETS[dataset], "epochs": args.epochs or DATASETS[dataset]["epochs"]}
     parsed = {row: parse_row(row) for row in rows}
     needs_teacher = any(method_class(m).needs_teacher and m != "tfkd-self" for m, _ in parsed.values())
-    t = _run(work, f"{dataset}-teacher", **base, model=args.teacher, seed=0) if needs_teacher else None
+    t = _run(work, f"{dataset}-teacher", **base, lr=TEACHER_LR, model=args.teacher, seed=0) if needs_teacher else None
+    base["lr"] = args.lr
     results: dict[str, list[dict]] = {row: [] for row in rows}
     ce_runs: dict[int, dict] = {}
     for seed in args.seeds:
@@ -121,7 +123,8 @@ def render(tables: dict, rows: list[str], args: argparse.Namespace, seconds: flo
         f"torch {torch.__version__}. Seeds {args.seeds}; "
         + ", ".join(f"{d} {t['epochs']} epochs" for d, t in tables.items())
         + "; batch 16 (digits) / 32 (synthetic); "
-        + f"SGD lr 0.05 cosine; teacher {args.teacher} (seed 0), student {args.student}. "
+        + f"SGD cosine, lr {args.lr:g} (teacher {TEACHER_LR:g}); "
+        + f"teacher {args.teacher} (seed 0), student {args.student}. "
         + f"Wall time {seconds / 60:.1f} min. "
         + f"Synthetic: {DATASETS['synthetic']['data_options']}.",
         "",
@@ -157,6 +160,7 @@ def main() -> None:
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs on every dataset (default: where ce has converged, digits 12, synthetic 40)")
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the students")
     p.add_argument("--teacher", default="resnet20")
     p.add_argument("--student", default="resnet8")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
