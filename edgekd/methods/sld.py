@@ -8,8 +8,10 @@ loader gives it) and a strong view (``augment``, AutoAugment's CIFAR policy by d
     loss = ce_weight·Σ_views CE(z_s, y) + kd_weight·Σ_views sld_loss(z_s, z_t, y, 1..max_T[, z_s])
 
 Defaults are the authors' CIFAR-100 release: CE 0.1, KD 0.9 (mdistiller's KD weights, which its config keeps),
-T = 1..6, the self target from epoch 150 of 240. The release lets gradient flow through the student's swapped
-logits as a target; here the target is detached, which leaves every loss value the same.
+T = 1..6, the self target from epoch 150 of 240. The KD term then outweighs CE many times over, so these weights
+want the release's learning rate per image (lr 0.05 at batch 64): scale ``lr`` with the batch size. The release
+lets gradient flow through the student's swapped logits as a target; here the target is detached, which leaves
+every loss value the same.
 """
 
 from __future__ import annotations
