@@ -84,7 +84,8 @@ def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Name
             cfg = {**base, "model": args.student, "seed": seed, "method": method, "method_args": method_args}
             if method == "tfkd-self" or method_class(method).wants_self_teacher(method_args):
                 if seed not in ce_runs:
-                    ce_runs[seed] = _run(work, f"{dataset}-ce-for-tfkd-s{seed}", **base, model=args.student, seed=seed)
+                    name = f"{dataset}-ce-for-self-teacher-s{seed}"
+                    ce_runs[seed] = _run(work, name, **base, model=args.student, seed=seed)
                 cfg["teacher"] = ce_runs[seed]["out"]
             elif method_class(method).needs_teacher:
                 cfg["teacher"] = t["out"]

@@ -19,12 +19,12 @@ The self-target's weight w follows ``schedule``: ``constant`` (alpha throughout)
 the last epoch, as progressive self-distillation, PS-KD, does), and is 0 before ``start`` (a fraction of the
 run), so an early, still-weak self-teacher cannot outweigh the labels.
 
-Defaults (online, linear to 0.9, T 4, ``ce`` full) are the closest to plain cross-entropy of the variants
-measured side by side in ``benchmarks/results/drkd-screen.md``, and cost no extra forward. With ``ce`` full the
-labels keep their whole weight: the online self-target, which has no gradient where the student is right, only
-adds a push on the samples it gets wrong. With the paper's (1 - w) the same target scales CE down on everything
-the student already gets right, which costs accuracy once w is large. No variant measured there beats plain
-cross-entropy; the defaults are level with it.
+Defaults (online, linear to 0.9, T 4, ``ce`` full) are level with plain cross-entropy on both sets measured in
+``benchmarks/results/drkd-screen.md``, the only setting measured there that is, and cost no extra forward. With
+``ce`` full the labels keep their whole weight: the online self-target, which has no gradient where the student is
+right, only adds a push on the samples it gets wrong. With the paper's (1 - w) the same target scales CE down on
+everything the student already gets right, which costs accuracy once w is large. No variant measured there beats
+plain cross-entropy; the defaults are level with it.
 """
 
 from __future__ import annotations
