@@ -73,7 +73,8 @@ def _run(work: Path, name: str, **overrides) -> dict:
 def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Namespace) -> dict:
     base = {**DATASETS[dataset], "epochs": args.epochs or DATASETS[dataset]["epochs"]}
     parsed = {row: parse_row(row) for row in rows}
-    needs_teacher = any(method_class(m).needs_teacher and m != "tfkd-self" for m, _ in parsed.values())
+    needs_teacher = any(method_class(m).needs_teacher and not method_class(m).wants_self_teacher(a)
+                        for m, a in parsed.values())
     t = _run(work, f"{dataset}-teacher", **base, lr=TEACHER_LR, model=args.teacher, seed=0) if needs_teacher else None
     base["lr"] = args.lr
     results: dict[str, list[dict]] = {row: [] for row in rows}
@@ -82,7 +83,7 @@ def bench_dataset(work: Path, dataset: str, rows: list[str], args: argparse.Name
         for i, row in enumerate(rows):
             method, method_args = parsed[row]
             cfg = {**base, "model": args.student, "seed": seed, "method": method, "method_args": method_args}
-            if method == "tfkd-self" or method_class(method).wants_self_teacher(method_args):
+            if method_class(method).wants_self_teacher(method_args):
                 if seed not in ce_runs:
                     name = f"{dataset}-ce-for-self-teacher-s{seed}"
                     ce_runs[seed] = _run(work, name, **base, model=args.student, seed=seed)
