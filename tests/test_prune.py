@@ -146,9 +146,9 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     assert round(result["acc_before"] * 40, 6) == round(result["acc_before"] * 40)
     loaded, desc = load_model(tmp_path / "pruned")
     assert desc["pruned"] == {
-        "ratio": 0.3, "method": "structured", "channel_multiple": 8, "source": str(tmp_path / "run"),
+        "ratio": 0.3, "method": "structured", "channel_multiple": 16, "source": str(tmp_path / "run"),
     }
-    assert all(m.out_channels % 8 == 0 for m in loaded.modules() if isinstance(m, nn.Conv2d))
+    assert all(m.out_channels % 16 == 0 for m in loaded.modules() if isinstance(m, nn.Conv2d))
     assert sum(p.numel() for p in loaded.parameters()) == result["params_after"]
     assert json.loads((tmp_path / "run" / "model.json").read_text())["arch"] == "resnet8"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
@@ -217,7 +217,8 @@ def test_init_restores_a_pruned_architecture_exactly(tmp_path):
 def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path):
     synthetic_run(tmp_path / "run")
     recover = {"epochs": 1, "method": "kd", "batch_size": 16, "device": "cpu"}
-    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, show_progress=False)
+    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, channel_multiple=8,
+                               show_progress=False)
 
     summary = json.loads((tmp_path / "rec" / "summary.json").read_text())
     for key in ("acc_before", "acc_pruned", "acc_recovered"):  # 40 held-out images: multiples of 1/40
@@ -232,6 +233,21 @@ def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path
     assert layer_shapes(recovered) == layer_shapes(pruned) == pruned_desc["layer_shapes"]
     assert sum(p.numel() for p in recovered.parameters()) == summary["params_after"]
     assert not torch.equal(recovered.conv1.weight, pruned.conv1.weight)  # it trained
+
+
+def test_prune_says_when_the_channel_multiple_stops_it_short_of_the_target(tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    synthetic_run(tmp_path / "run")  # resnet8: 16/32/64 channels
+    code, out, _ = run_cli(monkeypatch, capsys, "prune", str(tmp_path / "run"), "-o", str(tmp_path / "p16"),
+                           "--target-macs", "0.5")
+    left = json.loads((tmp_path / "p16" / "summary.json").read_text())
+    assert code == 0 and left["channel_multiple"] == 16 and left["macs_after"] > 0.5 * left["macs_before"]
+    assert f"{left['macs_after'] / left['macs_before']:.2f} of the MACs left, not 0.5" in " ".join(out.split())
+    code, out, _ = run_cli(monkeypatch, capsys, "prune", str(tmp_path / "run"), "-o", str(tmp_path / "p8"),
+                           "--target-macs", "0.5", "--channel-multiple", "8")
+    left = json.loads((tmp_path / "p8" / "summary.json").read_text())
+    assert code == 0 and left["macs_after"] <= 0.5 * left["macs_before"] and "MACs left" not in out
 
 
 def test_a_failed_recovery_leaves_no_run_behind(tmp_path):
@@ -287,7 +303,8 @@ def test_a_shufflev2_pruned_to_half_its_macs_recovers_and_exports_from_its_run_d
 
     model = synthetic_run(tmp_path / "run", "ShuffleV2")
     recover = {"epochs": 1, "batch_size": 16, "device": "cpu"}
-    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, show_progress=False)
+    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, channel_multiple=8,
+                               show_progress=False)
     assert 0.45 < result["macs_after"] / result["macs_before"] <= 0.5
     assert result["params_after"] < result["params_before"]
     recovered, desc = load_model(tmp_path / "rec")
