@@ -14,6 +14,7 @@ import argparse
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ VARIANTS = ((0.7, 16), (0.5, 16), (0.5, 8), (0.3, 16), (0.3, 8))
 TARGETS = {"points_within": 1.0, "int8_speedup": 1.3}  # the recovered resnet20 on digits at 50 % removed
 
 
-def bench_case(work: Path, arch: str, dataset: str, seeds: list[int], epochs: int, recover_epochs: int) -> dict:
+def bench_case(work: Path, arch: str, dataset: str, seeds: list[int], epochs: int, recover_epochs: int,
+               recover_lr: float) -> dict:
     runs: dict[tuple[float, int], list[dict]] = {v: [] for v in VARIANTS}
     base_dirs: list[Path] = []
     for seed in seeds:
@@ -50,7 +52,7 @@ def bench_case(work: Path, arch: str, dataset: str, seeds: list[int], epochs: in
         run_training(cfg, show_progress=False)
         base_dirs.append(base)
         for keep, multiple in VARIANTS:
-            recover = {"epochs": recover_epochs, "seed": seed}
+            recover = {"epochs": recover_epochs, "lr": recover_lr, "seed": seed}
             r = prune_and_recover(base, work / f"{base.name}-keep{keep}-m{multiple}", recover, target_macs=keep,
                                   channel_multiple=multiple, show_progress=False)
             runs[keep, multiple].append(r)
@@ -99,15 +101,15 @@ def render(cases: list[dict], lat: dict[str, float], args: argparse.Namespace, s
         "(seeds 0, 1, ... as many as the table's n). Pruned with `edgekd prune --target-macs F --channel-multiple M "
         f"--recover-epochs {args.recover_epochs}` (structured, L1 magnitude, torch-pruning's iterative steps, channel "
         "counts kept multiples of M: 16 is the default; where it cannot go lower it stops short of F and the MACs "
-        "removed say so; recovery: KD from the "
-        f"unpruned model, lr {RECOVERY_LR}). Accuracy: final top-1 on the held-out split, mean ± std over the seeds; "
+        "removed say so; recovery: KD from the unpruned model, "
+        f"lr {args.recover_lr}). Accuracy: final top-1 on the held-out split, mean ± std over the seeds; "
         "Δ: recovered minus unpruned, paired per seed.",
         "",
         f"Latency: seed 0's models exported with `--int8 --max-drop none` (ONNX Runtime, static QDQ, the same plain "
         f"PTQ for every model: no FP32 fallback layers), batch 1, {args.threads} thread, "
         f"median of {args.iters} runs per model after warm-up, every model interleaved in rounds in one process.",
         "",
-        "Command: `.venv/bin/python benchmarks/prune.py`",
+        f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/prune.py', *sys.argv[1:]])}`",
         "",
         "| model | data | n | F | M | MACs removed | MACs (M) | unpruned | pruned | recovered | Δ (pts) | "
         "FP32 p50 (ms) | INT8 p50 (ms) | INT8 vs unpruned INT8 |",
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=1,
                         help="torch threads for training (1: on a shared machine two spin-waiting threads run slower)")
     parser.add_argument("--recover-epochs", type=int, default=4)
+    parser.add_argument("--recover-lr", type=float, default=RECOVERY_LR, help="peak lr of the recovery runs")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every runtime")
     parser.add_argument("--iters", type=int, default=800)
     parser.add_argument("--warmup", type=int, default=50)
@@ -169,7 +172,8 @@ def main() -> None:
     cases = []
     for case in args.cases:
         arch, dataset, seeds = case.split(":")
-        cases.append(bench_case(args.out, arch, dataset, list(range(int(seeds))), args.epochs, args.recover_epochs))
+        cases.append(bench_case(args.out, arch, dataset, list(range(int(seeds))), args.epochs, args.recover_epochs,
+                                args.recover_lr))
     lat = latency(cases, args.out, args.threads, args.iters, args.warmup)
     text = render(cases, lat, args, time.perf_counter() - started, (load_before, load()))
     args.results.parent.mkdir(parents=True, exist_ok=True)
