@@ -136,7 +136,7 @@ def _structured(
     whole network, ranked together, in torch-pruning's small iterative steps (importance re-measured at each)
     until that fraction of the MACs is left. Ranked together, the layers whose channels matter least shrink
     most, and the steps land near the target even with channel counts rounded to multiples of 16, where a
-    uniform ratio can only jump between a few shapes (resnet20: 71 % of the MACs, then 45 %)."""
+    uniform ratio can only jump between a few shapes (resnet20 in multiples of 8: 71 % of the MACs, then 45 %)."""
     import torch_pruning as tp
 
     _refuse_unsupported(model)
@@ -292,7 +292,7 @@ def prune_run(
 
     Held-out accuracy is measured before and after on the run's own dataset; MACs and parameters come from
     torch-pruning's counter at batch 1; structured pruning keeps channel counts multiples of ``channel_multiple``
-    (CPU kernels work on 8 channels at a time: an odd count can make the pruned model slower than the unpruned one).
+    (see ``CHANNEL_MULTIPLE``: other counts can make the pruned model slower than the unpruned one).
     The new dir records the pruned layer shapes; its ``summary.json`` holds
     the returned numbers (``edgekd.recover`` then wins the accuracy back).
     """
