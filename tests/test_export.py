@@ -53,7 +53,8 @@ def _plain_runner(export_dir: Path, key: str, entry: dict):
         return lambda x: session.run(["logits"], {"input": x})[0]
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU")
+    # f32: on CPUs with AMX or AVX-512 BF16, OpenVINO otherwise runs FP32 layers in bf16
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return lambda x: np.asarray(compiled(x)[0])
 
 

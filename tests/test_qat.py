@@ -1,11 +1,11 @@
 """Distillation-aware QAT (``edgekd export --int8 --qat-epochs N``): when it runs, what it writes, what it refuses.
 
 The run is the digits ResNet-8 of the session with a scale outlier that changes nothing in FP32 but defeats
-post-training quantization: two channels of ``layer1[0]``'s inner activation x50, their consumer's weights /50.
-Per-tensor activation ranges then lose the other channels. Measured with 64 calibration images (FP32 0.919): every
-remedy of ONNX Runtime's search misses by 6-9 points (minmax 0.842, entropy 0.856, percentile 0.833 and 0.836
-with 1024 images, first conv and classifier in FP32 0.844). With the 32 images below, one epoch of QAT reaches
-0.903 in ONNX Runtime (the best PTQ attempt: 0.842), since its ranges and weights train.
+post-training quantization: two channels of ``layer1[0]``'s inner activation x80, their consumer's weights /80.
+Per-tensor activation ranges then lose the other channels. How much depends on the CPU the session's model trained
+and runs on: x50 cost PTQ 6-9 points on an AVX2 EPYC but 1.9 on an AVX-512 VNNI Xeon. At x80 on the Xeon, with the
+32 calibration images below (FP32 0.925): minmax 0.683, percentile 0.661, minmax with the first conv and the
+classifier in FP32 0.686; one epoch of QAT reaches 0.875 in ONNX Runtime, since its ranges and weights train.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from edgekd.errors import EdgeKDError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-MAX_DROP = 3.0  # between what QAT loses (1.7 points) and what PTQ loses (6-9 points)
+MAX_DROP = 10.0  # between what QAT loses (5 points) and what PTQ loses (24-26 points)
 CALIB = 32
 
 
@@ -48,9 +48,9 @@ def outlier_run(digits_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     with torch.no_grad():
         before = model(x)
         block = model.layer1[0]
-        block.bn1.weight[:2] *= 50
-        block.bn1.bias[:2] *= 50
-        block.conv2.weight[:, :2] /= 50
+        block.bn1.weight[:2] *= 80
+        block.bn1.bias[:2] *= 80
+        block.conv2.weight[:, :2] /= 80
         assert torch.allclose(model(x), before, atol=1e-4)  # the same network in FP32
     run = tmp_path_factory.mktemp("runs") / "outlier"
     save_model(run, model, desc)
@@ -125,7 +125,7 @@ def test_qat_replaces_the_int8_model_ptq_cannot_keep(exports) -> None:
     logits = OrtRuntime(out / int8["files"][0]).run(images)
     assert float((logits.argmax(1) == labels).mean()) == int8["accuracy"]
     assert load_manifest(out)["artifacts"]["onnx-int8"]["quantization"]["qat"]["epochs"] == 1
-    # within the bound, and well above the best post-training attempt (measured: 0.903 vs 0.842 for 0.919 FP32)
+    # within the bound, and well above the best post-training attempt (measured: 0.875 vs 0.686 for 0.925 FP32)
     assert (manifest["eval"]["torch_accuracy"] - int8["accuracy"]) * 100 <= MAX_DROP
     assert int8["accuracy"] > max(t["accuracy"] for t in search) + 0.02
 
@@ -198,7 +198,7 @@ def test_qat_that_misses_the_bound_is_dropped_and_says_so(outlier_run: Path, tmp
                           qat_epochs=2, progress=False)
     dropped = manifest["dropped"]["onnx-int8"]
     torch_points = manifest["eval"]["torch_accuracy"] * 100
-    assert dropped["reason"].startswith(f"top-1 drop {torch_points:.2f} points > max_drop 3 after 2 epochs of QAT "
+    assert dropped["reason"].startswith(f"top-1 drop {torch_points:.2f} points > max_drop {MAX_DROP:g} after 2 epochs of QAT "
                                         f"distilled from self (the FP32 model); tried minmax ({CALIB} images): ")
     assert dropped["quantization"]["qat"]["epochs"] == 2 and len(dropped["quantization"]["search"]) == 3
     assert not (out / "model.int8.onnx").exists() and set(manifest["artifacts"]) == {"onnx-fp32"}

@@ -30,7 +30,9 @@ class OpenVINORuntime(Runtime):
     ) -> None:
         import openvino as ov
 
-        config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper()}
+        # CPUs with AMX or AVX-512 BF16 otherwise run an FP32 model's layers in bf16: its artifact would no longer
+        # agree with PyTorch, and an INT8 model's unquantized layers would lose precision the export did not measure
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         if streams:
