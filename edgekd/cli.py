@@ -343,8 +343,8 @@ def prune(
     prune_method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
     channel_multiple: int = typer.Option(
         16, help="Structured: keep every channel count a multiple of this (ONNX Runtime's x86 kernels work on 8 FP32 "
-                 "or 16 INT8 output channels at a time; other counts can leave the pruned model slower than the "
-                 "unpruned one). 1: exact ratio."),
+                 "channels at a time, its AVX-512 INT8 kernels on 16; other counts can leave the pruned model slower "
+                 "than the unpruned one). 1: exact ratio."),
     recover_epochs: int = typer.Option(
         0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
                 "The pruned model goes to OUT/pruned, the recovered one to OUT."),

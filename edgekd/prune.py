@@ -39,8 +39,8 @@ def _last_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     return order[-1]
 
 
-# What `edgekd prune` keeps channel counts a multiple of: ORT's x86 kernels work on 8 FP32 channels at a time and
-# its U8S8 INT8 convolution on 16 output channels, so an 8-channel layer runs INT8 slower than a 16-channel one.
+# What `edgekd prune` keeps channel counts a multiple of: ORT's x86 kernels work on 8 FP32 channels at a time, and
+# on an AVX-512 VNNI Xeon its INT8 convolution with 8 output channels ran slower than with 16 (AVX2 not re-measured).
 CHANNEL_MULTIPLE = 16
 MAX_LAYER_RATIO = 0.9  # no layer loses more of its channels, however the global ranking falls
 TARGET_STEPS = 100  # iterative steps toward --target-macs: each removes about 1 % of every group's channels
