@@ -198,8 +198,8 @@ def test_qat_that_misses_the_bound_is_dropped_and_says_so(outlier_run: Path, tmp
                           qat_epochs=2, progress=False)
     dropped = manifest["dropped"]["onnx-int8"]
     torch_points = manifest["eval"]["torch_accuracy"] * 100
-    assert dropped["reason"].startswith(f"top-1 drop {torch_points:.2f} points > max_drop {MAX_DROP:g} after 2 epochs of QAT "
-                                        f"distilled from self (the FP32 model); tried minmax ({CALIB} images): ")
+    assert dropped["reason"].startswith(f"top-1 drop {torch_points:.2f} points > max_drop {MAX_DROP:g} after 2 epochs "
+                                        f"of QAT distilled from self (the FP32 model); tried minmax ({CALIB} images): ")
     assert dropped["quantization"]["qat"]["epochs"] == 2 and len(dropped["quantization"]["search"]) == 3
     assert not (out / "model.int8.onnx").exists() and set(manifest["artifacts"]) == {"onnx-fp32"}
 
