@@ -321,3 +321,13 @@ def test_structured_pruning_refuses_the_shuffle_networks_it_cannot_prune_in_one_
     assert "\n" not in str(e.value)
     with pytest.raises(EdgeKDError, match=r"ShuffleNetV2: its channel shuffle is a reshape/transpose .* l1-unstr"):
         prune_model(create_model("tv/shufflenet_v2_x0_5", 10), 0.1, "structured", x)
+
+
+def test_the_cli_default_channel_multiple_is_the_libraries():
+    """The CLI states its default without importing torch-pruning at start-up; it must stay the library's."""
+    import inspect
+
+    from edgekd import cli
+    from edgekd.prune import CHANNEL_MULTIPLE
+
+    assert inspect.signature(cli.prune).parameters["channel_multiple"].default.default == CHANNEL_MULTIPLE
