@@ -303,8 +303,7 @@ def test_a_shufflev2_pruned_to_half_its_macs_recovers_and_exports_from_its_run_d
 
     model = synthetic_run(tmp_path / "run", "ShuffleV2")
     recover = {"epochs": 1, "batch_size": 16, "device": "cpu"}
-    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, channel_multiple=8,
-                               show_progress=False)
+    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, show_progress=False)
     assert 0.45 < result["macs_after"] / result["macs_before"] <= 0.5
     assert result["params_after"] < result["params_before"]
     recovered, desc = load_model(tmp_path / "rec")
