@@ -329,6 +329,7 @@ class _Run:
         state = {
             "epoch": epoch,
             "student": self.method.student.state_dict(),
+            "method": self.method.resume_state(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_acc": self.best_acc,
@@ -342,6 +343,7 @@ class _Run:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
             self.method.student.load_state_dict(state["student"])
+            self.method.load_resume_state(state.get("method", {}))
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             self.start_epoch, self.best_acc, self.history = (
@@ -508,6 +510,7 @@ class _Run:
                 seen += n
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.method.on_step_end()
             if task is not None:
                 rate = seen / (time.perf_counter() - start)
                 progress.update(task, advance=1,

@@ -189,6 +189,16 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook run before each epoch (0-based); DR-KD takes its teacher snapshot here."""
 
+    def on_step_end(self) -> None:
+        """Hook run after each optimizer step; DR-KD's moving-average teacher follows the student here."""
+
+    def resume_state(self) -> dict[str, torch.Tensor]:
+        """State of the method's own that a resumed run needs besides the student's (DR-KD's moving average)."""
+        return {}
+
+    def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``resume_state`` returned."""
+
     def first_epoch_of(self, fraction: float) -> int:
         """The first (0-based) epoch at or past ``fraction`` of the run: 150 of 240 for 0.625, 0 for 0."""
         return math.ceil(fraction * self.epochs - 1e-9)

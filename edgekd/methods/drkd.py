@@ -5,7 +5,8 @@ of the distribution keeps its shape; it is always on here. The loss is c·CE + w
 student), where ``ce`` sets c: ``complement`` (1 - w, the paper's form) or ``full`` (1, the labels keep their whole
 weight and the self-target is added to them).
 
-Teacher modes (``teacher``), the two readings of the paper's "dynamic" self-teacher plus a supplied one:
+Teacher modes (``teacher``): the two readings of the paper's "dynamic" self-teacher, a moving average of the
+student, and a supplied one:
 
 - ``online`` (default): the student's own logits from the same forward, detached and rectified; no extra forward
   and no copy. Where the student is right the target is its own prediction and the KD term has no gradient; where
@@ -13,6 +14,9 @@ Teacher modes (``teacher``), the two readings of the paper's "dynamic" self-teac
   where the student itself puts them.
 - ``snapshot`` (``dynamic``, its former name and default): before each epoch e >= 1 the teacher becomes a frozen,
   eval-mode copy of the student as it ended epoch e - 1; epoch 0 trains with CE alone.
+- ``ema``: an exponential moving average of the student's weights (and BatchNorm statistics), updated after every
+  optimizer step with ``decay``; a temporal ensemble of the student that is smoother than any one snapshot, at the
+  cost of one extra forward.
 - ``pretrained``: a CE-trained copy of the student's architecture, supplied (or trained first) by the trainer.
 
 The self-target's weight w follows ``schedule``: ``constant`` (alpha throughout) or ``linear`` (grows to alpha at
@@ -33,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, kd_loss
@@ -40,7 +45,7 @@ from edgekd.methods.base import FRACTION, POSITIVE, Method, frozen_forward, one_
 from edgekd.methods.tfkd import check_self_teacher
 from edgekd.models.freeze import freeze_for_inference
 
-TEACHER_MODES = ("online", "snapshot", "dynamic", "pretrained")
+TEACHER_MODES = ("online", "snapshot", "dynamic", "ema", "pretrained")
 SCHEDULES = ("constant", "linear")
 CE_WEIGHTS = ("complement", "full")
 
@@ -49,9 +54,11 @@ CE_WEIGHTS = ("complement", "full")
 class DRKD(Method):
     needs_teacher = False  # depends on the mode; checked in __init__
     uses_teacher = True
-    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0, "ce": "full"}
+    defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0, "ce": "full",
+                "decay": 0.99}
     rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES), "schedule": one_of(*SCHEDULES),
-             "start": (lambda v: 0 <= v < 1, "in [0, 1)"), "ce": one_of(*CE_WEIGHTS)}
+             "start": (lambda v: 0 <= v < 1, "in [0, 1)"), "ce": one_of(*CE_WEIGHTS),
+             "decay": (lambda v: 0 < v < 1, "in (0, 1)")}
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
@@ -62,6 +69,8 @@ class DRKD(Method):
         mode = args.get("teacher", cls.defaults["teacher"])
         if mode == "online":
             return "self (own logits, same forward)"
+        if mode == "ema":
+            return "self (moving average of the student's weights)"
         return "self (previous-epoch snapshot)" if mode in ("snapshot", "dynamic") else None
 
     def __init__(self, student, teacher, args, **options) -> None:
@@ -74,6 +83,9 @@ class DRKD(Method):
         elif teacher is not None:
             raise EdgeKDError(f"drkd with teacher: {mode} makes its own teacher from the student; drop --teacher, "
                               "or set method_args teacher: pretrained to distil from the given run")
+        if mode == "ema":
+            ema = get_ema_multi_avg_fn(self.args["decay"])
+            self.teacher = AveragedModel(student, multi_avg_fn=ema, use_buffers=True).eval().requires_grad_(False)
         self.start_epoch = self.first_epoch_of(self.args["start"])
 
     def weight(self, epoch: int) -> float:
@@ -88,6 +100,18 @@ class DRKD(Method):
         """Snapshot mode: refresh the teacher from the student as it is now, i.e. at the end of epoch - 1."""
         if self.args["teacher"] in ("snapshot", "dynamic") and epoch >= max(1, self.start_epoch):
             self.teacher = freeze_for_inference(self.student)
+
+    def on_step_end(self) -> None:
+        """EMA mode: move the average one step towards the student's new weights."""
+        if self.args["teacher"] == "ema":
+            self.teacher.update_parameters(self.student)
+
+    def resume_state(self) -> dict[str, torch.Tensor]:
+        return self.teacher.state_dict() if self.args["teacher"] == "ema" else {}
+
+    def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.args["teacher"] == "ema":
+            self.teacher.load_state_dict(state)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         logits = self.student(x)
