@@ -202,6 +202,44 @@ def test_drkd_snapshot_teacher():
     assert not torch.allclose(method.teacher(x), student_logits, atol=1e-3)
 
 
+def test_drkd_ema_teacher_is_a_moving_average_of_the_student():
+    method = make("drkd", {"teacher": "ema", "decay": 0.75, "schedule": "constant", "alpha": 0.5})
+    x, y = batch()
+    method.train()
+    assert not method.teacher.training and not any(p.requires_grad for p in method.teacher.parameters())
+    opt = torch.optim.SGD(method.learnable_parameters(), lr=0.5)
+    after_steps = []
+    for _ in range(3):
+        method.on_epoch_start(0)
+        logits, terms = method.forward_train(x, y, epoch=0)
+        with torch.no_grad():
+            z_t = drkd_rectify(method.teacher(x), y)
+        assert terms["kd"].item() == pytest.approx(0.5 * kd_loss(logits, z_t, 4.0).item(), rel=1e-5)
+        opt.zero_grad()
+        sum(terms.values()).backward()
+        assert all(p.grad is None for p in method.teacher.parameters())
+        opt.step()
+        method.on_step_end()
+        after_steps.append(state(method.student))
+    # the average starts at the student after the first step, then moves a quarter of the way each step
+    w1, w2, w3 = after_steps
+    ema = state(method.teacher.module)
+    for k, v in ema.items():
+        if v.is_floating_point():
+            expected = 0.75 * (0.75 * w1[k] + 0.25 * w2[k]) + 0.25 * w3[k]
+            assert torch.allclose(v, expected, atol=1e-6), k
+    assert not same(ema, w3)
+    assert torch.allclose(eval_logits(method.teacher.module, x), eval_logits(tiny_cnn_with(ema), x), atol=1e-5)
+    with pytest.raises(EdgeKDError, match=r"decay must be in \(0, 1\)"):
+        make("drkd", {"teacher": "ema", "decay": 1.0})
+
+
+def tiny_cnn_with(weights: dict) -> nn.Module:
+    model = tiny_cnn()
+    model.load_state_dict(weights)
+    return model
+
+
 def test_drkd_teacher_modes_are_validated():
     with pytest.raises(EdgeKDError, match="pretrained needs"):
         build_method("drkd", tiny_cnn(), None, {"teacher": "pretrained"}, num_classes=C)

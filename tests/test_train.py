@@ -49,8 +49,10 @@ def test_run_dir_contract(tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
-    full = run_training(_cfg(tmp_path, "full", epochs=2), show_progress=False)
+@pytest.mark.parametrize("method", [{}, {"method": "drkd", "method_args": {"teacher": "ema"}}],
+                         ids=["ce", "drkd-ema"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, method):
+    full = run_training(_cfg(tmp_path, "full", epochs=2, **method), show_progress=False)
 
     original = _Run._train_epoch
 
@@ -61,10 +63,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_Run, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_training(_cfg(tmp_path, "killed", epochs=2), show_progress=False)
+        run_training(_cfg(tmp_path, "killed", epochs=2, **method), show_progress=False)
     assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["epoch"] == 1
     monkeypatch.setattr(_Run, "_train_epoch", original)
-    resumed = run_training(_cfg(tmp_path, "killed", epochs=2, resume=True), show_progress=False)
+    resumed = run_training(_cfg(tmp_path, "killed", epochs=2, resume=True, **method), show_progress=False)
 
     assert resumed["final_acc"] == full["final_acc"]
     a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
