@@ -9,7 +9,7 @@ from scipy.special import softmax as np_softmax
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.losses import dkd_loss, drkd_rectify, kd_loss, r2kd_rank_loss, r2kd_value_loss, sld_loss
+from edgekd.losses import dist_loss, dkd_loss, drkd_rectify, kd_loss, r2kd_rank_loss, r2kd_value_loss, sld_loss
 from edgekd.methods import build_method, list_methods, method_class
 from edgekd.methods.augment import AUGMENTATIONS, BatchAutoAugment, augmented_view
 from edgekd.prune import prune_model
@@ -140,6 +140,17 @@ def test_dkd_linear_warmup_over_20_epochs():
     assert late["kd"].item() == pytest.approx(full, rel=1e-5)
     assert early["kd"].item() == pytest.approx(full / 20, rel=1e-5)
     assert mid["kd"].item() == pytest.approx(full / 2, rel=1e-5)
+
+
+def test_dist_warmup_ramps_its_term_in_and_defaults_to_the_release():
+    x, y = batch()
+    release, ramped = make("dist"), make("dist", {"warmup": 4})
+    for m in (release, ramped):
+        m.eval()
+    full = 2.0 * dist_loss(release.student(x), release.teacher(x), 4.0, 1.0, 1.0).item()
+    assert release.forward_train(x, y, epoch=0)[1]["kd"].item() == pytest.approx(full, rel=1e-5)
+    assert ramped.forward_train(x, y, epoch=0)[1]["kd"].item() == pytest.approx(full / 4, rel=1e-5)
+    assert ramped.forward_train(x, y, epoch=3)[1]["kd"].item() == pytest.approx(full, rel=1e-5)
 
 
 def test_tfkd_reg_matches_the_release_formula():

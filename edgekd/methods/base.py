@@ -25,6 +25,12 @@ NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
 FRACTION: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
+def linear_warmup(epoch: int, warmup: int) -> float:
+    """min((epoch + 1) / warmup, 1), mdistiller's ramp of a distillation term (it counts epochs from 1, edgekd from 0,
+    so epoch 0 gets 1/warmup); 1 when ``warmup`` is 0."""
+    return 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)
+
+
 def one_of(*choices: str) -> Rule:
     return (lambda v: v in choices, "one of " + ", ".join(choices))
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.losses import dkd_loss
-from edgekd.methods.base import NON_NEGATIVE, POSITIVE, Method, register_method
+from edgekd.methods.base import NON_NEGATIVE, POSITIVE, Method, linear_warmup, register_method
 
 
 @register_method("dkd")
@@ -18,9 +18,7 @@ class DKD(Method):
              "warmup": NON_NEGATIVE}
 
     def warmup_factor(self, epoch: int) -> float:
-        """min((epoch + 1) / warmup, 1): mdistiller counts epochs from 1, edgekd from 0, so epoch 0 gets 1/warmup."""
-        warmup = self.args["warmup"]
-        return 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)
+        return linear_warmup(epoch, self.args["warmup"])
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
         a = self.args
