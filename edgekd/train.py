@@ -508,9 +508,11 @@ class _Run:
                     loss_sums[name] = loss_sums.get(name, 0.0) + value.item() * n
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += n
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.method.on_step_end()
+            if self.scaler.get_scale() >= scale:  # fp16 skips a step with inf/nan gradients (and lowers the scale)
+                self.method.on_step_end()
             if task is not None:
                 rate = seen / (time.perf_counter() - start)
                 progress.update(task, advance=1,

@@ -40,7 +40,7 @@ def test_arg_flags_add_to_a_recipes_method_options(tmp_path):
         ({"method": "kd", "method_args": {"T": -1}}, "option T must be > 0"),
         ({"method": "drkd", "method_args": {"alpha": 2}}, r"option alpha must be in \[0, 1\]"),
         ({"method": "drkd", "method_args": {"teacher": "teacher"}},
-         "option teacher must be one of online, snapshot, dynamic, pretrained"),
+         "option teacher must be one of online, snapshot, dynamic, ema, pretrained"),
         ({"method": "dkd", "method_args": {"warmup": "abc"}}, "option warmup must be an integer"),
         ({"method": "dkd", "method_args": {"warmup": 2.5}}, "option warmup must be an integer"),
         ({"method": "r2kd", "method_args": {"prune_ratio": 1.0}}, r"option prune_ratio must be in \[0, 1\)"),

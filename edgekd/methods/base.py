@@ -115,8 +115,9 @@ def frozen_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class Method(nn.Module):
     """Base class. Subclasses set ``defaults`` (their options) and implement ``forward_train``.
 
-    The teacher, when there is one, is a frozen inference copy (conv-bn folded, ``freeze_for_inference``) kept
-    in eval mode whatever ``train()`` is called with; it runs under ``torch.inference_mode``.
+    The teacher, when there is one, is frozen (no gradients) and kept in eval mode whatever ``train()`` is called
+    with; it runs under ``torch.inference_mode``. Supplied teachers and DR-KD's snapshots are inference copies with
+    conv-bn folded (``freeze_for_inference``); DR-KD's moving average is not, as it changes every step.
     """
 
     name: ClassVar[str] = ""
@@ -196,7 +197,8 @@ class Method(nn.Module):
         """Hook run before each epoch (0-based); DR-KD takes its teacher snapshot here."""
 
     def on_step_end(self) -> None:
-        """Hook run after each optimizer step; DR-KD's moving-average teacher follows the student here."""
+        """Hook run after each optimizer step that was taken (not after one fp16 skipped); DR-KD's moving average
+        follows the student here."""
 
     def resume_state(self) -> dict[str, torch.Tensor]:
         """State of the method's own that a resumed run needs besides the student's (DR-KD's moving average)."""
