@@ -15,9 +15,9 @@ student, and a supplied one:
 - ``snapshot`` (``dynamic``, its former name and default): before each epoch e >= 1 the teacher becomes a frozen,
   eval-mode copy of the student as it ended epoch e - 1; epoch 0 trains with CE alone.
 - ``ema``: an exponential moving average of the student's weights (and BatchNorm statistics), updated after every
-  optimizer step, at the cost of one extra forward. Its decay warms up as timm's model EMA does, min(``decay``,
-  (1 + n) / (10 + n)) at update n, so the average follows the student's recent steps instead of keeping a large
-  share of the untrained network for most of a short run.
+  optimizer step with a fixed ``decay``, at the cost of one extra forward. The average so keeps a share of the early
+  network for most of a short run; warming the decay up as timm's model EMA does, so that it follows the recent
+  steps instead, made the student worse, so the decay stays fixed.
 - ``pretrained``: a CE-trained copy of the student's architecture, supplied (or trained first) by the trainer.
 
 The self-target's weight w follows ``schedule``: ``constant`` (alpha throughout) or ``linear`` (grows to alpha at
@@ -50,16 +50,6 @@ from edgekd.models.freeze import freeze_for_inference
 TEACHER_MODES = ("online", "snapshot", "dynamic", "ema", "pretrained")
 SCHEDULES = ("constant", "linear")
 CE_WEIGHTS = ("complement", "full")
-
-
-def warmed_up_ema(decay: float):
-    """``AveragedModel``'s multi_avg_fn for an EMA whose decay at update n is min(decay, (1 + n) / (10 + n))."""
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        step_decay = min(decay, (1 + n.item()) / (10 + n.item()))
-        get_ema_multi_avg_fn(step_decay)(averaged, current, n)
-
-    return update
 
 
 @register_method("drkd")
@@ -96,8 +86,8 @@ class DRKD(Method):
             raise EdgeKDError(f"drkd with teacher: {mode} makes its own teacher from the student; drop --teacher, "
                               "or set method_args teacher: pretrained to distil from the given run")
         if mode == "ema":
-            self.teacher = AveragedModel(student, multi_avg_fn=warmed_up_ema(self.args["decay"]),
-                                         use_buffers=True).eval().requires_grad_(False)
+            ema = get_ema_multi_avg_fn(self.args["decay"])
+            self.teacher = AveragedModel(student, multi_avg_fn=ema, use_buffers=True).eval().requires_grad_(False)
         self.start_epoch = self.first_epoch_of(self.args["start"])
 
     def weight(self, epoch: int) -> float:
