@@ -179,6 +179,13 @@ def test_tfkd_self_scales_kd_like_the_release():
         build_method("tfkd-self", tiny_cnn(8), tiny_cnn(16), num_classes=C)
 
 
+def assert_kd_on_rectified_teacher(method, x, y, logits, terms, weight: float) -> None:
+    """The KD term is ``weight`` · T²·KL against the method's own teacher, rectified, at T = 4."""
+    with torch.no_grad():
+        z_t = drkd_rectify(method.teacher(x), y)
+    assert terms["kd"].item() == pytest.approx(weight * kd_loss(logits, z_t, 4.0).item(), rel=1e-5)
+
+
 def test_drkd_snapshot_teacher():
     method = make("drkd", {"teacher": "snapshot"})
     x, y = batch()
@@ -199,9 +206,7 @@ def test_drkd_snapshot_teacher():
     teacher_state = state(method.teacher)
 
     logits, terms = method.forward_train(x, y, epoch=1)
-    with torch.no_grad():
-        z_t = drkd_rectify(method.teacher(x), y)
-    assert terms["kd"].item() == pytest.approx(0.9 * kd_loss(logits, z_t, 4.0).item(), rel=1e-5)
+    assert_kd_on_rectified_teacher(method, x, y, logits, terms, 0.9)
     opt.zero_grad()
     sum(terms.values()).backward()
     opt.step()
@@ -223,9 +228,7 @@ def test_drkd_ema_teacher_is_a_moving_average_of_the_student():
     for _ in range(3):
         method.on_epoch_start(0)
         logits, terms = method.forward_train(x, y, epoch=0)
-        with torch.no_grad():
-            z_t = drkd_rectify(method.teacher(x), y)
-        assert terms["kd"].item() == pytest.approx(0.5 * kd_loss(logits, z_t, 4.0).item(), rel=1e-5)
+        assert_kd_on_rectified_teacher(method, x, y, logits, terms, 0.5)
         opt.zero_grad()
         sum(terms.values()).backward()
         assert all(p.grad is None for p in method.teacher.parameters())
