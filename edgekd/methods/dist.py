@@ -1,10 +1,9 @@
 """DIST (Huang et al. 2022): match Pearson correlations of the softened outputs rather than exact values.
 
 The gradient of a Pearson correlation scales with 1 / the spread of the student's softened output, which a fresh
-classifier head at τ = 4 barely has: at initialisation the DIST term's gradient is orders of magnitude above
-CE's.
-``warmup`` (epochs) ramps the term in linearly as DKD does, once the student's outputs have spread; 0, the
-release's setting, applies it in full from the first step.
+classifier head at τ = 4 barely has: at initialisation the DIST term's gradient is orders of magnitude above CE's
+(``benchmarks/dist_init_grad.py``). ``warmup`` (epochs) ramps the term in linearly as DKD does, so it arrives once
+the student's outputs have spread; 0, the release's setting, applies it in full from the first step.
 """
 
 from __future__ import annotations
