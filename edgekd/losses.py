@@ -7,6 +7,8 @@ p = softmax(z / T), KL averaged over the batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -20,9 +22,12 @@ _SOFT_RANK_BUDGET = 1 << 24
 
 def kd_loss(z_s: torch.Tensor, z_t: torch.Tensor, T: float) -> torch.Tensor:
     """Hinton KD: T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the batch."""
-    log_p_s = F.log_softmax(z_s / T, dim=1)
-    log_p_t = F.log_softmax(z_t / T, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T**2
+    return kd_loss_to_target(z_s, F.log_softmax(z_t / T, dim=1), T)
+
+
+def kd_loss_to_target(z_s: torch.Tensor, log_p_t: torch.Tensor, T: float) -> torch.Tensor:
+    """T² · KL(p_t ‖ softmax(z_s/T)) for a target given as log-probabilities (e.g. a smoothed one)."""
+    return F.kl_div(F.log_softmax(z_s / T, dim=1), log_p_t, reduction="batchmean", log_target=True) * T**2
 
 
 def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -86,6 +91,17 @@ def drkd_rectify(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     z[rows[wrong], top[wrong]] = y_val[wrong]
     z[rows[wrong], y[wrong]] = top_val[wrong]
     return z
+
+
+def drkd_target(z_t: torch.Tensor, y: torch.Tensor, T: float, smoothing: float = 0.0) -> torch.Tensor:
+    """DR-KD's soft target as log-probabilities: softmax(rectified z_t / T), mixed with the uniform distribution
+    by ``smoothing`` as label smoothing mixes the one-hot label; with 0 it is exactly log_softmax."""
+    log_p = F.log_softmax(drkd_rectify(z_t, y) / T, dim=1)
+    if smoothing == 0:
+        return log_p
+    uniform = torch.full_like(log_p, math.log(smoothing / log_p.shape[1]))
+    kept = math.log1p(-smoothing) if smoothing < 1 else -math.inf
+    return torch.logaddexp(log_p + kept, uniform)
 
 
 def value_from_probs(p_s: torch.Tensor, p_t: torch.Tensor, T: float) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.special import log_softmax as np_log_softmax
 from scipy.special import softmax as np_softmax
 from scipy.stats import pearsonr, rankdata
@@ -83,6 +84,23 @@ def test_drkd_rectify_cases_and_input_untouched():
     ])
     assert torch.equal(out, expected)
     assert torch.equal(losses.drkd_rectify(out, y), out)  # rectifying twice changes nothing
+
+
+def test_drkd_target_is_the_rectified_softmax_mixed_with_uniform():
+    z = torch.tensor(Z_T, dtype=torch.float32)
+    y = torch.tensor(Y)
+    rect = losses.drkd_rectify(z, y)
+    assert torch.equal(losses.drkd_target(z, y, 4.0), F.log_softmax(rect / 4.0, dim=1))  # no smoothing: exact
+    for eps in (0.1, 1.0):
+        expected = (1 - eps) * np_softmax(rect.numpy() / 2.0, axis=1) + eps / z.shape[1]
+        got = losses.drkd_target(z, y, 2.0, smoothing=eps).exp().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+        assert np.allclose(got.sum(1), 1.0)
+    # against a plain probability target, the log-target KD is the same KL
+    p = (0.9 * np_softmax(rect.numpy() / 4.0, axis=1) + 0.1 / z.shape[1])
+    kl = (p * (np.log(p) - np_log_softmax(Z_S / 4.0, axis=1))).sum(1).mean() * 16
+    got = losses.kd_loss_to_target(torch.tensor(Z_S), losses.drkd_target(z, y, 4.0, 0.1), 4.0).item()
+    assert got == pytest.approx(kl, rel=1e-5)
 
 
 def test_r2kd_value_loss_matches_cosines_and_is_symmetric():

@@ -9,7 +9,8 @@ from scipy.special import softmax as np_softmax
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.losses import dist_loss, dkd_loss, drkd_rectify, kd_loss, r2kd_rank_loss, r2kd_value_loss, sld_loss
+from edgekd.losses import (dist_loss, dkd_loss, drkd_rectify, drkd_target, kd_loss, kd_loss_to_target, r2kd_rank_loss,
+                           r2kd_value_loss, sld_loss)
 from edgekd.methods import build_method, list_methods, method_class
 from edgekd.methods.augment import AUGMENTATIONS, BatchAutoAugment, augmented_view
 from edgekd.prune import prune_model
@@ -510,6 +511,27 @@ def test_drkd_online_target_is_the_students_own_rectified_logits():
     assert (~right).any()
     assert torch.allclose(z.grad[right], torch.zeros_like(z.grad[right]), atol=1e-7)
     assert (z.grad[~right].abs().sum(1) > 1e-4).all()
+
+
+@pytest.mark.parametrize("args", [{"smoothing": 0.2}, {"target_T": 8.0}])
+def test_drkd_softened_online_target_pulls_right_samples_towards_less_confidence(args):
+    method = build_method("drkd", tiny_cnn(), None, {"alpha": 0.5, "schedule": "constant", **args}, num_classes=C)
+    method.eval()
+    x, y = batch()
+    logits, terms = method.forward_train(x, y, epoch=0)
+    target = drkd_target(logits.detach(), y, args.get("target_T", 4.0), args.get("smoothing", 0.0))
+    assert terms["kd"].item() == pytest.approx(0.5 * kd_loss_to_target(logits, target, 4.0).item(), rel=1e-5)
+    # unlike the plain online target, this one has a gradient where the student is right: it lowers the top logit
+    z = logits.detach().clone().requires_grad_(True)
+    kd_loss_to_target(z, drkd_target(z.detach(), y, args.get("target_T", 4.0), args.get("smoothing", 0.0)),
+                      4.0).backward()
+    right = z.detach().argmax(1) == y
+    assert right.any()
+    assert (z.grad[right, :].gather(1, y[right, None]) > 1e-6).all()
+    with pytest.raises(EdgeKDError, match="option smoothing must be in"):
+        build_method("drkd", tiny_cnn(), None, {"smoothing": 1.5}, num_classes=C)
+    with pytest.raises(EdgeKDError, match=r"option target_T must be >= 0 \(0: the same as T\)"):
+        build_method("drkd", tiny_cnn(), None, {"target_T": -1}, num_classes=C)
 
 
 def test_drkd_ce_full_keeps_the_labels_whole_weight():

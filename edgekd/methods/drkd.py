@@ -24,6 +24,11 @@ The self-target's weight w follows ``schedule``: ``constant`` (alpha throughout)
 the last epoch, as progressive self-distillation, PS-KD, does), and is 0 before ``start`` (a fraction of the
 run), so an early, still-weak self-teacher cannot outweigh the labels.
 
+The self-target can be softened: ``smoothing`` mixes it with the uniform distribution, as label smoothing mixes
+the one-hot label, and ``target_T`` softens it at a temperature of its own (0: T). Either gives the online target a
+gradient where the student is right: a pull towards a less confident prediction, flat (smoothing) or shaped like
+the student's own distribution (target_T).
+
 Defaults (online, linear to 0.9, T 4, ``ce`` full) are level with plain cross-entropy on both sets measured in
 ``benchmarks/results/drkd-screen.md`` and cost no extra forward; the EMA teacher (decay 0.999, the better of the
 two decays screened) is level too, ahead on some seeds and behind on others, for one extra forward. With
@@ -42,7 +47,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edgekd.errors import EdgeKDError
-from edgekd.losses import drkd_rectify, kd_loss
+from edgekd.losses import drkd_target, kd_loss_to_target
 from edgekd.methods.base import FRACTION, POSITIVE, Method, frozen_forward, one_of, register_method
 from edgekd.methods.tfkd import check_self_teacher
 from edgekd.models.freeze import freeze_for_inference
@@ -57,10 +62,11 @@ class DRKD(Method):
     needs_teacher = False  # depends on the mode; checked in __init__
     uses_teacher = True
     defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0, "ce": "full",
-                "decay": 0.999}
+                "decay": 0.999, "smoothing": 0.0, "target_T": 0.0}
     rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES), "schedule": one_of(*SCHEDULES),
              "start": (lambda v: 0 <= v < 1, "in [0, 1)"), "ce": one_of(*CE_WEIGHTS),
-             "decay": (lambda v: 0 < v < 1, "in (0, 1)")}
+             "decay": (lambda v: 0 < v < 1, "in (0, 1)"), "smoothing": FRACTION,
+             "target_T": (lambda v: v >= 0, ">= 0 (0: the same as T)")}
 
     @classmethod
     def wants_self_teacher(cls, args: dict[str, Any]) -> bool:
@@ -128,4 +134,6 @@ class DRKD(Method):
         if w == 0.0:
             return logits, {"ce": ce}
         c = 1.0 if self.args["ce"] == "full" else 1 - w
-        return logits, {"ce": c * ce, "kd": w * kd_loss(logits, drkd_rectify(z_t, y), self.args["T"])}
+        T = self.args["T"]
+        target = drkd_target(z_t, y, self.args["target_T"] or T, self.args["smoothing"])
+        return logits, {"ce": c * ce, "kd": w * kd_loss_to_target(logits, target, T)}
