@@ -307,7 +307,7 @@ def test_r2kd_step_each_augmentation_and_rank_mode(augment, rank):
 
 
 def test_r2kd_pruned_teacher_is_smaller_frozen_and_made_once():
-    method = make("r2kd")
+    method = make("r2kd", {"preset": "edgekd"})  # structured: really fewer parameters
     x, y = batch()
     pruned = method.pruned_teacher  # made when the method is built
     n_pruned = sum(p.numel() for p in pruned.parameters())
@@ -328,7 +328,7 @@ def test_r2kd_pruned_teacher_is_smaller_frozen_and_made_once():
 
 
 def test_r2kd_l1_unstructured_pruned_teacher():
-    method = make("r2kd", {"prune": "l1-unstructured"})
+    method = make("r2kd")  # the default, the release's pruning
     for m, t in zip(method.pruned_teacher.modules(), method.teacher.modules()):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             assert (m.weight == 0).sum().item() == round(0.1 * m.weight.numel())
@@ -340,7 +340,7 @@ def test_r2kd_l1_unstructured_pruned_teacher():
 
 
 def test_r2kd_targets_ensemble_teacher_and_pruned_teacher():
-    method = make("r2kd", {"augment": "none", "rank": "hard", "teacher_weight": 0.7})
+    method = make("r2kd", {"augment": "none", "prune": "structured", "teacher_weight": 0.7})
     method.eval()
     x, y = batch()
     logits, terms = method.forward_train(x, y, epoch=0)
@@ -473,8 +473,12 @@ def test_r2kd_release_preset_is_the_authors_objective_and_options_override_it():
     x, y = batch()
     _, terms = method.forward_train(x, y, epoch=0)
     assert not terms["rank"].requires_grad  # hard ranks pass no gradient, as in the release
-    assert make("r2kd").args["rank"] == "soft"
+    assert {k: make("r2kd").args[k] for k in ("preset", "rank", "prune")} == {
+        "preset": "release", "rank": "hard", "prune": "l1-unstructured"}  # the release is the default
+    own = make("r2kd", {"preset": "edgekd"}).args
+    assert (own["rank"], own["prune"], own["prune_ratio"]) == ("soft", "structured", 0.1)
     assert make("r2kd", {"preset": "release", "rank": "soft"}).args["rank"] == "soft"
+    assert make("r2kd", {"preset": "edgekd", "rank": "hard"}).args["rank"] == "hard"
     with pytest.raises(EdgeKDError, match="preset must be one of"):
         make("r2kd", {"preset": "paper"})
 
