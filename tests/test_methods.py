@@ -181,10 +181,11 @@ def test_tfkd_self_scales_kd_like_the_release():
 
 
 def assert_kd_on_rectified_teacher(method, x, y, logits, terms, weight: float) -> None:
-    """The KD term is ``weight`` · T²·KL against the method's own teacher, rectified, at T = 4."""
+    """The KD term is ``weight`` · T²·KL against the method's own teacher, rectified and smoothed, at T = 4."""
     with torch.no_grad():
-        z_t = drkd_rectify(method.teacher(x), y)
-    assert terms["kd"].item() == pytest.approx(weight * kd_loss(logits, z_t, 4.0).item(), rel=1e-5)
+        target = drkd_target(method.teacher(x), y, 4.0, method.args["smoothing"])
+    assert method.args["smoothing"] == 0.1  # the default
+    assert terms["kd"].item() == pytest.approx(weight * kd_loss_to_target(logits, target, 4.0).item(), rel=1e-5)
 
 
 def test_drkd_snapshot_teacher():
@@ -499,8 +500,8 @@ def test_drkd_weight_schedules():
 
 
 def test_drkd_online_target_is_the_students_own_rectified_logits():
-    method = build_method("drkd", tiny_cnn(), None, {"teacher": "online", "alpha": 0.5, "schedule": "constant"},
-                          num_classes=C)
+    method = build_method("drkd", tiny_cnn(), None,
+                          {"teacher": "online", "alpha": 0.5, "schedule": "constant", "smoothing": 0.0}, num_classes=C)
     assert method.teacher is None and method.teacher_label(method.args) == "self (own logits, same forward)"
     method.eval()
     x, y = batch()
@@ -517,7 +518,7 @@ def test_drkd_online_target_is_the_students_own_rectified_logits():
     assert (z.grad[~right].abs().sum(1) > 1e-4).all()
 
 
-@pytest.mark.parametrize("args", [{"smoothing": 0.2}, {"target_T": 8.0}])
+@pytest.mark.parametrize("args", [{"smoothing": 0.2}, {"target_T": 8.0, "smoothing": 0.0}])
 def test_drkd_softened_online_target_pulls_right_samples_towards_less_confidence(args):
     method = build_method("drkd", tiny_cnn(), None, {"alpha": 0.5, "schedule": "constant", **args}, num_classes=C)
     method.eval()
