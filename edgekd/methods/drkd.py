@@ -30,9 +30,10 @@ gradient where the student is right: a pull towards a less confident prediction,
 the student's own distribution (target_T).
 
 Defaults (online, linear to 0.9, T 4, ``ce`` full, smoothing 0.1), from ``benchmarks/results/drkd-screen.md``
-(ten seeds on each set): the only setting measured that is not below plain cross-entropy on either set, ahead on
-both by about what label smoothing alone gives. Without smoothing it is further ahead on synthetic and one image
-behind on digits; ``target_T`` 8 is ahead on synthetic and behind on digits. The online teacher costs no extra
+(ten seeds on each set): the only setting measured that is not below plain cross-entropy on either set; level
+with it or slightly ahead, and level with label smoothing alone. Without smoothing it is further ahead on
+synthetic and one image behind on digits; ``target_T`` 8 (without smoothing) is ahead on synthetic and behind on
+digits. The online teacher costs no extra
 forward; snapshots, a moving average and a pre-trained copy of the student were level with or behind it. With
 ``ce`` full the labels keep their whole weight; the paper's (1 - w) scales CE down on everything the student
 already gets right, which costs accuracy once w is large.

@@ -10,7 +10,7 @@ cat([x, x']); the student sees each view in its own call, as in the authors' rel
 The default, ``preset=release``, is the authors' objective exactly: hard argsort ranks for the student too (the
 rank term then passes no gradient) and L1-unstructured pruning of 0.1 of every Conv/Linear weight.
 ``preset=edgekd`` uses differentiable soft ranks and structured pruning instead; it was the default until the
-release's objective measured at least as good on both sets (``benchmarks/results/methods.md``: level on digits,
+release's objective measured level or better on both sets (``benchmarks/results/methods.md``: equal on digits,
 ahead on four synthetic seeds of five). Options given alongside a preset override it.
 """
 
