@@ -33,10 +33,9 @@ Defaults (online, linear to 0.9, T 4, ``ce`` full, smoothing 0.1), from ``benchm
 (ten seeds on each set): the only setting measured that is not below plain cross-entropy on either set; level
 with it or slightly ahead, and level with label smoothing alone. Without smoothing it is further ahead on
 synthetic and one image behind on digits; ``target_T`` 8 (without smoothing) is ahead on synthetic and behind on
-digits. The online teacher costs no extra
-forward; snapshots, a moving average and a pre-trained copy of the student were level with or behind it. With
-``ce`` full the labels keep their whole weight; the paper's (1 - w) scales CE down on everything the student
-already gets right, which costs accuracy once w is large.
+digits. The online teacher costs no extra forward; snapshots, a moving average and a pre-trained copy of the
+student were level with or behind it. With ``ce`` full the labels keep their whole weight; the paper's (1 - w)
+scales CE down on everything the student already gets right, which costs accuracy once w is large.
 """
 
 from __future__ import annotations

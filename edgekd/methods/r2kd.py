@@ -26,8 +26,7 @@ from edgekd.methods.base import FRACTION, NON_NEGATIVE, POSITIVE, Method, frozen
 from edgekd.models.freeze import freeze_for_inference
 from edgekd.prune import PRUNE_METHODS, prune_model
 
-PRESETS = {"release": {"rank": "hard", "prune": "l1-unstructured", "prune_ratio": 0.1},
-           "edgekd": {"rank": "soft", "prune": "structured", "prune_ratio": 0.1}}
+PRESETS = {"release": {}, "edgekd": {"rank": "soft", "prune": "structured"}}  # the defaults are the release's
 
 
 @register_method("r2kd")
