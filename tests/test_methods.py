@@ -324,8 +324,8 @@ def test_r2kd_pruned_teacher_is_smaller_frozen_and_made_once():
     method.forward_train(x, y, epoch=0)
     method.forward_train(x, y, epoch=1)
     assert method.pruned_teacher is pruned
-    with pytest.raises(EdgeKDError, match="input_shape"):
-        build_method("r2kd", tiny_cnn(8), tiny_cnn(16), num_classes=C)
+    with pytest.raises(EdgeKDError, match="structured pruning needs input_shape"):
+        build_method("r2kd", tiny_cnn(8), tiny_cnn(16), {"preset": "edgekd"}, num_classes=C)
 
 
 def test_r2kd_l1_unstructured_pruned_teacher():
@@ -334,6 +334,11 @@ def test_r2kd_l1_unstructured_pruned_teacher():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             assert (m.weight == 0).sum().item() == round(0.1 * m.weight.numel())
             assert m.weight.shape == t.weight.shape
+    # zeroing weights traces nothing, so the input shape is not needed
+    shapeless = build_method("r2kd", tiny_cnn(8), tiny_cnn(16, seed=2), num_classes=C)
+    for m, t in zip(shapeless.pruned_teacher.modules(), method.pruned_teacher.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert torch.equal(m.weight, t.weight)
     with pytest.raises(EdgeKDError, match="prune must be one of"):
         make("r2kd", {"prune": "random"})
     with pytest.raises(EdgeKDError, match="augment must be one of"):

@@ -97,7 +97,7 @@ def build_method(
 ) -> "Method":
     """Instantiate a registered method; unknown names, unknown options and a missing teacher are user errors.
 
-    ``input_shape`` is one sample's (C, H, W); methods that build a network from the teacher (r2kd) need it.
+    ``input_shape`` is one sample's (C, H, W); methods that trace the teacher (r2kd with structured pruning) need it.
     ``epochs`` is the run's length, for methods whose loss changes with training progress (drkd, sld).
     """
     cls = check_teacher_given(name, teacher is not None, rectify)

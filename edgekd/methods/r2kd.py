@@ -1,11 +1,11 @@
 """R2KD (Kim et al., TKDE 2024): correlation-distance KD from a teacher ensembled with its own pruned copy,
 on the clean batch and an augmented view of it.
 
-Target logits z_T' = w·z_T + (1 - w)·z_Pr. The loss is CE(z_s(x), y) + Σ over views v in {x, x'} of
-w_v·L_val(v) + w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, when the method is built
-(the structured pruner traces the network on an input of the data's shape), from the teacher as trained, then
-frozen like the teacher (eval mode, conv-bn folded) and never fine-tuned. The eval-mode teachers run once on
-cat([x, x']); the student sees each view in its own call, as in the authors' release.
+Target logits z_T' = w·z_T + (1 - w)·z_Pr. The loss is CE(z_s(x), y) + Σ over views v in {x, x'} of w_v·L_val(v) +
+w_r·L_rank(v) (``edgekd.losses``). The pruned teacher is made once, when the method is built (only the structured
+pruner traces the network, on an input of shape ``input_shape``), from the teacher as trained, then frozen like the
+teacher (eval mode, conv-bn folded) and never fine-tuned. The eval-mode teachers run once on cat([x, x']); the
+student sees each view in its own call, as in the authors' release.
 
 The default, ``preset=release``, is the authors' objective exactly: hard argsort ranks for the student too (the
 rank term then passes no gradient) and L1-unstructured pruning of 0.1 of every Conv/Linear weight.
@@ -63,11 +63,13 @@ class R2KD(Method):
     def __init__(self, student, teacher, args, **options) -> None:
         super().__init__(student, teacher, args, **options)
         self.args = a = {**self.args, **PRESETS[self.args["preset"]], **self.check_args(args)}
-        if self.input_shape is None:
-            raise EdgeKDError("r2kd needs input_shape (C, H, W) to prune its teacher; pass it to build_method")
         self.augment = batch_augment(a["augment"], a["autoaugment_policy"], self.num_classes)
+        example = None
+        if a["prune"] == "structured":  # the structured pruner traces the network; zeroing weights needs no input
+            if self.input_shape is None:
+                raise EdgeKDError("r2kd with structured pruning needs input_shape (C, H, W); pass it to build_method")
+            example = torch.zeros(1, *self.input_shape, device=next(teacher.parameters()).device)
         # prune the unfolded teacher: magnitude importance must see the conv weights as trained, not BN-scaled
-        example = torch.zeros(1, *self.input_shape, device=next(teacher.parameters()).device)
         self.pruned_teacher = freeze_for_inference(prune_model(teacher.eval(), a["prune_ratio"], a["prune"], example))
 
     def train(self, mode: bool = True) -> "R2KD":
