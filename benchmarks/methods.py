@@ -28,7 +28,7 @@ from edgekd.methods import method_class
 from edgekd.train import run_training
 
 ROWS = [
-    "ce", "lsr", "kd", "dist", "dkd", "drkd", "drkd(smoothing=0)", "drkd(target_T=8,smoothing=0)",
+    "ce", "lsr", "kd", "dist", "dist(warmup=0)", "dkd", "drkd", "drkd(smoothing=0)", "drkd(target_T=8,smoothing=0)",
     "drkd(ce=complement)", "drkd(teacher=snapshot)", "drkd(teacher=ema)", "sld", "r2kd", "r2kd(preset=edgekd)",
     "tfkd-self", "tfkd-reg",
 ]

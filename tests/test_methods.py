@@ -143,13 +143,16 @@ def test_dkd_linear_warmup_over_20_epochs():
     assert mid["kd"].item() == pytest.approx(full / 2, rel=1e-5)
 
 
-def test_dist_warmup_ramps_its_term_in_and_defaults_to_the_release():
+def test_dist_ramps_its_term_in_over_ten_epochs_unless_set_to_the_release():
     x, y = batch()
-    release, ramped = make("dist"), make("dist", {"warmup": 4})
-    for m in (release, ramped):
+    release, default, ramped = make("dist", {"warmup": 0}), make("dist"), make("dist", {"warmup": 4})
+    for m in (release, default, ramped):
         m.eval()
     full = 2.0 * dist_loss(release.student(x), release.teacher(x), 4.0, 1.0, 1.0).item()
     assert release.forward_train(x, y, epoch=0)[1]["kd"].item() == pytest.approx(full, rel=1e-5)
+    assert default.forward_train(x, y, epoch=0)[1]["kd"].item() == pytest.approx(full / 10, rel=1e-5)
+    assert default.forward_train(x, y, epoch=4)[1]["kd"].item() == pytest.approx(full / 2, rel=1e-5)
+    assert default.forward_train(x, y, epoch=9)[1]["kd"].item() == pytest.approx(full, rel=1e-5)
     assert ramped.forward_train(x, y, epoch=0)[1]["kd"].item() == pytest.approx(full / 4, rel=1e-5)
     assert ramped.forward_train(x, y, epoch=3)[1]["kd"].item() == pytest.approx(full, rel=1e-5)
 
