@@ -3,7 +3,8 @@
 A Pearson correlation's gradient scales with 1 / the spread of its input, and a fresh classifier head softened at
 τ = 4 has almost none, so the DIST term starts with a gradient far above CE's; ``dist --arg warmup=N`` ramps it in.
 One training batch per set, the student resnet8 and the teacher resnet20 both at initialisation (the student's
-spread is the factor that matters), each term at the weight the method gives it.
+spread is the factor that matters), each term at its full weight: DIST as the release applies it from the first
+step, before the default's ramp (``warmup``) scales it down.
 
     uv run --all-extras python benchmarks/dist_init_grad.py     # writes benchmarks/results/dist-init-grad.md
 """
@@ -38,8 +39,10 @@ def main() -> None:
     torch.set_num_threads(1)
     dist, kd = method_class("dist").defaults, method_class("kd").defaults
     lines = ["# DIST at initialisation: gradient norms of each loss term on one batch", "",
-             f"`benchmarks/dist_init_grad.py`; student resnet8, teacher resnet20, both untrained; DIST at its defaults "
-             f"(kd_weight {dist['kd_weight']:g}, τ {dist['tau']:g}), KD at alpha {kd['alpha']:g}, T {kd['T']:g}. "
+             f"`benchmarks/dist_init_grad.py`; student resnet8, teacher resnet20, both untrained; DIST's term at full "
+             f"weight, as the release applies it from the first step (kd_weight {dist['kd_weight']:g}, "
+             f"τ {dist['tau']:g}; the default ramp, warmup {dist['warmup']}, scales it by 1/{dist['warmup']} in the "
+             f"first epoch), KD at alpha {kd['alpha']:g}, T {kd['T']:g}. "
              "spread: the mean per-image std of the student's softmax at τ.", "",
              "| data | seed | spread | ‖∇ CE‖ | ‖∇ KD‖ | ‖∇ DIST‖ | DIST / CE |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, (options, batch) in SETS.items():
