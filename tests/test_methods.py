@@ -342,6 +342,8 @@ def test_r2kd_l1_unstructured_pruned_teacher():
     for m, t in zip(shapeless.pruned_teacher.modules(), method.pruned_teacher.modules()):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             assert torch.equal(m.weight, t.weight)
+    x, y = batch()
+    assert torch.isfinite(sum(shapeless.forward_train(x, y, epoch=0)[1].values()))
     with pytest.raises(EdgeKDError, match="prune must be one of"):
         make("r2kd", {"prune": "random"})
     with pytest.raises(EdgeKDError, match="augment must be one of"):

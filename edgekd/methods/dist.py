@@ -4,8 +4,9 @@ The gradient of a Pearson correlation scales with 1 / the spread of the student'
 classifier head at τ = 4 barely has: at initialisation the DIST term's gradient is orders of magnitude above CE's
 (``benchmarks/dist_init_grad.py``). ``warmup`` (epochs) ramps the term in linearly as DKD does, so it arrives once
 the student's outputs have spread. The default, 10, is what trained on every seed measured: with the release's
-setting, ``warmup=0`` (the term in full from the first step), the student stayed at chance on most synthetic seeds
-and trailed CE on digits, where the ramp brought it level (``benchmarks/results/methods.md``).
+setting, ``warmup=0`` (the term in full from the first step), the student failed to train on most synthetic seeds
+and trailed CE on digits, where the ramp brought it level (``benchmarks/results/methods.md``). A run shorter than
+``warmup`` epochs never applies the full term.
 """
 
 from __future__ import annotations
