@@ -7,6 +7,7 @@ in the app's lifespan; the routes reach the model through ``require`` and ``infe
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -26,6 +27,9 @@ from edgekd.serve.metrics import Metrics
 from edgekd.serve.preprocess import Preprocessor
 
 log = logging.getLogger("edgekd.serve")
+
+# Large KServe v2 JSON bodies read and parsed at once: each holds up to --max-upload-mb, and its parse as much again
+JSON_SLOTS = 4
 
 
 class ServeState:
@@ -55,6 +59,7 @@ class ServeState:
             queue_size=queue_size, metrics=self.metrics,
         )
         self.decode_pool: ThreadPoolExecutor | None = None
+        self.json_slots = asyncio.Semaphore(JSON_SLOTS)
 
     @property
     def loaded(self) -> bool:
@@ -80,10 +85,11 @@ class ServeState:
 
     def start(self) -> None:
         """Start serving a loaded model: decode threads, the batcher, readiness."""
-        # decoding runs beside the event loop; a few threads bound the memory held by images in flight
+        # decoding (images, large JSON bodies) runs beside the event loop; a few threads bound the memory in flight
         self.decode_pool = ThreadPoolExecutor(
             max_workers=self.decode_threads or min(4, os.cpu_count() or 1), thread_name_prefix="edgekd-decode"
         )
+        self.json_slots = asyncio.Semaphore(JSON_SLOTS)  # anew: a semaphore belongs to the loop that first waits on it
         self.batcher.start()
         self.ready = True
         self.metrics.ready.set(1)

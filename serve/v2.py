@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 from typing import Any
 
@@ -16,6 +18,7 @@ from edgekd.runtimes import RUNTIMES
 from edgekd.serve.binary import (
     EXTENSION, FP32, HEADER_LENGTH, binary_response, binary_values, split_body, wants_binary,
 )
+from edgekd.serve.json_bounds import check_json_bounds
 from edgekd.serve.predict import ERRORS, MODEL_ERRORS
 from edgekd.serve.schemas import (
     ErrorResponse, InferInputTensor, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
@@ -23,6 +26,7 @@ from edgekd.serve.schemas import (
 from edgekd.serve.state import ServeState
 
 MAX_INFER_BATCH = 64  # samples in one /v2 infer request
+INLINE_BODY = 256 * 1024  # bytes of a body parsed on the event loop: a few images' JSON, a millisecond or two
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -41,10 +45,30 @@ BINARY_OUTPUT = {
 }
 
 
-async def read_infer_request(request: Request) -> tuple[InferRequest, bytes | None]:
+async def read_infer_request(request: Request, s: ServeState) -> tuple[InferRequest, bytes | None]:
     """The request and the bytes after its JSON (None: all JSON), parsed only now: after the API key check,
-    which FastAPI runs after parsing a declared body."""
-    head, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    which FastAPI runs after parsing a declared body.
+
+    A body is refused before parsing when it could build more than this model's largest request
+    (``check_json_bounds``). A small body is parsed on the event loop; larger ones are read and parsed a few at a
+    time (``ServeState.json_slots``), in the decode threads, so neither their memory nor their parse time falls
+    on other clients.
+    """
+    length = request.headers.get(HEADER_LENGTH)
+    parse = functools.partial(parse_infer_request, sample_shape=s.sample_shape, length=length)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) <= INLINE_BODY:
+        return parse(await request.body())
+    async with s.json_slots:
+        body = b"".join([chunk async for chunk in request.stream()])  # not kept on the request: freed once parsed
+        return await asyncio.get_running_loop().run_in_executor(s.decode_pool, parse, body)
+
+
+def parse_infer_request(body: bytes, sample_shape: list[int], length: str | None) -> tuple[InferRequest, bytes | None]:
+    """The request in ``body`` (``length``: its JSON part's, from the binary extension's header), and the bytes after
+    its JSON; the schema's errors are 422s."""
+    head, tail = split_body(body, length)
+    check_json_bounds(head, sample_shape, MAX_INFER_BATCH)
     try:
         return InferRequest.model_validate_json(head), tail
     except ValidationError as e:
@@ -121,7 +145,7 @@ def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
         Takes and gives tensors as JSON or, with the binary tensor data extension, as raw bytes after the JSON.
         """
         s = state.require(name)
-        body, tail = await read_infer_request(request)
+        body, tail = await read_infer_request(request, s)
         tensor = model_input(body, s)
         x = binary_values(tensor, tail)
         if x is None:

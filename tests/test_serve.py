@@ -298,9 +298,11 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         for bad in ([True] * x.size, ["0.5"] * x.size):  # not JSON numbers, though Python would coerce them
             assert infer(data=bad).status_code == 422
         start = time.perf_counter()
-        r = infer(data=[None] * 1_000_000)  # every element wrong: one error, no echo of the input
-        assert r.status_code == 422 and len(r.content) < 1000 and time.perf_counter() - start < 5, (
-            len(r.content), r.content[:300])
+        r = infer(data=[None] * 1_000_000)  # more values than this model's largest request: refused unparsed
+        assert r.status_code == 400 and "more than this model's largest request" in r.json()["error"], r.text
+        assert len(r.content) < 1000 and time.perf_counter() - start < 5
+        r = infer(data=[None] * x.size)  # every element wrong: one error, no echo of the input
+        assert r.status_code == 422 and len(r.content) < 1000, (len(r.content), r.content[:300])
         assert r.json()["detail"] == [
             {"loc": ["body", "inputs", 0, "data", 0], "msg": "Input should be a valid number", "type": "float_type"}]
         # the protocol's error string
