@@ -1,30 +1,27 @@
-"""The server's memory under the largest images it accepts: a real `python -m edgekd.serve` process, its RSS read
-from /proc while eight maximum-size images of each hard mode arrive at once."""
+"""The server's memory under the largest inputs it accepts: a real `python -m edgekd.serve` process, its RSS read
+from /proc while eight maximum-size images of each hard mode, or sixteen 10 MB JSON bodies of each hostile kind
+(``benchmarks/serve_hostile.py``, which measures the same at any size), arrive at once."""
 
 from __future__ import annotations
 
+import contextlib
 import io
-import socket
-import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_until_ready
 from PIL import Image
+from serve_hostile import hostile_bodies, hostile_row, rss_mb, serve
+
+from edgekd.contracts.manifest import load_manifest
 
 BUDGET_MB = 250  # peak resident memory of the whole server process
+MAX_WAIT_S = 0.5  # another client's small /predict while large JSON bodies arrive
 SIDE = 5000  # 25 megapixels: the default pixel limit
-
-
-def _rss_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def _encoded(mode: str) -> tuple[str, bytes]:
@@ -51,25 +48,29 @@ def _encoded(mode: str) -> tuple[str, bytes]:
     return "cmyk.jpg", buf.getvalue()
 
 
+@contextlib.contextmanager
+def served(export_dir: Path, tmp_path: Path, *args: str) -> Iterator[tuple[int, str, Path]]:
+    """A real ``python -m edgekd.serve`` process: its pid, its URL and its log, until the ``with`` ends."""
+    log = tmp_path / "serve.log"
+    proc, url = serve(sys.executable, export_dir, log, *args)
+    try:
+        yield proc.pid, url, log
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from Linux's /proc")
 def test_eight_maximum_size_images_at_once_stay_within_the_memory_budget(export_dir: Path, tmp_path: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url, log = f"http://127.0.0.1:{port}", tmp_path / "serve.log"
     images = [_encoded(mode) for mode in ("RGBA", "I;16", "P", "CMYK")]
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edgekd.serve", str(export_dir), "--port", str(port),
-                                 "--max-upload-mb", "20"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(proc, url, log, 120)
+    with served(export_dir, tmp_path, "--max-upload-mb", "20") as (pid, url, log):
         with httpx.Client(base_url=url, timeout=120) as client:
             small = io.BytesIO()
             Image.new("RGB", (300, 200), (10, 200, 30)).save(small, "PNG")
             for _ in range(3):  # warm: the first requests allocate the server's steady-state buffers
                 assert client.post(
                     "/predict", files={"file": ("s.png", small.getvalue(), "image/png")}).status_code == 200
-            baseline = _rss_mb(proc.pid, "VmRSS")
+            baseline = rss_mb(pid)
 
             def send(item: tuple[str, bytes]) -> int:
                 name, data = item
@@ -79,9 +80,21 @@ def test_eight_maximum_size_images_at_once_stay_within_the_memory_budget(export_
                 with ThreadPoolExecutor(8) as pool:
                     statuses = list(pool.map(send, [(name, data)] * 8))
                 assert statuses == [200] * 8, (name, statuses, log.read_text()[-2000:])
-            peak, after = _rss_mb(proc.pid, "VmHWM"), _rss_mb(proc.pid, "VmRSS")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+            peak, after = rss_mb(pid, "VmHWM"), rss_mb(pid)
     assert peak <= BUDGET_MB, f"peak RSS {peak:.0f} MB (baseline {baseline:.0f} MB)"
     assert after <= baseline + 30, f"RSS {after:.0f} MB after the burst, {baseline:.0f} MB before"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from Linux's /proc")
+def test_json_bodies_at_the_upload_limit_stay_within_the_memory_budget_and_do_not_stall_others(
+        export_dir: Path, tmp_path: Path):
+    """Sixteen 10 MB v2 JSON bodies of each hostile kind at once: 400 (200 for the valid batch), the server inside
+    its memory budget; four at once while a small /predict is sent in a loop: that request still answers fast."""
+    model = load_manifest(export_dir)["model"]
+    with served(export_dir, tmp_path) as (pid, url, log):
+        bodies = hostile_bodies(10_000_000, "input", [3, 32, 32])
+        rows = {kind: hostile_row(url, pid, model, body, 16) for kind, body in bodies.items()}
+    for kind, row in rows.items():
+        assert row["statuses"] == ([200] if kind.startswith("valid") else [400]), (kind, row, log.read_text()[-2000:])
+        assert row["peak_rss_mb"] <= BUDGET_MB, (kind, row)
+        assert row["probe_max_s"] < MAX_WAIT_S, (kind, row)
