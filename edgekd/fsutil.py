@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import glob
+import errno
 import json
 import os
 import shutil
@@ -39,6 +39,43 @@ def check_can_create(path: str | os.PathLike, kind: str = "folder") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise EdgeKDError(f"cannot write {path}: {parent} is not writable; choose another --out")
     return path
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+LOW_SPACE = 1 << 20  # bytes free under which a failed write is taken as a full disk, whatever the library said
+
+
+@contextlib.contextmanager
+def full_disk_as_error(where: str | os.PathLike) -> Iterator[None]:
+    """A failure inside the block that a full disk under ``where`` caused becomes one line saying so.
+
+    Libraries report it in their own ways: an ``OSError`` with ``ENOSPC`` somewhere in the exception chain, or a
+    message such as OpenVINO's "basic_ios::clear: iostream error"; so a third-party failure while the disk has
+    (almost) nothing free is taken as one too. A user mistake (an ``EdgeKDError`` of edgekd's own) passes as it is.
+    """
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, EdgeKDError) and e.__cause__ is None:
+            raise
+        folder = Path(where)
+        while not folder.exists():
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if not (_no_space_in_chain(e) or free < LOW_SPACE):
+            raise
+        raise EdgeKDError(f"the disk is full: no space left under {folder} ({free / 1e6:.1f} MB free); "
+                          "free some space or choose another --out") from e
+
+
+def _no_space_in_chain(e: BaseException | None) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def make_dir(path: Path) -> list[Path]:
@@ -121,8 +158,8 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     """Build a directory under a temporary name and move it into place only when the block succeeds.
 
     An existing ``path`` is replaced only if ``overwrite``; on any error the temporary tree, and any parent
-    folders made for it, are removed and ``path`` is left as it was. Temporary trees that an earlier, killed
-    command left for the same ``path`` are removed first (``remove_leftovers``).
+    folders made for it, are removed and ``path`` is left as it was. Temporary trees that earlier, killed
+    commands left beside ``path`` are removed first (``remove_leftovers``).
     """
     path = check_can_create(path, "folder")
     if path.exists() and not overwrite and any(path.iterdir()):
@@ -143,12 +180,13 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
 
 
 def remove_leftovers(path: Path) -> list[Path]:
-    """Remove the ``.NAME.*.partial`` folders beside ``path`` whose builder is gone: a process of this host that no
-    longer runs, or, with no owner recorded, untouched for an hour. A folder another live command is building stays.
-    Returns what was removed."""
+    """Remove the partial folders beside ``path`` whose builder is gone: a process of this host that no longer runs
+    (for any name's, ``.*.partial`` with edgekd's owner mark), or, for ``path``'s own name with no owner recorded,
+    untouched for an hour. A folder another live command is building stays. Returns what was removed."""
     removed = []
-    for partial in path.parent.glob(f".{glob.escape(path.name)}.*.partial") if path.parent.is_dir() else []:
-        if partial.is_dir() and not _being_built(partial):
+    for partial in path.parent.glob(".*.partial") if path.parent.is_dir() else []:
+        ours = partial.name.startswith(f".{path.name}.")
+        if partial.is_dir() and (ours or (partial / OWNER).is_file()) and not _being_built(partial):
             shutil.rmtree(partial, ignore_errors=True)
             removed.append(partial)
     return removed

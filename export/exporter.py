@@ -25,7 +25,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.formats import FORMATS, ExportFormat
 from edgekd.export.formats.onnx import CALIBRATOR_OPTIONS, export_onnx
 from edgekd.export.verify import verify_file
-from edgekd.fsutil import atomic_dir, write_json
+from edgekd.fsutil import atomic_dir, full_disk_as_error, write_json
 
 CALIB_METHODS = tuple(CALIBRATOR_OPTIONS)
 MAX_DROP = 0.5  # top-1 points an INT8 artifact may lose against PyTorch by default (DESIGN's target)
@@ -124,9 +124,11 @@ def export_run(
     (``edgekd.export.qat``), and exported again.
     """
     formats = _check_options(formats, calib_samples, calib_method, max_drop, fp16, int8, qat_epochs)
-    with atomic_dir(out, overwrite=overwrite) as tmp:  # refuses an existing export dir before any work
-        # scratch space inside the folder being built: a killed export leaves nothing in /tmp, and the next export to
-        # the same --out removes the whole partial folder (fsutil.remove_leftovers)
+    # atomic_dir refuses an existing export dir before any work; a full disk at any step is one line that says so
+    # (measured before atomic_dir removes the partial folder, which frees the space again)
+    with atomic_dir(out, overwrite=overwrite) as tmp, full_disk_as_error(Path(out).parent):
+        # scratch space inside the folder being built: a killed export leaves nothing in /tmp, and the next
+        # export beside it removes the whole partial folder (fsutil.remove_leftovers)
         scratch = Path(tmp) / ".scratch"
         scratch.mkdir()
         with _progress(progress) as bar:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from edgekd.errors import EdgeKDError
 from edgekd.contracts.manifest import load_manifest, sha256_file
@@ -425,3 +429,31 @@ def test_calibration_batches_are_equal_and_cover_every_image(count: int, batch: 
     chunks = list(iter(reader.get_next, None))
     assert {c["input"].shape[0] for c in chunks} == {batch} and sum(seen) == count
     assert np.concatenate([c["input"] for c in chunks]).ravel().tolist() == list(range(count))
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size_kb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_kb`` mounted at ``folder`` (root only; CI runs as root, so there it must work)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        message = f"cannot mount a {size_kb} kB tmpfs here: {mounted.stderr.strip()}"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size_kb", [100, 400])  # full while torch writes the ONNX file; while OpenVINO converts it
+def test_an_export_onto_a_full_disk_is_one_line_saying_so_and_leaves_nothing(digits_run_dir, tmp_path, monkeypatch,
+                                                                              capsys, size_kb):
+    with small_disk(tmp_path / "disk", size_kb) as disk:
+        code, out, err = run_cli(monkeypatch, capsys, "export", str(digits_run_dir), "--out", str(disk / "exp"),
+                                 "--formats", "onnx,openvino")
+        last = err.strip().splitlines()[-1]  # after the progress bars, on stderr too
+        assert code == 2 and last.startswith(f"error: the disk is full: no space left under {disk} ("), err
+        assert "Traceback" not in err and err.count("error:") == 1, err
+        assert list(disk.iterdir()) == []  # the partial export is gone

@@ -99,10 +99,14 @@ def test_atomic_dir_removes_what_a_killed_command_left_and_keeps_what_a_live_one
         if age:
             old = time.time() - age
             os.utime(folder, (old, old))
-    (tmp_path / ".other.x.partial").mkdir()  # another --out's
+    (tmp_path / ".other.x.partial").mkdir()  # another --out's, with no owner mark: not known to be edgekd's
+    for name, owner in (("killed", leftovers["killed"][0]), ("live", leftovers["live"][0])):  # other --outs' of edgekd
+        (tmp_path / f".other-{name}.x.partial").mkdir()
+        (tmp_path / f".other-{name}.x.partial" / OWNER).write_text(owner)
     with atomic_dir(tmp_path / "exp") as tmp:
         assert (tmp / OWNER).read_text() == f"{host} {os.getpid()}"
         (tmp / "f").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".exp.elsewhere.partial", ".exp.live.partial", ".exp.new-unowned.partial", ".other.x.partial", "exp"]
+        ".exp.elsewhere.partial", ".exp.live.partial", ".exp.new-unowned.partial", ".other-live.x.partial",
+        ".other.x.partial", "exp"]
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["f"]  # the owner mark does not ship
