@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import random
+import warnings
 
 import pytest
 import torch
@@ -223,6 +225,13 @@ def test_corrupt_missing_and_foreign_checkpoints_are_user_errors(tmp_path):
         load_checkpoint_file(model, code)
     # no advice to turn safety off
     assert "holds more than tensors" in str(err.value) and "weights_only" not in str(err.value)
+    for obj in ({"a": 1}, {"w": [1.0]}):  # raw pickles, not torch.save files: refused without torch's warning first
+        raw = tmp_path / "raw.pth"
+        raw.write_bytes(pickle.dumps(obj, protocol=4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(EdgeKDError, match="holds more than tensors"):
+                load_checkpoint_file(model, raw)
     no_tensors = tmp_path / "meta.pth"
     torch.save({"epoch": 3, "note": "no weights"}, no_tensors)
     with pytest.raises(EdgeKDError, match="no state_dict"):

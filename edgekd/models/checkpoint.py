@@ -9,6 +9,7 @@ tensor is copied, so a rejected checkpoint leaves the model as it was.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise EdgeKDError(f"checkpoint {path} not found; pass the path of a .pth/.pt file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle's protocol warning would come before the one-line refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for corrupt input (pickle, zip, EOF, runtime)
         raise EdgeKDError(
             f"cannot read checkpoint {path} ({load_problem(e)}); expected a file written by torch.save"
