@@ -18,7 +18,7 @@ from edgekd.runtimes import RUNTIMES
 from edgekd.serve.binary import (
     EXTENSION, FP32, HEADER_LENGTH, binary_response, binary_values, split_body, wants_binary,
 )
-from edgekd.serve.json_bounds import check_json_bounds
+from edgekd.serve.json_bounds import OTHER_VALUES, check_json_bounds
 from edgekd.serve.predict import ERRORS, MODEL_ERRORS
 from edgekd.serve.schemas import (
     ErrorResponse, InferInputTensor, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
@@ -111,7 +111,9 @@ def document_limits(schema: dict[str, Any], s: ServeState, max_body: int) -> Non
     """Write the served model's own limits into the /v2 infer request's schemas, which hold only what any model
     shares, and the body size cap (every route's) into its description."""
     body = schema["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
-    body["description"] += f" At most {max_body:,} bytes in all (413 above)."
+    body["description"] += (f" At most {max_body:,} bytes in all (413 above), and no more JSON values or lists than "
+                            f"{MAX_INFER_BATCH} samples nested as `shape` says, plus {OTHER_VALUES:,} for the other "
+                            "fields (400 above, before the body is parsed).")
     zeros = [0.0] * math.prod(s.sample_shape)
     one = {"name": s.input_name, "shape": [1, *s.sample_shape], "datatype": "FP32", "data": zeros}
     body["content"]["application/json"]["example"] = {"inputs": [one]}  # a request that works, as it is

@@ -179,6 +179,7 @@ def test_openapi_states_the_limits_the_server_enforces(live: str, export_dir: Pa
     assert "at most 10 MB and 25,000,000 pixels (413 above)" in upload["properties"]["file"]["description"]
     body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
     assert f"At most {10_000_000 + 64 * 1024:,} bytes" in body["description"]
+    assert "no more JSON values or lists than 64 samples" in body["description"]
     schemas = spec["components"]["schemas"]
     tensor = schemas["InferInputTensor"]["properties"]
     assert tensor["name"]["enum"] == ["input"] and tensor["datatype"]["enum"] == ["FP32"]
