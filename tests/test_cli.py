@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,13 @@ from conftest import run_cli
 
 
 def test_help_lists_every_command(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "120")
     code, out, _ = run_cli(monkeypatch, capsys, "--help")
     assert code == 0
-    for command in "train distill models datasets prune export bench serve val predict demo report".split():
-        assert command in out
+    panel = out.split("─ Commands ─", 1)[1].split("╰", 1)[0]
+    listed = re.findall(r"^│ (\S+) +\S", panel, flags=re.MULTILINE)  # one row per command, wrapped lines start blank
+    assert sorted(listed) == sorted("train distill models datasets prune export bench serve val predict demo "
+                                    "report".split()), out
 
 
 def test_datasets_table_shows_every_spec_whole_at_80_columns(monkeypatch, capsys):

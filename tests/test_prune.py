@@ -141,10 +141,9 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     result = prune_run(tmp_path / "run", tmp_path / "pruned", 0.3, "structured")
 
     assert result["macs_after"] < result["macs_before"] and result["params_after"] < result["params_before"]
-    assert 0.0 <= result["acc_after"] <= 1.0 and 0.0 <= result["acc_before"] <= 1.0
-    # 40 held-out images: accuracy is a multiple of 1/40
-    assert round(result["acc_before"] * 40, 6) == round(result["acc_before"] * 40)
     loaded, desc = load_model(tmp_path / "pruned")
+    # the accuracies are the held-out split's, for the unpruned model and for the saved pruned one
+    assert result["acc_before"] == heldout_accuracy(model, desc) and result["acc_after"] == heldout_accuracy(loaded, desc)
     assert desc["pruned"] == {
         "ratio": 0.3, "method": "structured", "channel_multiple": 16, "source": str(tmp_path / "run"),
     }
@@ -182,6 +181,17 @@ def test_target_macs_prunes_in_steps_until_the_fraction_is_reached():
 SYNTHETIC = {"classes": 4, "size": 16, "count": 64, "val_count": 40, "seed": 0}
 
 
+def heldout_accuracy(model, desc):
+    """Top-1 of ``model`` on its run's held-out split, counted here image by image (to within one image: a batch
+    of another size may round a near tie the other way)."""
+    from edgekd.data import run_data
+
+    val = run_data(desc).val_set()
+    with torch.no_grad():
+        right = sum(int(model.eval()(x[None]).argmax(1).item() == y) for x, y in (val[i] for i in range(len(val))))
+    return pytest.approx(right / len(val), abs=1.01 / len(val))
+
+
 def synthetic_run(run_dir, arch: str = "resnet8"):
     from edgekd.data import build_data
     from edgekd.rundir import model_description
@@ -214,25 +224,27 @@ def test_init_restores_a_pruned_architecture_exactly(tmp_path):
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path):
-    synthetic_run(tmp_path / "run")
-    recover = {"epochs": 1, "method": "kd", "batch_size": 16, "device": "cpu"}
-    result = prune_and_recover(tmp_path / "run", tmp_path / "rec", recover, target_macs=0.5, channel_multiple=8,
+def test_prune_with_recovery_writes_a_run_dir_with_the_three_accuracies(tmp_path, digits_run_dir):
+    recover = {"epochs": 2, "method": "kd", "batch_size": 32, "device": "cpu"}
+    result = prune_and_recover(digits_run_dir, tmp_path / "rec", recover, target_macs=0.5, channel_multiple=8,
                                show_progress=False)
 
     summary = json.loads((tmp_path / "rec" / "summary.json").read_text())
-    for key in ("acc_before", "acc_pruned", "acc_recovered"):  # 40 held-out images: multiples of 1/40
-        assert summary[key] == result[key] and round(summary[key] * 40, 6) == round(summary[key] * 40)
+    for key in ("acc_before", "acc_pruned", "acc_recovered"):
+        assert summary[key] == result[key]
     assert summary["acc_recovered"] == summary["final_acc"] and summary["method"] == "kd"
     assert summary["pruning"] == {"target_macs": 0.5, "method": "structured", "channel_multiple": 8,
-                                  "source": str(tmp_path / "run")}
+                                  "source": str(digits_run_dir)}
     assert summary["macs_after"] <= 0.5 * summary["macs_before"]
     recovered, desc = load_model(tmp_path / "rec")
     pruned, pruned_desc = load_model(tmp_path / "rec" / "pruned")
-    assert desc["init"] == str(tmp_path / "rec" / "pruned") and desc["teacher"] == str(tmp_path / "run")
+    assert desc["init"] == str(tmp_path / "rec" / "pruned") and desc["teacher"] == str(digits_run_dir)
     assert layer_shapes(recovered) == layer_shapes(pruned) == pruned_desc["layer_shapes"]
     assert sum(p.numel() for p in recovered.parameters()) == summary["params_after"]
-    assert not torch.equal(recovered.conv1.weight, pruned.conv1.weight)  # it trained
+    # the numbers are the held-out split's, and KD from the unpruned model wins accuracy back
+    assert summary["acc_pruned"] == heldout_accuracy(pruned, desc)
+    assert summary["acc_recovered"] == heldout_accuracy(recovered, desc)
+    assert summary["acc_recovered"] >= summary["acc_pruned"] + 0.3, summary  # at chance after the cut, here
 
 
 def test_prune_says_when_the_channel_multiple_stops_it_short_of_the_target(tmp_path, monkeypatch, capsys):

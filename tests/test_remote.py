@@ -35,6 +35,8 @@ def sshd(tmp_path_factory):
     """An sshd on a free loopback port that lets the current user in with a key made here; yields connection
     settings."""
     if not SSHD.is_file() or shutil.which("ssh-keygen") is None or shutil.which("scp") is None:
+        if os.environ.get("CI"):
+            pytest.fail("OpenSSH server/client missing on CI: .ci/run must apt-get install openssh-server")
         pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server)")
     if os.geteuid() == 0:  # sshd started by root insists on its privilege-separation directory
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
