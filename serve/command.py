@@ -3,6 +3,7 @@ entry point, for torch-free installs) are both this function."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,8 @@ import typer
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
 from edgekd.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
+
+API_KEY_ENV = "EDGEKD_API_KEY"
 
 # How an artifact is chosen and run, shared with `edgekd predict` so that it picks what the server would.
 RuntimeOpt = typer.Option(
@@ -32,7 +35,7 @@ def serve(
         0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call "
                   "(best on CPU)."),
     api_key: Optional[str] = typer.Option(
-        None, envvar="EDGEKD_API_KEY", help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
+        None, envvar=API_KEY_ENV, help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
     max_pixels: Optional[int] = typer.Option(
         None, help="Largest accepted image in pixels, the decompression-bomb guard (default: 25 million; 413 above)."),
@@ -49,6 +52,8 @@ def serve(
     """Serve an exported model over HTTP: POST /predict, KServe v2 endpoints, /metrics. No torch needed."""
     from edgekd.serve.server import run_server
 
+    if api_key is None and API_KEY_ENV in os.environ:  # click reads an empty variable as unset: that is no key
+        api_key = os.environ[API_KEY_ENV]  # at all, and an empty secret must not start a server without auth
     limits = {"max_pixels": max_pixels} if max_pixels is not None else {}
     run_server(
         export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime,

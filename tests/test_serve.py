@@ -542,6 +542,55 @@ def test_full_queue_answers_503_with_retry_after(strict_server: LiveServer):
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
 
 
+def test_model_ready_route_and_the_infer_routes_404_400_and_503(strict_server: LiveServer, export_dir: Path):
+    name = load_manifest(export_dir)["model"]
+    tensor = {"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}
+    with httpx.Client(base_url=strict_server.url, timeout=60, headers=KEY) as client:
+        assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
+        assert client.get(f"/v2/models/{name}/ready", headers={"X-API-Key": "wrong"}).status_code == 401
+        missing = client.get("/v2/models/other/ready")
+        assert missing.status_code == 404 and "unknown model 'other'" in missing.json()["error"]
+        r = client.post(f"/v2/models/{name}/infer", json={"inputs": [tensor], "outputs": [{"name": "probs"}]})
+        assert r.status_code == 400 and r.json()["error"] == "unknown output 'probs'; this model's output is 'logits'"
+        runtime = strict_server.app.state.serve.runtime  # one queue slot, one slow batch: the next ones wait or 503
+        real_run = runtime.run
+        runtime.run = lambda batch: (time.sleep(0.3), real_run(batch))[1]
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda _: client.post(f"/v2/models/{name}/infer", json={"inputs": [tensor]}),
+                                        range(6)))
+        finally:
+            del runtime.run
+    codes = sorted(r.status_code for r in answers)
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}, codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and busy.json()["error"].startswith("server busy")
+
+
+@pytest.mark.parametrize("key, message", [("", "the API key is empty"), ("  ", "the API key is empty"),
+                                          ("schlüssel", "the API key must be ASCII")])
+def test_an_empty_or_non_ascii_api_key_is_a_one_line_error(export_dir: Path, monkeypatch, capsys, key, message):
+    from conftest import run_cli
+
+    monkeypatch.setenv("EDGEKD_API_KEY", key)  # the environment's key, checked as --api-key is
+    code, _, err = run_cli(monkeypatch, capsys, "serve", str(export_dir), "--port", "0")
+    assert code == 2 and err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_api_key_can_come_from_the_environment(export_dir: Path, tmp_path: Path, monkeypatch):
+    from serve_hostile import serve
+
+    monkeypatch.setenv("EDGEKD_API_KEY", "from-env")
+    proc, url = serve(sys.executable, export_dir, tmp_path / "serve.log")
+    try:
+        body = {"file": ("d.png", png(Image.new("L", (8, 8), 50)), "image/png")}
+        assert httpx.post(f"{url}/predict", files=body).status_code == 401
+        assert httpx.post(f"{url}/predict", files=body, headers={"X-API-Key": "from-env"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 # ------------------------------------------------------------------------------------ metrics and batching
 
 
