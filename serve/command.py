@@ -11,7 +11,7 @@ import typer
 
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
-from edgekd.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
+from edgekd.serve.limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
 
 API_KEY_ENV = "EDGEKD_API_KEY"
 

@@ -16,10 +16,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgekd.errors import EdgeKDError
-
-HEADER_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0  # a 10 MB upload at 2 Mbit/s takes 40 s
-MAX_HEADER_KB = 64
+from edgekd.serve.limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
 
 
 def _reply_and_close(transport: asyncio.BaseTransport, status: bytes, message: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgeKDError
-from edgekd.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
+from edgekd.serve.limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -170,3 +170,26 @@ def test_demo_refuses_bad_options_before_its_first_stage(monkeypatch, capsys, tm
     code, out, err = run_cli(monkeypatch, capsys, "demo", "--quick", *args)
     assert (code, out) == (2, "") and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_training_only_install_runs_the_cli_without_the_device_packages(tmp_path):
+    """`pip install '.[train]'` has no uvicorn, FastAPI or prometheus-client: the CLI must still load and train."""
+    device_only = ["uvicorn", "httptools", "uvloop", "fastapi", "starlette", "multipart", "prometheus_client"]
+    script = f"""
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {device_only!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Missing())
+sys.argv = ["edgekd", *sys.argv[1:]]
+from edgekd.cli import main
+main()
+"""
+    run = [sys.executable, "-c", script]
+    help_text = subprocess.run([*run, "serve", "--help"], capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "--body-timeout" in help_text.stdout, help_text.stderr[-2000:]
+    trained = subprocess.run([*run, "train", "--data", "synthetic", "--model", "resnet8", "--epochs", "1",
+                              "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True,
+                             timeout=300)
+    assert trained.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), trained.stderr[-2000:]
