@@ -143,7 +143,8 @@ def test_prune_run_writes_a_loadable_smaller_run(tmp_path):
     assert result["macs_after"] < result["macs_before"] and result["params_after"] < result["params_before"]
     loaded, desc = load_model(tmp_path / "pruned")
     # the accuracies are the held-out split's, for the unpruned model and for the saved pruned one
-    assert result["acc_before"] == heldout_accuracy(model, desc) and result["acc_after"] == heldout_accuracy(loaded, desc)
+    assert result["acc_before"] == heldout_accuracy(model, desc)
+    assert result["acc_after"] == heldout_accuracy(loaded, desc)
     assert desc["pruned"] == {
         "ratio": 0.3, "method": "structured", "channel_multiple": 16, "source": str(tmp_path / "run"),
     }
