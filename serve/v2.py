@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,23 +46,47 @@ BINARY_OUTPUT = {
 }
 
 
-async def read_infer_request(request: Request, s: ServeState) -> tuple[InferRequest, bytes | None]:
-    """The request and the bytes after its JSON (None: all JSON), parsed only now: after the API key check,
-    which FastAPI runs after parsing a declared body.
+@dataclass(frozen=True)
+class InferCall:
+    """What a checked infer request asks of the model: the batch, the request's id, and the output's form."""
+
+    x: np.ndarray
+    id: str | None
+    binary_output: bool
+
+
+async def read_infer_call(request: Request, s: ServeState) -> InferCall:
+    """The request's body read, parsed and checked only now: after the API key check, which FastAPI runs after
+    parsing a declared body.
 
     A body is refused before parsing when it could build more than this model's largest request
-    (``check_json_bounds``). A small body is parsed on the event loop; larger ones are read and parsed a few at a
+    (``check_json_bounds``). A small body is handled on the event loop; larger ones are read and parsed a few at a
     time (``ServeState.json_slots``), in the decode threads, so neither their memory nor their parse time falls
-    on other clients.
+    on other clients. Only the float32 batch outlives the parse, not the request's Python objects.
     """
-    length = request.headers.get(HEADER_LENGTH)
-    parse = functools.partial(parse_infer_request, sample_shape=s.sample_shape, length=length)
+    decode = functools.partial(infer_call, s=s, length=request.headers.get(HEADER_LENGTH))
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) <= INLINE_BODY:
-        return parse(await request.body())
+        return decode(await request.body())
     async with s.json_slots:
         body = b"".join([chunk async for chunk in request.stream()])  # not kept on the request: freed once parsed
-        return await asyncio.get_running_loop().run_in_executor(s.decode_pool, parse, body)
+        return await asyncio.get_running_loop().run_in_executor(s.decode_pool, decode, body)
+
+
+def infer_call(body: bytes, s: ServeState, length: str | None) -> InferCall:
+    """``body`` parsed (``length``: its JSON part's, from the binary extension's header) and checked against the
+    model: one input of its name, datatype and shape, finite values, and no output but the logits."""
+    request, tail = parse_infer_request(body, s.sample_shape, length)
+    tensor = model_input(request, s)
+    x = binary_values(tensor, tail)
+    if x is None:
+        x = json_values(tensor)
+    for out in request.outputs or []:
+        if out.name != "logits":
+            raise HTTPException(400, f"unknown output {out.name!r}; this model's output is 'logits'")
+    if not np.isfinite(x).all():
+        raise HTTPException(400, "input data must be finite float32 values")
+    return InferCall(x, request.id, wants_binary(request, "logits"))
 
 
 def parse_infer_request(body: bytes, sample_shape: list[int], length: str | None) -> tuple[InferRequest, bytes | None]:
@@ -147,19 +172,10 @@ def v2_router(state: ServeState, guarded: list[Any]) -> APIRouter:
         Takes and gives tensors as JSON or, with the binary tensor data extension, as raw bytes after the JSON.
         """
         s = state.require(name)
-        body, tail = await read_infer_request(request, s)
-        tensor = model_input(body, s)
-        x = binary_values(tensor, tail)
-        if x is None:
-            x = json_values(tensor)
-        for out in body.outputs or []:
-            if out.name != "logits":
-                raise HTTPException(400, f"unknown output {out.name!r}; this model's output is 'logits'")
-        if not np.isfinite(x).all():
-            raise HTTPException(400, "input data must be finite float32 values")
-        logits = await state.infer(x)
-        header = {"model_name": s.model_name, "model_version": s.artifact, "id": body.id}
-        if wants_binary(body, "logits"):
+        call = await read_infer_call(request, s)
+        logits = await state.infer(call.x)
+        header = {"model_name": s.model_name, "model_version": s.artifact, "id": call.id}
+        if call.binary_output:
             return binary_response(header, "logits", logits)
         output = {"name": "logits", "shape": list(logits.shape), "datatype": "FP32", "data": logits.ravel().tolist()}
         return {**header, "outputs": [output]}
