@@ -104,11 +104,32 @@ def test_nproc_asks_one_gpu_per_process(monkeypatch, tmp_path):
     preflight(load_config(overrides={"device": "cpu", "out": str(tmp_path / "run")}), 4)
 
 
-@pytest.mark.parametrize("method, args", [("tfkd-self", {}), ("drkd", {"teacher": "pretrained"})])
-def test_nproc_lets_self_teacher_methods_train_their_teacher(tmp_path, method, args):
-    """Without --teacher these train a CE copy of the student first, as on one process; --nproc refused them."""
+@pytest.mark.timeout(300)
+def test_two_processes_train_a_self_teacher_then_distil_from_it(tmp_path):
+    """DR-KD with a pre-trained self-teacher under --nproc 2: the CE copy is trained first, on both processes,
+    into the run's teacher/ dir, then the student learns from it; each stage reports once."""
+    out = tmp_path / "drkd"
+    proc = _edgekd("distill", "--method", "drkd", "--arg", "teacher=pretrained", "--student", "resnet8",
+                   *ARGS[2:], "--epochs", "2", "--nproc", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: drkd") == 1
+    summary, teacher = (json.loads((d / "summary.json").read_text()) for d in (out, out / "teacher"))
+    assert (summary["method"], summary["world_size"], summary["teacher"]) == ("drkd", 2, str(out / "teacher"))
+    assert (teacher["method"], teacher["world_size"], teacher["epochs"]) == ("ce", 2, 2)
+    for run in (out, out / "teacher"):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2] and (run / "model.safetensors").is_file()
+    assert summary["final_acc"] > 0.3 and teacher["final_acc"] > 0.3  # chance is 0.1; both reach about 0.5 here
+
+
+def test_nproc_lets_a_self_teacher_method_train_its_own_teacher(tmp_path):
+    """tfkd-self, like drkd's pre-trained self-teacher, needs no --teacher under --nproc; kd still does."""
     from edgekd.config import load_config
+    from edgekd.errors import EdgeKDError
     from edgekd.train import preflight
 
-    preflight(load_config(overrides={"device": "cpu", "method": method, "method_args": args,
-                                     "out": str(tmp_path / "run")}), 2)
+    for method, args in (("tfkd-self", {}), ("drkd", {"teacher": "pretrained"})):
+        assert preflight(load_config(overrides={"device": "cpu", "method": method, "method_args": args,
+                                                "out": str(tmp_path / "run")}), 2) is None
+    with pytest.raises(EdgeKDError, match="needs a teacher"):
+        preflight(load_config(overrides={"device": "cpu", "method": "kd", "out": str(tmp_path / "run")}), 2)
