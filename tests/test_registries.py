@@ -19,17 +19,18 @@ from edgekd.runtimes.ort import OrtRuntime
 
 
 def test_every_format_names_a_runtime_that_runs_it() -> None:
-    assert list(FORMATS) == ["onnx", "openvino"]
+    assert {"onnx", "openvino"} <= set(FORMATS)  # the shipped ones; a format registered later needs no edit here
     for key, fmt in FORMATS.items():
         assert fmt.files["fp32"] and set(fmt.files) <= set(PRECISIONS), key
         assert fmt.runtime in RUNTIMES and key in RUNTIMES[fmt.runtime].formats and runtime_of(key) == fmt.runtime
-    assert artifact_kinds() == {"onnx-fp32": ("onnx", "fp32"), "onnx-int8": ("onnx", "int8"),
-                                "openvino-fp32": ("openvino", "fp32"), "openvino-fp16": ("openvino", "fp16"),
-                                "openvino-int8": ("openvino", "int8")}
+    assert artifact_kinds() == {f"{key}-{p}": (key, p) for key, fmt in FORMATS.items() for p in fmt.files}
+    assert {"onnx-int8", "openvino-fp16", "openvino-int8"} <= set(artifact_kinds())
 
 
 def test_every_runtime_declares_itself() -> None:
-    assert list(RUNTIMES) == ["ort", "openvino", "torch"] and artifact_runtimes() == ["ort", "openvino"]
+    assert {"ort", "openvino", "torch"} <= set(RUNTIMES)
+    assert artifact_runtimes() == [name for name, cls in RUNTIMES.items() if cls.formats]
+    assert not RUNTIMES["torch"].formats and RUNTIMES["torch"].source_run
     for name, cls in RUNTIMES.items():
         assert cls.name == name and cls.title and cls.package
         assert bool(cls.formats) != cls.source_run, name  # an artifact runtime, or the source-run baseline
