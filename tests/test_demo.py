@@ -20,8 +20,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "edgekd demo summary" in proc.stdout and "report:" in proc.stdout
 
     rows = {r["stage"]: r for r in json.loads((out / "demo-summary.json").read_text())}
-    for method in ("teacher (ce)", "kd", "drkd", "r2kd"):
-        assert 0.1 < rows[method]["accuracy"] <= 1.0, method
+    # --quick trains 2 epochs: here the teacher reached 0.98 and the students 0.82-0.95 (chance is 0.1); a method
+    # that does not learn stays far below these floors
+    for method, floor in (("teacher (ce)", 0.9), ("kd", 0.6), ("drkd", 0.6), ("r2kd", 0.6)):
+        assert floor < rows[method]["accuracy"] <= 1.0, (method, rows[method]["accuracy"])
         assert (out / ("teacher" if method.startswith("teacher") else f"students/{method}")
                 / "model.safetensors").is_file()
 
