@@ -1,9 +1,12 @@
-"""What every export format declares and does (``edgekd.export.formats``)."""
+"""What every export format declares and does, and the registry they join (``edgekd.export.formats``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgekd.contracts.manifest import artifact_key
+from edgekd.contracts.registry import Registry
 
 if TYPE_CHECKING:  # the exporter's job; only its interface is used here
     from edgekd.export.exporter import ExportJob
@@ -26,3 +29,12 @@ class ExportFormat:
 
     def paths(self, precision: str, out: Path) -> list[Path]:
         return [out / f for f in self.files[precision]]
+
+
+FORMATS: Registry[type[ExportFormat]] = Registry("export format", "key")
+register_format = FORMATS.register  # class decorator: the exporter and the CLI then know the format by its key
+
+
+def artifact_kinds() -> dict[str, tuple[str, str]]:
+    """Every artifact key an export can hold -> (format, precision)."""
+    return {artifact_key(key, p): (key, p) for key, cls in FORMATS.items() for p in cls.files}

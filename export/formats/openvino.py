@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekd.export.formats import register_format
-from edgekd.export.formats.base import ExportFormat
+from edgekd.export.formats.base import ExportFormat, register_format
 
 if TYPE_CHECKING:
     import openvino as ov
