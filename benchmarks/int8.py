@@ -93,7 +93,7 @@ def render(results: list[dict], args: argparse.Namespace, before: str, after: st
         acc = m["eval"]["torch_accuracy"]
         arts, dropped = m["artifacts"], m.get("dropped", {})
 
-        def cell(key: str) -> str:
+        def cell(key: str, arts: dict = arts, acc: float = acc, dropped: dict = dropped) -> str:
             if key in arts:
                 return f"{arts[key]['accuracy']:.4f} ({(acc - arts[key]['accuracy']) * 100:+.2f})"
             return f"not written: {dropped[key]['reason']}" if key in dropped else "–"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from serve_load import machine
 
 PROBE_EVERY_S = 0.02  # the small /predict client's pause between requests

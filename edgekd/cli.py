@@ -12,17 +12,18 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from edgekd.config import RECOVERY_LR, TrainConfig
+from edgekd.contracts.manifest import PRECISIONS
 from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
 from edgekd.export.formats import FORMATS
-from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
-from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt, serve as serve_command
+from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt
+from edgekd.serve.command import serve as serve_command
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -289,7 +290,12 @@ def _print_bench(rows: list[dict], title: str) -> None:
     from rich.markdown import Markdown
 
     from edgekd.export.bench_report import (
-        MD_HEADER, format_label, machine_lines, row_cells, several_machines, summary_lines,
+        MD_HEADER,
+        format_label,
+        machine_lines,
+        row_cells,
+        several_machines,
+        summary_lines,
     )
 
     many = several_machines(rows)

@@ -58,7 +58,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise EdgeKDError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -13,9 +13,10 @@ import dataclasses
 import math
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -488,10 +489,10 @@ def _synthetic_split(n: int, classes: int, size: int, palettes: np.ndarray, rng:
         lab = labels[start:start + chunk]
         m = len(lab)
 
-        def col(values: np.ndarray) -> np.ndarray:
+        def col(values: np.ndarray, m: int = m) -> np.ndarray:
             return values.astype(np.float32).reshape(m, 1, 1, *values.shape[1:])
 
-        def uniform(low: float, high: float, *shape: int) -> np.ndarray:
+        def uniform(low: float, high: float, *shape: int, m: int = m) -> np.ndarray:
             return col(rng.uniform(low, high, (m, *shape)))
 
         palette = palettes[rng.integers(0, len(palettes), m)]

@@ -39,7 +39,7 @@ class DemoPlan:
     bench_seconds: float = 1.5
 
     @classmethod
-    def quick(cls) -> "DemoPlan":
+    def quick(cls) -> DemoPlan:
         # 2-epoch models lose more than the bound and sent the search through every remedy (NNCF's accuracy
         # control included) for most of the quick demo's export time
         return cls(teacher_epochs=2, student_epochs=2, recover_epochs=1, int8_search=False, bench_seconds=0.3)

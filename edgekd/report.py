@@ -16,7 +16,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,12 @@ from edgekd.contracts.rundir import DESCRIPTION, METRICS, SUMMARY
 from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
 from edgekd.export.bench_report import (
-    EMULATED_NOTE, baseline_label, fastest_entries, format_label, machine_label, machine_name,
+    EMULATED_NOTE,
+    baseline_label,
+    fastest_entries,
+    format_label,
+    machine_label,
+    machine_name,
 )
 from edgekd.fsutil import write_text
 
@@ -541,7 +546,7 @@ def render_html(found: Found, root: Path) -> str:
     bench_rows = _bench_rows(found.benches)
     measured = _measured(bench_rows)
     with_acc = [b for b in measured if isinstance(b.row.get("accuracy"), (int, float))]
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

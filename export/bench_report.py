@@ -9,14 +9,16 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgekd.contracts.bench_rows import BENCH_JSON, fastest, machine_key
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import atomic_path, write_json as _write_json_file, write_text
+from edgekd.fsutil import atomic_path, write_text
+from edgekd.fsutil import write_json as _write_json_file
 from edgekd.runtimes import RUNTIMES
+
 MD_HEADER = (
     "Format", "Batch", "Threads", "Status", "Size (MB)", "Accuracy", "p50 (ms)", "p99 (ms)", "Throughput (img/s)",
     "Speed-up",
@@ -75,7 +77,7 @@ def report_document(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str, 
     machines = _machines(rows)
     return {
         "title": title,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machines[0] if len(machines) == 1 else None,
         "machines": machines,
         "fastest": fastest_entries(rows),

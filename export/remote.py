@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekd.errors import EdgeKDError
-from edgekd.export.bench import bench_argv
 from edgekd.contracts.bench_rows import BENCH_JSON, read_rows
 from edgekd.contracts.manifest import load_manifest
+from edgekd.errors import EdgeKDError
+from edgekd.export.bench import bench_argv
 
 INSTALL_HINT = "pip install 'edgekd[device]'"
 

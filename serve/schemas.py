@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, ValidationInfo, field_validator, model_validator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 # Lists from clients stop at their first bad element (``fail_fast``): a million nulls would otherwise cost a

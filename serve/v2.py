@@ -17,12 +17,23 @@ from pydantic import ValidationError
 from edgekd import __version__
 from edgekd.runtimes import RUNTIMES
 from edgekd.serve.binary import (
-    EXTENSION, FP32, HEADER_LENGTH, binary_response, binary_values, split_body, wants_binary,
+    EXTENSION,
+    FP32,
+    HEADER_LENGTH,
+    binary_response,
+    binary_values,
+    split_body,
+    wants_binary,
 )
 from edgekd.serve.json_bounds import OTHER_VALUES, check_json_bounds
 from edgekd.serve.predict import ERRORS, MODEL_ERRORS
 from edgekd.serve.schemas import (
-    ErrorResponse, InferInputTensor, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
+    ErrorResponse,
+    InferInputTensor,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ServerMetadata,
 )
 from edgekd.serve.state import ServeState
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.errors import EdgeKDError
-from edgekd.export import bench
 from edgekd.contracts.bench_rows import fastest, read_rows
-from edgekd.export import bench_report
+from edgekd.contracts.manifest import artifact_entry, load_manifest
+from edgekd.errors import EdgeKDError
+from edgekd.export import bench, bench_report
 from edgekd.export.bench import add_speedups, bench_argv, latency_stats, run_bench, time_calls
 from edgekd.export.bench_report import MD_HEADER, merge_reports, render_markdown, write_report
-from edgekd.contracts.manifest import artifact_entry, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -413,7 +412,7 @@ def test_bench_of_a_real_export_with_the_torch_baseline(export_dir, tmp_path):
         for batch in (1, 4):
             r = by[(runtime, a["precision"], batch)]
             assert (r["status"], r["artifact"], r["accuracy"]) == ("ok", key, a["accuracy"])
-    for key, a in manifest.get("dropped", {}).items():
+    for key in manifest.get("dropped", {}):
         runtime = "ort" if key.startswith("onnx") else "openvino"
         assert by[(runtime, key.split("-")[1], 1)]["status"].startswith(f"skipped: {key} was dropped at export")
     for batch in (1, 4):

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli, single_torch_thread
 from safetensors.torch import load_file
+
+from conftest import run_cli, single_torch_thread
 
 ARGS = ["--model", "resnet8", "--batch-size", "64", "--lr", "0.1", "--seed", "3", "--device", "cpu"]
 # Held-out accuracy after 4 epochs, seeds 3/4/5 on one process: 0.864, 0.892, 0.850; on two: 0.903, 0.917 (seeds

@@ -16,6 +16,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+
 from conftest import wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]

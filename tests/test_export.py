@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
-from edgekd.errors import EdgeKDError
+from conftest import run_cli
 from edgekd.contracts.manifest import load_manifest, sha256_file
+from edgekd.errors import EdgeKDError
 from edgekd.export.formats import artifact_kinds
 
 pytestmark = pytest.mark.slow
@@ -252,7 +252,7 @@ def test_existing_export_dir_is_not_clobbered(export_dir: Path, digits_run_dir: 
 
 
 def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_dir: Path, monkeypatch, capsys) -> None:
-    from edgekd.export import exporter, export_run, manifest_table_rows
+    from edgekd.export import export_run, exporter, manifest_table_rows
 
     real_verify = exporter.verify_file
 
@@ -268,7 +268,7 @@ def test_int8_past_max_drop_is_dropped_and_fp32_kept(tmp_path: Path, digits_run_
     assert set(manifest["artifacts"]) == {"onnx-fp32", "openvino-fp32"}
     assert set(manifest["dropped"]) == {"onnx-int8", "openvino-int8"}
     assert manifest["dropped"]["openvino-int8"]["quantization"]["accuracy_control"] is True
-    for key, dropped in manifest["dropped"].items():
+    for dropped in manifest["dropped"].values():
         assert "max_drop 1" in dropped["reason"]
         assert dropped["accuracy"] > 0.85 and "files" not in dropped
     # ONNX Runtime tried its remedies, fastest first, and says so: every calibration, more images, FP32 layers
@@ -312,7 +312,7 @@ def test_default_int8_export_keeps_no_artifact_over_half_a_point(manifest: dict)
 
 def test_int8_search_keeps_the_first_calibration_that_meets_max_drop(tmp_path: Path, digits_run_dir: Path,
                                                                      monkeypatch) -> None:
-    from edgekd.export import exporter, export_run
+    from edgekd.export import export_run, exporter
     from edgekd.export.formats.onnx import OnnxFormat
 
     real_verify, real_quantize, methods = exporter.verify_file, OnnxFormat._quantize, []

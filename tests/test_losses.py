@@ -156,7 +156,7 @@ def test_soft_rank_gradient_matches_finite_differences():
     z_s = torch.randn(3, 6, dtype=torch.float64, generator=g)
     z_t = torch.randn(3, 6, dtype=torch.float64, generator=g)
     for chunk in (None, 4):  # one piece, and chunks
-        def loss(z):
+        def loss(z, chunk=chunk):
             return losses.r2kd_rank_loss(z, z_t, 4.0, mode="soft", tau=0.5, chunk=chunk)
 
         z = z_s.clone().requires_grad_(True)

@@ -9,8 +9,17 @@ from scipy.special import softmax as np_softmax
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.losses import (dist_loss, dkd_loss, drkd_rectify, drkd_target, kd_loss, kd_loss_to_target, r2kd_rank_loss,
-                           r2kd_value_loss, sld_loss)
+from edgekd.losses import (
+    dist_loss,
+    dkd_loss,
+    drkd_rectify,
+    drkd_target,
+    kd_loss,
+    kd_loss_to_target,
+    r2kd_rank_loss,
+    r2kd_value_loss,
+    sld_loss,
+)
 from edgekd.methods import build_method, list_methods, method_class
 from edgekd.methods.augment import AUGMENTATIONS, BatchAutoAugment, augmented_view
 from edgekd.prune import prune_model

@@ -13,7 +13,6 @@ import torch
 import torchvision
 
 from edgekd.errors import EdgeKDError
-from edgekd.models.freeze import freeze_for_inference
 from edgekd.models import (
     count_params,
     create_model,
@@ -22,6 +21,7 @@ from edgekd.models import (
     model_summary,
     register_model,
 )
+from edgekd.models.freeze import freeze_for_inference
 
 CIFAR = [  # the family edgekd ships; a model registered later needs no edit here (OWN has it)
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",

@@ -13,7 +13,6 @@ from edgekd.prune import prune_model, prune_run
 from edgekd.recover import prune_and_recover
 from edgekd.rundir import layer_shapes, load_model, save_model
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

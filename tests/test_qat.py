@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import single_torch_thread
 
+from conftest import single_torch_thread
 from edgekd.errors import EdgeKDError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,7 +17,6 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.bench import run_bench
 from edgekd.export.bench_report import merge_reports, render_markdown
 from edgekd.export.remote import parse_target, run_remote
-
 from test_bench import build_tiny_export
 
 SSHD = Path("/usr/sbin/sshd")

@@ -10,9 +10,9 @@ import logging
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
-import struct
 import threading
 import time
 import warnings
@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_until_ready
 import uvicorn
 from PIL import Image
 
+from conftest import wait_until_ready
 from edgekd.contracts.manifest import load_manifest
 from edgekd.contracts.preprocessing import PreprocessSpec
 from edgekd.errors import EdgeKDError

@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_hostile import hostile_bodies, hostile_row, rss_mb, serve
 
 from edgekd.contracts.manifest import load_manifest
+from serve_hostile import hostile_bodies, hostile_row, rss_mb, serve
 
 BUDGET_MB = 250  # peak resident memory of the whole server process
 MAX_WAIT_S = 0.5  # another client's small /predict while large JSON bodies arrive

@@ -5,11 +5,15 @@ Training side only (imports torch). Importing this package defines the CIFAR cla
 and timm are imported the first time one of their models or the full list is asked for.
 """
 
-from edgekd.models import cifar_resnet, mobilenetv2, shufflenet, vgg, wrn  # noqa: F401  (registers the CIFAR family)
-from edgekd.models import timm_models, torchvision_models
+from edgekd.models import cifar_resnet, mobilenetv2, shufflenet, timm_models, torchvision_models, vgg, wrn  # noqa: F401  (registers the CIFAR family)
 from edgekd.models.checkpoint import load_checkpoint_file
 from edgekd.models.registry import (
-    count_params, create_model, list_models, model_summary, register_lazy_source, register_model,
+    count_params,
+    create_model,
+    list_models,
+    model_summary,
+    register_lazy_source,
+    register_model,
 )
 
 register_lazy_source(torchvision_models.TORCHVISION_PREFIX, torchvision_models.register_all)
