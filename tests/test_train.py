@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,7 @@ from edgekd.train import CHECKPOINT, _Run, lr_factor, run_training
 
 # digits are 8x8 pixels: 16-px inputs lose nothing of them and cost a quarter of the default 32 px
 FAST = {"data": "digits", "model": "resnet8", "batch_size": 128, "lr": 0.1, "workers": 0, "image_size": 16}
+NATIVE = 8  # digits' own size: a quarter of FAST's cost again, for tests of the trainer's plumbing, not of learning
 
 
 def _cfg(tmp_path, name, **kw):
@@ -49,10 +55,11 @@ def test_run_dir_contract(tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-@pytest.mark.parametrize("method", [{}, {"method": "drkd", "method_args": {"teacher": "ema"}}],
-                         ids=["ce", "drkd-ema"])
-def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, method):
-    full = run_training(_cfg(tmp_path, "full", epochs=2, **method), show_progress=False)
+def _assert_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, **overrides) -> tuple[Path, Path]:
+    """Train two epochs into full/, and into killed/ with a crash in epoch 2 then --resume; assert the two runs'
+    losses, accuracies and weights are bit-identical (CPU). Returns (full, killed) for further checks."""
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    full = run_training(_cfg(tmp_path, "full", epochs=2, **overrides), show_progress=False)
 
     original = _Run._train_epoch
 
@@ -63,19 +70,76 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, method):
 
     monkeypatch.setattr(_Run, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_training(_cfg(tmp_path, "killed", epochs=2, **method), show_progress=False)
-    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["epoch"] == 1
+        run_training(_cfg(tmp_path, "killed", epochs=2, **overrides), show_progress=False)
+    assert torch.load(killed_dir / CHECKPOINT, weights_only=True)["epoch"] == 1
     monkeypatch.setattr(_Run, "_train_epoch", original)
-    resumed = run_training(_cfg(tmp_path, "killed", epochs=2, resume=True, **method), show_progress=False)
+    resumed = run_training(_cfg(tmp_path, "killed", epochs=2, resume=True, **overrides), show_progress=False)
 
     assert resumed["final_acc"] == full["final_acc"]
-    a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in b] == [1, 2]
     assert [r["losses"] for r in a] == [r["losses"] for r in b]
     assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]
-    wa = load_file(str(tmp_path / "full" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "killed" / "model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    wa = load_file(str(full_dir / "model.safetensors"))
+    wb = load_file(str(killed_dir / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return full_dir, killed_dir
+
+
+@pytest.mark.parametrize("method", [{}, {"method": "drkd", "method_args": {"teacher": "ema"}}],
+                         ids=["ce", "drkd-ema"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, method):
+    _assert_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, **method)
+
+
+@pytest.fixture(scope="module")
+def random_teacher(tmp_path_factory) -> str:
+    """An untrained resnet8 run dir for digits at NATIVE px: resuming must reproduce distillation from any teacher."""
+    from edgekd.data import build_data
+    from edgekd.models import create_model
+    from edgekd.rundir import model_description, save_model
+
+    torch.manual_seed(0)
+    bundle = build_data(FAST["data"], image_size=NATIVE)
+    out = tmp_path_factory.mktemp("teacher") / "resnet8"
+    save_model(out, create_model("resnet8", bundle.num_classes).eval(), model_description("resnet8", bundle))
+    return str(out)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("method, terms", [("kd", {"ce", "kd"}), ("r2kd", {"ce", "value", "rank"}),
+                                           ("dkd", {"ce", "kd"})])
+def test_resume_of_a_distilled_run_reproduces_uninterrupted_run(tmp_path, monkeypatch, random_teacher, method, terms):
+    full, killed = _assert_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, method=method,
+                                                               teacher=random_teacher, image_size=NATIVE)
+    for out in (full, killed):  # it did distil from that teacher
+        assert json.loads((out / "summary.json").read_text())["teacher"] == random_teacher
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(set(r["losses"]) == terms for r in rows)
+        assert all(r["losses"][k] != 0 for r in rows for k in terms)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_resume_with_tensorboard_reproduces_uninterrupted_run_and_its_events(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    full, killed = _assert_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, tensorboard=True,
+                                                               image_size=NATIVE)
+    # the killed run's events file, and the resumed run's
+    assert len(list((killed / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert len(list((full / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    scalars = {}
+    for out in (full, killed):
+        events = EventAccumulator(str(out / "tensorboard"))
+        events.Reload()
+        # images_per_s is a timing, the one value a resumed run cannot reproduce
+        scalars[out] = {tag: [(s.step, s.value) for s in events.Scalars(tag)]
+                        for tag in ("loss/ce", "accuracy/train", "accuracy/val", "lr")}
+    assert scalars[killed] == scalars[full]
+    rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step, _ in scalars[killed]["accuracy/val"]] == [r["epoch"] for r in rows] == [1, 2]
+    assert [value for _, value in scalars[killed]["accuracy/val"]] == pytest.approx([r["val_acc"] for r in rows])
 
 
 @pytest.fixture
@@ -215,3 +279,107 @@ def test_tensorboard_scalars_are_the_metrics_rows(tmp_path):
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([value(r) for r in rows], rel=1e-6)
+
+
+def _epoch_losses(out: Path, term: str = "ce") -> list[float]:
+    return [json.loads(line)["losses"][term] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_bf16_autocast_on_cpu_trains_as_fp32_does(tmp_path):
+    run_training(_cfg(tmp_path, "bf16", epochs=2, image_size=NATIVE, amp="bf16", device="cpu"), show_progress=False)
+    run_training(_cfg(tmp_path, "fp32", epochs=2, image_size=NATIVE, amp="off", device="cpu"), show_progress=False)
+    bf16, fp32 = _epoch_losses(tmp_path / "bf16"), _epoch_losses(tmp_path / "fp32")
+    assert len(bf16) == 2 and all(math.isfinite(v) for v in bf16) and bf16[1] < bf16[0]
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.03)  # bf16 was in effect, and costs no learning
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["final_acc"] > 0.2  # chance is 0.1
+    weights = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_adamw_trains(tmp_path):
+    cfg = _cfg(tmp_path, "adamw", epochs=2, image_size=NATIVE, optimizer="adamw", lr=0.01)
+    summary = run_training(cfg, show_progress=False)
+    losses = _epoch_losses(tmp_path / "adamw")
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses) and losses[1] < losses[0]
+    assert summary["final_acc"] > 0.3
+    state = torch.load(tmp_path / "adamw" / CHECKPOINT, weights_only=True)["optimizer"]
+    assert set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}  # AdamW's moments, not SGD's momentum
+    assert state["param_groups"][0]["weight_decay"] == pytest.approx(5e-4)
+
+
+@pytest.fixture
+def tiny_convnet():
+    """A conv-BN-linear model of its own class: torch.compile skips a bare nn.Sequential (torch code) unseen."""
+    from torch import nn
+
+    from edgekd.models import register_model
+    from edgekd.models.registry import _REGISTRY
+
+    class TinyConvNet(nn.Module):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+    register_model("test-tiny-convnet")(TinyConvNet)
+    yield "test-tiny-convnet"
+    _REGISTRY.pop("test-tiny-convnet")
+
+
+# what torch._inductor.config.cpp.cxx searches: TORCH_INDUCTOR_INSTALL_GXX (a conda download) aside, $CXX or g++
+CXX = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.skipif(shutil.which(CXX) is None, reason=f"torch.compile on CPU builds C++ kernels, and {CXX} is not on "
+                                                      "PATH (set CXX to a C++ compiler)")
+def test_compile_trains_as_eager_does(tmp_path, tiny_convnet):
+    from torch._dynamo.utils import counters  # what torch's own tests count compiled graphs with
+
+    # two steps an epoch, one validation batch: one graph for training and one for evaluation
+    common = {"model": tiny_convnet, "data": "synthetic", "data_options": {"count": 128, "val_count": 64, "size": 16},
+              "batch_size": 64, "epochs": 2}
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = run_training(_cfg(tmp_path, "compiled", compile=True, **common), show_progress=False)
+    assert counters["stats"]["unique_graphs"] > graphs  # the student did run compiled
+    eager = run_training(_cfg(tmp_path, "eager", **common), show_progress=False)
+    losses = _epoch_losses(tmp_path / "compiled")
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert losses == pytest.approx(_epoch_losses(tmp_path / "eager"), rel=1e-4)
+    assert compiled["final_acc"] == json.loads((tmp_path / "compiled" / "summary.json").read_text())["final_acc"]
+    assert compiled["final_acc"] == pytest.approx(eager["final_acc"], abs=1 / 64)
+    # the compiled run saves the model's own names (no _orig_mod. prefix), as an eager run does
+    weights, reference = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("compiled", "eager"))
+    assert weights.keys() == reference.keys()
+    for name in weights:
+        torch.testing.assert_close(weights[name], reference[name], rtol=1e-3, atol=1e-4)
+    assert torch.load(tmp_path / "compiled" / CHECKPOINT, weights_only=True)["student"].keys() == weights.keys()
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "r2kd", "sld", "dist"])
+def test_cpu_bf16_autocast_keeps_the_distillation_losses(method):
+    """The losses one training step takes under the trainer's CPU bf16 autocast are those of fp32, to AMP's rounding
+    of the logits (<0.2% here once the softmaxes run in fp32)."""
+    from edgekd.methods import build_method
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    student = create_model("resnet8", 10)
+    torch.manual_seed(1)
+    teacher = create_model("resnet8", 10)
+    distil = build_method(method, student, teacher, num_classes=10, input_shape=(3, 16, 16), epochs=2).train()
+    x, y = torch.randn(64, 3, 16, 16), torch.arange(64) % 10
+    torch.manual_seed(2)  # r2kd draws its augmented view
+    with torch.no_grad():
+        _, fp32 = distil(x, y, 0)
+    torch.manual_seed(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as edgekd/train.py:490 does
+        _, bf16 = distil(x, y, 0)
+    assert set(bf16) == set(fp32) and all(v != 0 for v in fp32.values())
+    for name, value in fp32.items():
+        assert float(bf16[name]) == pytest.approx(float(value), rel=0.02), name

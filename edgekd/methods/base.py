@@ -16,7 +16,7 @@ from torch import nn
 from edgekd.errors import EdgeKDError
 from edgekd.models.freeze import freeze_for_inference
 
-_REGISTRY: dict[str, type["Method"]] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 
 # An option's rule: a test its (type-checked) value must pass, and how to say it in an error message.
 Rule = tuple[Callable[[Any], bool], str]
@@ -63,17 +63,32 @@ def register_method(name: str):
     return wrap
 
 
+def float32_logits(model: nn.Module) -> nn.Module:
+    """``model``, its logits made float32 under autocast so that every loss softens them in float32. CUDA's autocast
+    runs softmax and cross-entropy in float32 anyway; the CPU's runs them in bf16, which rounds KD's terms by several
+    percent and R2KD's value term to zero near its target. A deep copy keeps the hook; conv-bn folding
+    (``freeze_for_inference``) makes a new module, which needs it again."""
+    model.register_forward_hook(_to_float32)
+    return model
+
+
+def _to_float32(module: nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dtype != torch.float32:
+        return output.float()
+    return None
+
+
 def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def method_class(name: str) -> type["Method"]:
+def method_class(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise EdgeKDError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())}")
     return _REGISTRY[name]
 
 
-def check_teacher_given(name: str, has_teacher: bool, rectify: bool = False) -> type["Method"]:
+def check_teacher_given(name: str, has_teacher: bool, rectify: bool = False) -> type[Method]:
     """The method class, once it is clear it gets the teacher it needs and ``--rectify`` has a teacher to act on."""
     cls = method_class(name)
     if cls.needs_teacher and not has_teacher:
@@ -94,7 +109,7 @@ def build_method(
     rectify: bool = False,
     input_shape: tuple[int, int, int] | None = None,
     epochs: int = 1,
-) -> "Method":
+) -> Method:
     """Instantiate a registered method; unknown names, unknown options and a missing teacher are user errors.
 
     ``input_shape`` is one sample's (C, H, W); methods that trace the teacher (r2kd with structured pruning) need it.
@@ -169,12 +184,15 @@ class Method(nn.Module):
         self.args = {**self.defaults, **self.check_args(args)}
         self.student = student
         self.teacher = freeze_for_inference(teacher) if teacher is not None else None
+        for model in (self.student, self.teacher):
+            if model is not None:
+                float32_logits(model)
         self.num_classes = num_classes
         self.rectify = rectify
         self.input_shape = input_shape
         self.epochs = max(1, epochs)
 
-    def train(self, mode: bool = True) -> "Method":
+    def train(self, mode: bool = True) -> Method:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()

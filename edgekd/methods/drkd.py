@@ -48,7 +48,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_target, kd_loss_to_target
-from edgekd.methods.base import FRACTION, POSITIVE, Method, frozen_forward, one_of, register_method
+from edgekd.methods.base import (
+    FRACTION,
+    POSITIVE,
+    Method,
+    float32_logits,
+    frozen_forward,
+    one_of,
+    register_method,
+)
 from edgekd.methods.tfkd import check_self_teacher
 from edgekd.models.freeze import freeze_for_inference
 
@@ -107,7 +115,7 @@ class DRKD(Method):
     def on_epoch_start(self, epoch: int) -> None:
         """Snapshot mode: refresh the teacher from the student as it is now, i.e. at the end of epoch - 1."""
         if self.args["teacher"] in ("snapshot", "dynamic") and epoch >= max(1, self.start_epoch):
-            self.teacher = freeze_for_inference(self.student)
+            self.teacher = float32_logits(freeze_for_inference(self.student))
 
     def on_step_end(self) -> None:
         """EMA mode: move the average one step towards the student's new weights."""

@@ -22,7 +22,16 @@ import torch.nn.functional as F
 from edgekd.errors import EdgeKDError
 from edgekd.losses import drkd_rectify, rank_from_logprobs, value_from_probs
 from edgekd.methods.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, batch_augment, with_augmented_view
-from edgekd.methods.base import FRACTION, NON_NEGATIVE, POSITIVE, Method, frozen_forward, one_of, register_method
+from edgekd.methods.base import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Method,
+    float32_logits,
+    frozen_forward,
+    one_of,
+    register_method,
+)
 from edgekd.models.freeze import freeze_for_inference
 from edgekd.prune import PRUNE_METHODS, prune_model
 
@@ -70,9 +79,10 @@ class R2KD(Method):
                 raise EdgeKDError("r2kd with structured pruning needs input_shape (C, H, W); pass it to build_method")
             example = torch.zeros(1, *self.input_shape, device=next(teacher.parameters()).device)
         # prune the unfolded teacher: magnitude importance must see the conv weights as trained, not BN-scaled
-        self.pruned_teacher = freeze_for_inference(prune_model(teacher.eval(), a["prune_ratio"], a["prune"], example))
+        pruned = prune_model(teacher.eval(), a["prune_ratio"], a["prune"], example)
+        self.pruned_teacher = float32_logits(freeze_for_inference(pruned))
 
-    def train(self, mode: bool = True) -> "R2KD":
+    def train(self, mode: bool = True) -> R2KD:
         super().train(mode)
         self.pruned_teacher.eval()
         return self
