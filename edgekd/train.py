@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import pickle
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -195,12 +197,24 @@ def preflight(cfg: TrainConfig, processes: int) -> None:
             f"pass --nproc {torch.cuda.device_count()}, or --device cpu"
         )
     micro_batch(cfg, processes)
+    check_can_compile(cfg, resolve_device(cfg.device))
     check_run_dir(Path(cfg.out) if cfg.out else default_out(cfg), cfg.resume)
     check_data_spec(cfg.data)
     # its teacher is trained first when none is given
     self_taught = method_class(cfg.method).wants_self_teacher(cfg.method_args)
     given = check_teacher_path(cfg) is not None or cfg.teacher_weights is not None
     check_teacher_given(cfg.method, self_taught or given, cfg.rectify)
+
+
+def check_can_compile(cfg: TrainConfig, device: torch.device) -> None:
+    """``--compile`` on CPU builds C++ kernels with torch's inductor, which runs ``$CXX`` (else g++; clang++ on
+    macOS): without it the run would fail at its first step with a traceback, after the data and models were built."""
+    if not cfg.compile or device.type != "cpu":
+        return
+    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(compiler) is None:
+        raise EdgeKDError(f"--compile on CPU needs a C++ compiler for torch's inductor, and {compiler} is not on "
+                          "PATH; install one (apt-get install g++, or set CXX) or drop --compile")
 
 
 class _Run:
@@ -212,6 +226,7 @@ class _Run:
         self.micro_batch = micro_batch(cfg, info.world_size)
         self.show_progress = show_progress and info.is_main
         self.out = Path(cfg.out) if cfg.out else default_out(cfg)
+        check_can_compile(cfg, device)
         check_run_dir(self.out, cfg.resume)
         seed_everything(cfg.seed)
         self.bundle = build_data(cfg.data, image_size=cfg.image_size, options=cfg.data_options)

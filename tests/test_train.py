@@ -383,3 +383,14 @@ def test_cpu_bf16_autocast_keeps_the_distillation_losses(method):
     assert set(bf16) == set(fp32) and all(v != 0 for v in fp32.values())
     for name, value in fp32.items():
         assert float(bf16[name]) == pytest.approx(float(value), rel=0.02), name
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--data", "synthetic", "--model", "resnet8", "--epochs", "1",
+                           "--compile", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--compile on CPU needs a C++ compiler" in err and "no-such-c++ is not on PATH" in err
+    assert not (tmp_path / "run").exists()
