@@ -411,7 +411,8 @@ def export(
     formats: str = typer.Option(
         ",".join(FORMATS), help="Comma-separated: " + ", ".join(f"{k} ({f.title})" for k, f in FORMATS.items()) + "."),
     calib_samples: int = typer.Option(300, help="Training images used to calibrate INT8."),
-    calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
+    calib_method: str = typer.Option(
+        "minmax", help="ONNX Runtime INT8 calibration: minmax, entropy or percentile (OpenVINO INT8 uses NNCF's own)."),
     max_drop: Optional[str] = typer.Option(
         None, help="Largest top-1 drop (points, held-out split) an INT8 artifact may have (default 0.5): ONNX Runtime "
                    "tries other calibrations, more images and the sensitive layers in FP32 until one meets it, "
