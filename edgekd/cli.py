@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from edgekd.config import RECOVERY_LR, TrainConfig
+from edgekd.config import CHANNEL_MULTIPLE, PRUNE_RATIO, RECOVERY_LR, TrainConfig
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
@@ -342,15 +342,15 @@ def prune(
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned (and recovered) model to."),
     ratio: Optional[float] = typer.Option(
         None, help="Channel ratio to remove from every layer group (structured) or weight rate (l1-unstructured); "
-                   "default 0.3."),
+                   f"default {PRUNE_RATIO}."),
     target_macs: Optional[float] = typer.Option(
         None, help="Instead of --ratio: prune in small steps until the model has this fraction of its MACs "
                    "(e.g. 0.5)."),
     prune_method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
     channel_multiple: int = typer.Option(
-        16, help="Structured: keep every channel count a multiple of this (ONNX Runtime's x86 kernels work on 8 FP32 "
-                 "channels at a time, its AVX-512 INT8 kernels on 16; other counts can leave the pruned model slower "
-                 "than the unpruned one). 1: exact ratio."),
+        CHANNEL_MULTIPLE, help="Structured: keep every channel count a multiple of this (ONNX Runtime's x86 kernels "
+                               "work on 8 FP32 channels at a time, its AVX-512 INT8 kernels on 16; other counts can "
+                               "leave the pruned model slower than the unpruned one). 1: exact ratio."),
     recover_epochs: int = typer.Option(
         0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
                 "The pruned model goes to OUT/pruned, the recovered one to OUT."),
@@ -364,33 +364,20 @@ def prune(
     workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Prune a trained model (structured: really fewer channels) and, with --recover-epochs, win its accuracy back."""
-    from edgekd.prune import PRUNE_METHODS, prune_run
-    from edgekd.recover import prune_and_recover
+    from edgekd.recover import prune as prune_and_maybe_recover
 
-    if method in PRUNE_METHODS:
-        raise EdgeKDError(f"--method names the recovery method now; pass --prune-method {method}")
-    if ratio is not None and target_macs is not None:
-        raise EdgeKDError("pass either --ratio or --target-macs, not both")
-    if ratio is not None and not 0.0 < ratio < 1.0:
-        raise EdgeKDError(f"--ratio must be between 0 and 1, got {ratio}")
-    if recover_epochs < 0:
-        raise EdgeKDError(f"--recover-epochs must be >= 0, got {recover_epochs}")
-    ratio = 0.3 if ratio is None and target_macs is None else ratio or 0.0
-    recover = None
-    if recover_epochs:
-        given = {"batch_size": batch_size, "seed": seed, "device": device, "workers": workers}
-        recover = {"epochs": recover_epochs, "method": method, "method_args": _parse_args(arg), "lr": lr,
-                   **{k: v for k, v in given.items() if v is not None}}
-    if channel_multiple < 1:
-        raise EdgeKDError(f"--channel-multiple must be >= 1, got {channel_multiple}")
-    how = {"ratio": ratio, "method": prune_method, "target_macs": target_macs, "channel_multiple": channel_multiple}
-    result = prune_run(run, out, **how) if recover is None else prune_and_recover(run, out, recover, **how)
-    amount = f"to {target_macs:g} of the MACs" if target_macs is not None else f"ratio {ratio}"
+    result = prune_and_maybe_recover(
+        run, out, ratio=ratio, target_macs=target_macs, prune_method=prune_method, channel_multiple=channel_multiple,
+        recover_epochs=recover_epochs, recover_method=method, recover_args=_parse_args(arg), lr=lr,
+        batch_size=batch_size, seed=seed, device=device, workers=workers)
+    recover = recover_epochs > 0
+    amount = (f"to {target_macs:g} of the MACs" if target_macs is not None
+              else f"ratio {ratio if ratio is not None else PRUNE_RATIO}")
     table = Table(title=Text(f"pruned {run} ({prune_method}, {amount})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right", overflow="fold")
-    stages = [("before", "before", "before"), ("pruned", "after", "after" if recover is None else "pruned")]
-    if recover is not None:
+    stages = [("before", "before", "before"), ("pruned", "after", "pruned" if recover else "after")]
+    if recover:
         stages.append((f"recovered ({method}, {recover_epochs} ep)", "after", "recovered"))
     for label, size, acc in stages:
         table.add_row(label, f"{result[f'macs_{size}'] / 1e6:.2f}", f"{result[f'params_{size}'] / 1e6:.3f}",

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekd.config import CHANNEL_MULTIPLE
+from edgekd.config import PRUNE_RATIO as RATIO
 from edgekd.errors import EdgeKDError
 from edgekd.models.shufflenet import ChannelShuffle
 
@@ -39,9 +41,6 @@ def _last_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     return order[-1]
 
 
-# What `edgekd prune` keeps channel counts a multiple of: ORT's x86 kernels work on 8 FP32 channels at a time, and
-# on an AVX-512 VNNI Xeon its INT8 convolution with 8 output channels ran slower than with 16 (AVX2 not re-measured).
-CHANNEL_MULTIPLE = 16
 MAX_LAYER_RATIO = 0.9  # no layer loses more of its channels, however the global ranking falls
 TARGET_STEPS = 100  # iterative steps toward --target-macs: each removes about 1 % of every group's channels
 
@@ -178,7 +177,7 @@ def _l1_unstructured(model: nn.Module, ratio: float) -> None:
 
 def prune_model(
     model: nn.Module,
-    ratio: float = 0.1,
+    ratio: float = RATIO,
     method: str = "structured",
     example_input: torch.Tensor | None = None,
     *,
@@ -281,7 +280,7 @@ def prune_into(
 def prune_run(
     run_dir: str | Path,
     out_dir: str | Path,
-    ratio: float = 0.1,
+    ratio: float = RATIO,
     method: str = "structured",
     *,
     target_macs: float | None = None,

@@ -14,7 +14,7 @@ from edgekd.config import RECOVERY_LR, load_config
 from edgekd.contracts.rundir import read_description
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import make_dir, remove_empty, write_json
-from edgekd.prune import CHANNEL_MULTIPLE, prune_into
+from edgekd.prune import CHANNEL_MULTIPLE, PRUNE_METHODS, RATIO, prune_into, prune_run
 from edgekd.train import CHECKPOINT, check_run_dir, run_training
 
 RECOVERY_DEFAULTS = {"method": "kd", "lr": RECOVERY_LR, "warmup_epochs": 0}
@@ -24,7 +24,7 @@ def prune_and_recover(
     run_dir: str | Path,
     out_dir: str | Path,
     recover: dict[str, Any],
-    ratio: float = 0.1,
+    ratio: float = RATIO,
     method: str = "structured",
     *,
     target_macs: float | None = None,
@@ -65,3 +65,43 @@ def prune_and_recover(
               "acc_recovered": summary["final_acc"]}
     write_json(out_dir / "summary.json", {k: v for k, v in result.items() if k not in ("wall_seconds", "out")})
     return result
+
+
+def prune(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    prune_method: str = "structured",
+    channel_multiple: int = CHANNEL_MULTIPLE,
+    recover_epochs: int = 0,
+    recover_method: str = RECOVERY_DEFAULTS["method"],
+    recover_args: dict[str, Any] | None = None,
+    lr: float = RECOVERY_LR,
+    show_progress: bool = True,
+    **training: Any,
+) -> dict[str, Any]:
+    """`edgekd prune` and ``Run.prune``: the one place their defaults and checks live.
+
+    Prunes by ``ratio`` (default ``RATIO``) or to ``target_macs`` of the MACs, then with ``recover_epochs`` > 0
+    distils the pruned model from the unpruned one (``prune_and_recover``; ``training``: batch_size, seed, device,
+    workers). Returns the numbers ``prune_run`` or ``prune_and_recover`` return.
+    """
+    if recover_method in PRUNE_METHODS:
+        raise EdgeKDError(f"--method names the recovery method now; pass --prune-method {recover_method}")
+    if ratio is not None and target_macs is not None:
+        raise EdgeKDError("pass either --ratio or --target-macs, not both")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise EdgeKDError(f"--ratio must be between 0 and 1, got {ratio}")
+    if recover_epochs < 0:
+        raise EdgeKDError(f"--recover-epochs must be >= 0, got {recover_epochs}")
+    if channel_multiple < 1:
+        raise EdgeKDError(f"--channel-multiple must be >= 1, got {channel_multiple}")
+    how = {"ratio": RATIO if ratio is None and target_macs is None else ratio or 0.0, "method": prune_method,
+           "target_macs": target_macs, "channel_multiple": channel_multiple}
+    if not recover_epochs:
+        return prune_run(run_dir, out_dir, **how)
+    recover = {"epochs": recover_epochs, "method": recover_method, "method_args": recover_args or {}, "lr": lr,
+               **{k: v for k, v in training.items() if v is not None}}
+    return prune_and_recover(run_dir, out_dir, recover, **how, show_progress=show_progress)
