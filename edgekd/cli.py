@@ -15,9 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from edgekd.config import CHANNEL_MULTIPLE, PRUNE_RATIO, RECOVERY_LR, TrainConfig
+from edgekd.config import RECOVERY_LR, TrainConfig
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.contracts.values import csv_list, int_list
+from edgekd.defaults import CHANNEL_MULTIPLE, PRUNE_RATIO
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
 from edgekd.export.formats import FORMATS

@@ -18,10 +18,6 @@ CHOICES = {
     "amp": ("auto", "off", "bf16", "fp16"),
 }
 RECOVERY_LR = 0.01  # `prune --recover-epochs` fine-tunes trained weights: a fifth of a fresh run's peak
-PRUNE_RATIO = 0.3  # the cut when neither a ratio nor a MACs target is given (CLI, API and functions alike)
-# What `edgekd prune` keeps channel counts a multiple of: ORT's x86 kernels work on 8 FP32 channels at a time, and
-# on an AVX-512 VNNI Xeon its INT8 convolution with 8 output channels ran slower than with 16 (AVX2 not re-measured).
-CHANNEL_MULTIPLE = 16
 
 
 @dataclass

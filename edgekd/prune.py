@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.config import CHANNEL_MULTIPLE
-from edgekd.config import PRUNE_RATIO as RATIO
+from edgekd.defaults import CHANNEL_MULTIPLE
+from edgekd.defaults import PRUNE_RATIO as RATIO
 from edgekd.errors import EdgeKDError
 from edgekd.models.shufflenet import ChannelShuffle
 

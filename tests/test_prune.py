@@ -351,7 +351,7 @@ def test_prune_defaults_are_the_same_in_the_cli_and_the_library():
     import typer
 
     from edgekd.cli import app
-    from edgekd.config import CHANNEL_MULTIPLE, PRUNE_RATIO
+    from edgekd.defaults import CHANNEL_MULTIPLE, PRUNE_RATIO
     from edgekd.prune import prune_model, prune_run
     from edgekd.recover import prune
 
