@@ -11,7 +11,8 @@ preprocessing, (d) our batching server. The servers are measured in interleaved 
 median over the rounds. Then cold
 start to ready (median of three starts), RSS, and RSS growth over a soak run at 16 clients.
 Every phase is bounded in time and request count and the servers are stopped at the end, so the script
-always finishes by itself.
+always finishes by itself. KServe v2 JSON bodies built to exhaust the server (memory, event loop) at the upload
+limit are measured by `benchmarks/serve_hostile.py`.
 """
 
 from __future__ import annotations
