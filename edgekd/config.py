@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
@@ -137,7 +137,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except UnicodeDecodeError:
             raise EdgeKDError(f"{path} is not a text file; pass a YAML recipe (see configs/)") from None
         except yaml.YAMLError as e:
-            raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise EdgeKDError(f"{path} is not valid YAML: {one_line(e, first_line=True)}") from None
         if not isinstance(loaded, dict):
             raise EdgeKDError(f"{path} must hold a mapping of config keys, not {type(loaded).__name__}")
         values.update(loaded)

@@ -18,13 +18,15 @@ class EdgeKDError(Exception):
     """A user-facing error: the message is shown as is, with no traceback."""
 
 
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """A library exception's message on one line, for quoting inside an EdgeKDError.
+def one_line(e: BaseException, limit: int = 300, *, first_line: bool = False) -> str:
+    """A library exception's message on one line, for quoting inside an EdgeKDError; its type's name if it has none.
 
-    The first line alone is often only a heading: torch's state_dict errors say which tensors do not
-    fit on the lines after "Error(s) in loading state_dict for Model:".
+    The first line alone is often only a heading: torch's state_dict errors say which tensors do not fit on the
+    lines after "Error(s) in loading state_dict for Model:". ``first_line`` is for messages whose first line says it
+    all and whose rest is context (a YAML excerpt, a converter's stack).
     """
-    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = " ".join(lines[:1] if first_line else lines) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

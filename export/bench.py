@@ -25,7 +25,7 @@ from edgekd.contracts.bench_rows import bench_row, machine_key
 from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.contracts.rundir import WEIGHTS
 from edgekd.contracts.values import csv_list, int_list
-from edgekd.errors import EdgeKDError, run_command
+from edgekd.errors import EdgeKDError, one_line, run_command
 from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, open_artifact
 from edgekd.runtimes.openvino import HINTS as OV_HINTS
 
@@ -123,8 +123,8 @@ def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _error_text(e: BaseException) -> str:
     if isinstance(e, EdgeKDError):
         return f"error: {e}"
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"error: {type(e).__name__}: {first}" if first else f"error: {type(e).__name__}"
+    message = f": {one_line(e, first_line=True)}" if str(e).strip() else ""
+    return f"error: {type(e).__name__}{message}"
 
 
 def _source_run(export_dir: Path, manifest: Mapping[str, Any]) -> tuple[Path | None, str | None]:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgekd import __version__
 from edgekd.contracts.manifest import FORMAT_VERSION, MANIFEST, artifact_entry, artifact_key
 from edgekd.contracts.values import is_count, is_number
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 from edgekd.export.formats import FORMATS, ExportFormat
 from edgekd.export.formats.onnx import CALIBRATOR_OPTIONS, export_onnx
 from edgekd.export.verify import verify_file
@@ -66,8 +66,7 @@ def _stage(what: str) -> Iterator[None]:
     except EdgeKDError:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgeKDError(f"{what} failed: {type(e).__name__}: {first[:300]}") from e
+        raise EdgeKDError(f"{what} failed: {type(e).__name__}: {one_line(e, first_line=True)}") from e
 
 
 def _stack(dataset: Any, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 
 TORCHVISION_PREFIX = "tv/"
 
@@ -125,7 +125,7 @@ def model_summary(
     try:
         macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *size))
     except (RuntimeError, ValueError, AssertionError) as e:  # what conv/pool/ViT checks raise on too-small inputs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = one_line(e, first_line=True)
         raise EdgeKDError(
             f"{entry.name} cannot run on input size {size}: {first}; pass an input size it accepts "
             f"(it was designed for {entry.input_size})"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 from edgekd.runtimes.base import Runtime
 from edgekd.runtimes.registry import register_runtime
 
@@ -46,7 +46,7 @@ class OpenVINORuntime(Runtime):
             model.reshape({model.input(0): shape})
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
-            raise EdgeKDError(f"OpenVINO cannot load {model_path}: {str(e).splitlines()[0]}") from None
+            raise EdgeKDError(f"OpenVINO cannot load {model_path}: {one_line(e, first_line=True)}") from None
         self.request = self.compiled.create_infer_request()
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, one_line
 from edgekd.runtimes.base import Runtime
 from edgekd.runtimes.registry import register_runtime
 
@@ -39,7 +39,7 @@ class OrtRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise EdgeKDError(f"onnxruntime cannot load {model_path}: {str(e).splitlines()[0]}") from None
+            raise EdgeKDError(f"onnxruntime cannot load {model_path}: {one_line(e, first_line=True)}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
