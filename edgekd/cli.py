@@ -355,8 +355,10 @@ def prune(
     recover_epochs: int = typer.Option(
         0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
                 "The pruned model goes to OUT/pruned, the recovered one to OUT."),
-    method: str = typer.Option(
-        "kd", help="Recovery method: kd, r2kd, dkd, dist, ... or ce (fine-tune without the teacher)."),
+    recover_method: str = typer.Option(
+        "kd", "--recover-method", "--method",
+        help="Recovery method: kd, r2kd, dkd, dist, ... or ce (fine-tune without the teacher). --method: the old "
+             "spelling, deprecated."),
     arg: list[str] = typer.Option([], "--arg", help="Recovery method option KEY=VALUE, repeatable (e.g. --arg T=4)."),
     lr: float = typer.Option(RECOVERY_LR, help="Recovery peak learning rate (a fine-tune of trained weights)."),
     batch_size: Optional[int] = BatchOpt,
@@ -369,7 +371,7 @@ def prune(
 
     result = prune_and_maybe_recover(
         run, out, ratio=ratio, target_macs=target_macs, prune_method=prune_method, channel_multiple=channel_multiple,
-        recover_epochs=recover_epochs, recover_method=method, recover_args=_parse_args(arg), lr=lr,
+        recover_epochs=recover_epochs, recover_method=recover_method, recover_args=_parse_args(arg), lr=lr,
         batch_size=batch_size, seed=seed, device=device, workers=workers)
     recover = recover_epochs > 0
     amount = (f"to {target_macs:g} of the MACs" if target_macs is not None
@@ -379,7 +381,7 @@ def prune(
         table.add_column(col, justify="right", overflow="fold")
     stages = [("before", "before", "before"), ("pruned", "after", "pruned" if recover else "after")]
     if recover:
-        stages.append((f"recovered ({method}, {recover_epochs} ep)", "after", "recovered"))
+        stages.append((f"recovered ({recover_method}, {recover_epochs} ep)", "after", "recovered"))
     for label, size, acc in stages:
         table.add_row(label, f"{result[f'macs_{size}'] / 1e6:.2f}", f"{result[f'params_{size}'] / 1e6:.3f}",
                       f"{result[f'acc_{acc}']:.4f}")
@@ -389,6 +391,9 @@ def prune(
         console.print(f"[yellow]note[/] {reached:.2f} of the MACs left, not {target_macs:g}: no channel count can go "
                       f"lower in multiples of {channel_multiple} (a smaller --channel-multiple prunes finer)")
     console.print(f"[green]wrote[/] {escape(str(out))}")
+    if any(a == "--method" or a.startswith("--method=") for a in sys.argv):
+        Console(stderr=True, soft_wrap=True).print(
+            "[yellow]note[/] prune's --method is now --recover-method; the old spelling goes in the next release")
 
 
 @app.command()

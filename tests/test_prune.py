@@ -358,8 +358,23 @@ def test_prune_defaults_are_the_same_in_the_cli_and_the_library():
     cli = {p.name: p.default for p in typer.main.get_command(app).commands["prune"].params}
     lib = {name: p.default for name, p in inspect.signature(prune).parameters.items()}
     same = {"ratio": "ratio", "target_macs": "target_macs", "prune_method": "prune_method", "lr": "lr",
-            "channel_multiple": "channel_multiple", "recover_epochs": "recover_epochs", "method": "recover_method"}
+            "channel_multiple": "channel_multiple", "recover_epochs": "recover_epochs",
+            "recover_method": "recover_method"}
     assert {flag: cli[flag] for flag in same} == {flag: lib[name] for flag, name in same.items()}
     assert cli["channel_multiple"] == CHANNEL_MULTIPLE and cli["ratio"] is None  # None: PRUNE_RATIO, or the target
     for function in (prune_model, prune_run, prune_and_recover):
         assert inspect.signature(function).parameters["ratio"].default == PRUNE_RATIO, function.__name__
+
+
+def test_prune_names_its_recovery_method_recover_method_and_keeps_method_as_a_deprecated_alias(
+        tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    synthetic_run(tmp_path / "run")
+    for flag, note in (("--recover-method", False), ("--method", True)):
+        out = tmp_path / flag.strip("-")
+        code, _, err = run_cli(monkeypatch, capsys, "prune", str(tmp_path / "run"), "-o", str(out), "--ratio", "0.3",
+                               "--recover-epochs", "1", flag, "ce", "--batch-size", "16", "--device", "cpu")
+        assert code == 0, err
+        assert json.loads((out / "summary.json").read_text())["method"] == "ce"
+        assert ("--method is now --recover-method" in err) == note, err
