@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve_load import machine
+from serve_load import free_port, machine, rss_mb, start_server, stop
 
 PROBE_EVERY_S = 0.02  # the small /predict client's pause between requests
 
@@ -67,13 +66,6 @@ def png_probe() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def post_json(client: httpx.Client, model: str, body: bytes) -> int:
@@ -140,27 +132,11 @@ def throughput(url: str, model: str, body: bytes, clients: int = 16, seconds: fl
 
 
 def serve(python: str, export_dir: Path, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """``PYTHON -m edgekd.serve EXPORT_DIR`` on a free loopback port, once it answers ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([python, "-m", "edgekd.serve", str(export_dir), "--port", str(port), *args],
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise RuntimeError(f"the server did not become ready: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
+    """``PYTHON -m edgekd.serve EXPORT_DIR`` on a free loopback port, its output in ``log``, once it answers ready."""
+    port = free_port()
+    proc, _ = start_server([python, "-m", "edgekd.serve", str(export_dir), "--port", str(port), *args], port,
+                           timeout=120, log=log)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def report(hostile: dict[str, dict[str, dict]], speed: dict[str, list[dict]], baselines: dict[str, float],
@@ -223,8 +199,7 @@ def main() -> None:
                 speed[name].append(throughput(url, model, one))
     finally:
         for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(30)
+            stop(proc)
     text = report(hostile, speed, baselines, args)
     args.out.write_text(text)
     print(text)

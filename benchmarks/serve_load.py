@@ -82,13 +82,13 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a server, summed over its processes."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a server, summed over its processes (``VmHWM``: each process's high-water mark)."""
     total = 0
     for p in process_tree(pid):
         with contextlib.suppress(OSError):
             total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
-                          if line.startswith("VmRSS:"))
+                          if line.startswith(field + ":"))
     return total / 1024
 
 
@@ -237,14 +237,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cmd: list[str], port: int, timeout: float = 60.0) -> tuple[subprocess.Popen, float]:
-    """Start a server process; return it and the seconds until /v2/health/ready answered 200."""
+def start_server(cmd: list[str], port: int, timeout: float = 60.0,
+                 log: Path | None = None) -> tuple[subprocess.Popen, float]:
+    """Start a server process; return it and the seconds until /v2/health/ready answered 200. ``log``: a file for
+    its output, which a long or failing run may need (else stderr is kept only to report an early exit)."""
     start = time.perf_counter()
     # its own process group, so that stop() also ends the worker processes a server (LitServe) starts
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with open(log, "w") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
+                                text=True, start_new_session=True)
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+            said = log.read_text() if log is not None else proc.stderr.read()
+            raise RuntimeError(f"server exited: {said[-2000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/v2/health/ready")

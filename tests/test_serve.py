@@ -579,6 +579,7 @@ def test_an_empty_or_non_ascii_api_key_is_a_one_line_error(export_dir: Path, mon
 
 def test_the_api_key_can_come_from_the_environment(export_dir: Path, tmp_path: Path, monkeypatch):
     from serve_hostile import serve
+    from serve_load import stop
 
     monkeypatch.setenv("EDGEKD_API_KEY", "from-env")
     proc, url = serve(sys.executable, export_dir, tmp_path / "serve.log")
@@ -587,8 +588,7 @@ def test_the_api_key_can_come_from_the_environment(export_dir: Path, tmp_path: P
         assert httpx.post(f"{url}/predict", files=body).status_code == 401
         assert httpx.post(f"{url}/predict", files=body, headers={"X-API-Key": "from-env"}).status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
 
 
 # ------------------------------------------------------------------------------------ metrics and batching

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from edgekd.contracts.manifest import load_manifest
-from serve_hostile import hostile_bodies, hostile_row, rss_mb, serve
+from serve_hostile import hostile_bodies, hostile_row, serve
+from serve_load import rss_mb, stop
 
 BUDGET_MB = 250  # peak resident memory of the whole server process
 MAX_WAIT_S = 0.5  # another client's small /predict while large JSON bodies arrive
@@ -56,8 +57,7 @@ def served(export_dir: Path, tmp_path: Path, *args: str) -> Iterator[tuple[int, 
     try:
         yield proc.pid, url, log
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from Linux's /proc")
