@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekd.contracts.rundir import SUMMARY, read_description
 from edgekd.errors import EdgeKDError
 from edgekd.exported import Export
 
@@ -27,9 +28,7 @@ class Run:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not (self.path / "model.json").is_file():
-            raise EdgeKDError(f"{self.path} is not a run dir (no model.json); pass a folder written by edgekd train, "
-                              "distill or prune")
+        read_description(self.path)  # the run dir contract's own check: a one-line error for anything else
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -68,7 +67,7 @@ class Run:
         """What the run reported: held-out accuracy, parameters, MACs where pruned, method, dataset, ..."""
         import json
 
-        path = self.path / "summary.json"
+        path = self.path / SUMMARY
         if not path.is_file():
             raise EdgeKDError(f"{self.path} has no summary.json: the run did not finish; resume it with --resume")
         return json.loads(path.read_text(encoding="utf-8"))

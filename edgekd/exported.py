@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.contracts.manifest import load_manifest
-from edgekd.errors import EdgeKDError
 
 
 class Export:
@@ -19,8 +18,6 @@ class Export:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise EdgeKDError(f"export dir {self.path} does not exist; pass a folder written by `edgekd export`")
         self.manifest: dict[str, Any] = load_manifest(self.path)
 
     def __repr__(self) -> str:

@@ -68,5 +68,7 @@ print("ok")
 def test_a_run_object_refuses_what_is_not_a_run_dir(tmp_path):
     from edgekd import EdgeKDError, Run
 
-    with pytest.raises(EdgeKDError, match="is not a run dir"):
+    with pytest.raises(EdgeKDError, match="is not an edgekd run dir: it needs model.safetensors and model.json"):
         Run.load(tmp_path)
+    with pytest.raises(EdgeKDError, match="does not exist"):
+        Run.load(tmp_path / "missing")

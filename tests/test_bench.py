@@ -265,6 +265,8 @@ def test_bad_options_raise_edgekd_error(tiny_export, options, message):
 def test_not_an_export_dir(tmp_path):
     with pytest.raises(EdgeKDError, match="no manifest.json"):
         run_bench(tmp_path, progress=False)
+    with pytest.raises(EdgeKDError, match=f"export dir {tmp_path / 'missing'} does not exist"):
+        run_bench(tmp_path / "missing", progress=False)
 
 
 def test_corrupt_artifact_is_an_error_row_and_the_rest_still_runs(tiny_export, tmp_path):

@@ -40,6 +40,8 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
     """Read and sanity-check ``manifest.json``; errors say what the user should pass instead."""
     export_dir = Path(export_dir)
     path = export_dir / MANIFEST
+    if not export_dir.is_dir():
+        raise EdgeKDError(f"export dir {export_dir} does not exist; pass a folder written by `edgekd export`")
     if not path.is_file():
         raise EdgeKDError(f"{export_dir} has no {MANIFEST}; pass a folder written by `edgekd export`")
     try:
