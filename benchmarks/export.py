@@ -2,7 +2,7 @@
 
 Trains two models for minutes (a digits resnet8x4, a synthetic resnet32x4), exports each with INT8, then times
 all runtimes in interleaved rounds at the same thread count, so a load spike from a neighbour hits every
-runtime alike. Writes a Markdown table with the DESIGN §6 ratios to benchmarks/results/export.md.
+runtime alike. Writes a Markdown table with the export speed and size ratios to benchmarks/results/export.md.
 
     .venv/bin/python benchmarks/export.py [--threads 1] [--iters 400] [--out /tmp/edgekd-export-bench]
 """

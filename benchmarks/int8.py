@@ -29,7 +29,7 @@ from timing import cpu_model, load, time_export
 RESULTS = Path(__file__).parent / "results" / "int8.md"
 FAMILIES = ("resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2")
 DATA = {"data": "synthetic", "data_options": {"count": 2000, "val_count": 500}}
-SPEEDUP_TARGET = 1.8  # INT8 over ORT FP32 at batch 1 (DESIGN's export target)
+SPEEDUP_TARGET = 1.8  # INT8 over ORT FP32 at batch 1 (the project's export target)
 
 
 def train(arch: str, run_dir: Path, epochs: int) -> dict:

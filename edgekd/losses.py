@@ -1,6 +1,7 @@
-"""Distillation losses as plain functions of logits (DESIGN §4), for use inside or outside edgekd's trainer.
+"""Distillation losses as plain functions of logits, for use inside or outside edgekd's trainer (the methods that
+combine them are ``edgekd.methods``).
 
-Each returns a scalar tensor exactly as §4 writes it, temperature-squared factors included; the method's
+Each returns a scalar tensor exactly as its docstring writes it, temperature-squared factors included; the method's
 outer weights (a, w_v, w_r, CE weight) are left to the caller. Softmax temperatures follow the literature:
 p = softmax(z / T), KL averaged over the batch.
 """

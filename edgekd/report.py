@@ -2,7 +2,7 @@
 
 The page must open anywhere, offline and years later, so it has no scripts, no external fonts or styles, and its
 plots are PNGs inlined as data: URLs; a Content-Security-Policy forbids loading anything else. It reads only the
-artifact files (DESIGN §3), never the models, so it needs neither torch nor a runtime.
+artifact files (``edgekd.contracts``), never the models, so it needs neither torch nor a runtime.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Export a run to verified ONNX / OpenVINO artifacts (FP32 and INT8) with a manifest (DESIGN §3).
+"""Export a run to verified ONNX / OpenVINO artifacts (FP32 and INT8) with a manifest (``edgekd.contracts.manifest``).
 
 Importing this package stays torch-free: the device side reads manifests and tables from here, and
 ``export_run`` pulls in torch, ONNX and the quantizers only when it is first used.

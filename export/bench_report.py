@@ -1,4 +1,5 @@
-"""Writers for the bench report (DESIGN §3): ``bench.json`` (rows), ``bench.md`` (one table), ``bench.png``.
+"""Writers for the bench report (rows: ``edgekd.contracts.bench_rows``): ``bench.json`` (rows), ``bench.md`` (one
+table), ``bench.png``.
 
 Rows from several machines (this one and an SSH target) merge into one report; each row carries its machine,
 and "fastest" and "speed-up" are only ever computed between rows of the same machine.

@@ -1,4 +1,4 @@
-"""``edgekd export``: a run dir in, a verified export dir (DESIGN §3) out.
+"""``edgekd export``: a run dir in, a verified export dir (``edgekd.contracts.manifest``) out.
 
 Every artifact is scored on the held-out split against the PyTorch model before the manifest is written, and
 the whole directory is built under a temporary name, so a failure at any step leaves no export dir behind.
@@ -28,7 +28,7 @@ from edgekd.export.verify import verify_file
 from edgekd.fsutil import atomic_dir, full_disk_as_error, write_json
 
 CALIB_METHODS = tuple(CALIBRATOR_OPTIONS)
-MAX_DROP = 0.5  # top-1 points an INT8 artifact may lose against PyTorch by default (DESIGN's target)
+MAX_DROP = 0.5  # top-1 points an INT8 artifact may lose against PyTorch by default (the project's accuracy target)
 MORE_CALIB = 1024  # the most training images the INT8 search calibrates on
 
 

@@ -121,7 +121,7 @@ class APIKeyCheck:
 
 
 def error_body(request: Request, detail: Any, message: str) -> dict[str, Any]:
-    """``{"detail": ...}`` (DESIGN §3); on /v2 routes also the Open Inference Protocol's ``{"error": "message"}``."""
+    """``{"detail": ...}`` (FastAPI's); on /v2 routes also the Open Inference Protocol's ``{"error": "message"}``."""
     path = request.url.path
     return {"detail": detail, "error": message} if path == "/v2" or path.startswith("/v2/") else {"detail": detail}
 

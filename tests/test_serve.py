@@ -314,7 +314,7 @@ def test_kserve_v2_infer_and_metadata(server: LiveServer, export_dir: Path, held
         assert (r.status_code == 404
                 and r.json()["error"] == r.json()["detail"] == f"unknown model 'other'; this server serves {name!r}")
         assert client.get("/v2/models/other").status_code == 404
-        # outside /v2: DESIGN's {"detail": ...} alone
+        # outside /v2: FastAPI's {"detail": ...} alone
         assert "error" not in client.post("/predict", params={"top_k": 0}).json()
         assert client.get("/v2/health/live").json() == {"live": True}
         assert client.get("/v2/health/ready").json() == {"ready": True}

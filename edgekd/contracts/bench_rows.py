@@ -1,4 +1,4 @@
-"""The bench report's rows (DESIGN §3): one row per runtime x precision x batch x threads on one machine, as
+"""The bench report's rows: one row per runtime x precision x batch x threads on one machine, as
 ``bench.json`` stores them, and the comparisons every reader makes between rows of the same machine."""
 
 from __future__ import annotations
