@@ -55,7 +55,7 @@ def test_distill_help_explains_methods(monkeypatch, capsys):
         (["train", "--epochs", "3", "--schedule", "multistep", "--milestones", "5"],
          "milestones [5] must lie strictly between 0 and epochs (3)"),
         (["distill", "--milestones", "x,2"], "--milestones takes comma-separated integers"),
-        (["serve", "/no/export"], "no manifest.json"),
+        (["serve", "/no/export"], "export dir /no/export does not exist"),
         (["report", "/no/such[/]"], "/no/such[/] is not a directory"),  # plain text, not Rich markup
         (["export", "/no/[bold]run", "--out", "/tmp/never-written"], "run dir /no/[bold]run does not exist"),
         (["serve", "/no/export", "--port", "99999"], "port must be between 1 and 65535"),
