@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the rows' run dirs")
     p.add_argument("--rows", type=Path, required=True, help="TSV file the rows are appended to")
     args = p.parse_args()
-    edgekd.data.build_data = build_data_once(edgekd.data.build_data)  # _Run imports it from edgekd.data per run
+    edgekd.data.build_data = build_data_once(edgekd.data.build_data)  # build_parts imports it from edgekd.data per run
     methods = list_methods() if args.methods == "all" else args.methods.split(",")
     plan = [(m, "off", False, seed) for seed in (0, 1) for m in methods]  # FP32 eager, and its seed noise
     plan += [(m, args.amp, False, 0) for m in methods]

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from edgekd.config import load_config
 from edgekd.data import build_data
+from edgekd.engine import Trainer, build_parts
+from edgekd.engine.checks import resolve_device
 from edgekd.models import create_model
 from edgekd.rundir import model_description, save_model
-from edgekd.train import _Run, resolve_device
 
 R2KD_DEFAULT = "r2kd (default: release, l1-unstructured)"
 R2KD_STRUCTURED = "r2kd (preset=edgekd: structured, soft ranks)"
@@ -116,9 +117,9 @@ def main() -> None:
                 "epochs": 2, "batch_size": args.batch, "device": str(device.type), "amp": args.amp,
                 "channels_last": args.channels_last, "workers": args.workers, "out": str(Path(tmp) / key),
             })
-            runs[name] = _Run(cfg, device, _single(), show_progress=False)
-            runs[name]._train_epoch(0, None)  # warm-up (and DR-KD's CE-only first epoch)
-        kd_run = runs["kd"]
+            runs[name] = Trainer(build_parts(cfg, device, _single()))  # no callbacks: the loop and the method's hooks
+            runs[name].train_epoch(0)  # warm-up (and DR-KD's CE-only first epoch)
+        kd_run = runs["kd"].parts
         amp_dtype, channels_last = kd_run.amp_dtype, kd_run.channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         ref_student = create_model(args.student, 100).to(device, memory_format=memory_format)
@@ -136,7 +137,7 @@ def main() -> None:
                     ips = reference_epoch(ref_student, ref_teacher, loader, ref_opt, device, kd=name.endswith("kd"),
                                           **ref)
                 else:
-                    ips = runs[name]._train_epoch(1, None)["images_per_s"]
+                    ips = runs[name].train_epoch(1)["images_per_s"]
                 best[name] = max(best.get(name, 0.0), ips)
                 print(f"{name:46s} {ips:8.1f} img/s", flush=True)
     text = render(best, args, device, amp_dtype, channels_last)

@@ -32,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # piped output keeps its long lines whole
 
 # ------------------------------------------------------------------ options shared by train and distill
 _D = TrainConfig()  # the defaults the help texts quote
@@ -88,7 +88,7 @@ def _launch(nproc: int, cfg: Any) -> None:
     """Run this same command in ``nproc`` DDP processes (the --nproc shortcut for torchrun), once its setup checks
     pass."""
     from edgekd.distributed import launch_local
-    from edgekd.train import preflight
+    from edgekd.engine.checks import preflight
 
     preflight(cfg, nproc)  # a user mistake is one line here, not one per process
     rest: list[str] = []

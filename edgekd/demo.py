@@ -114,13 +114,14 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto",
     """Run every stage into ``out`` and print one summary table; returns its rows (also demo-summary.json)."""
     from edgekd.config import load_config
     from edgekd.data import build_data
+    from edgekd.engine.checks import resolve_device
     from edgekd.export import export_run
     from edgekd.export.bench import run_bench
     from edgekd.export.bench_report import write_report
     from edgekd.recover import prune_and_recover
     from edgekd.report import build_report
     from edgekd.runtimes import runtime_of, select_artifact
-    from edgekd.train import resolve_device, run_training
+    from edgekd.train import run_training
 
     console = console or Console()
     plan = DemoPlan.quick() if quick else DemoPlan()

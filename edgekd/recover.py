@@ -6,16 +6,17 @@ it (``--init``) that distils it from the unpruned model, so it resumes, shows pr
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from edgekd.config import RECOVERY_LR, load_config
 from edgekd.contracts.rundir import read_description
+from edgekd.engine import CleanupOnFailure
+from edgekd.engine.checks import check_run_dir
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import make_dir, remove_empty, write_json
+from edgekd.fsutil import write_json
 from edgekd.prune import CHANNEL_MULTIPLE, PRUNE_METHODS, RATIO, prune_into, prune_run
-from edgekd.train import CHECKPOINT, check_run_dir, run_training
+from edgekd.train import run_training
 
 RECOVERY_DEFAULTS = {"method": "kd", "lr": RECOVERY_LR, "warmup_epochs": 0}
 
@@ -50,15 +51,9 @@ def prune_and_recover(
         "teacher": str(run_dir), "init": str(out_dir / "pruned"), "out": str(out_dir), **settings,
     }
     load_config(None, {**overrides, "init": None})  # bad recovery settings are one line before minutes of pruning
-    created = make_dir(out_dir)
-    try:
+    with CleanupOnFailure(out_dir):  # nothing to resume: leave no half-made run behind
         pruned = prune_into(run_dir, out_dir / "pruned", ratio, method, target_macs, channel_multiple, batch_size)
         summary = run_training(load_config(None, overrides), show_progress=show_progress)
-    except BaseException:
-        if not (out_dir / CHECKPOINT).exists():  # nothing to resume: leave no half-made run behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-            remove_empty(created[1:])
-        raise
     how = {k: pruned[k] for k in ("ratio", "target_macs", "method", "channel_multiple", "source") if k in pruned}
     sizes = {k: pruned[k] for k in ("macs_before", "macs_after", "params_before", "params_after", "acc_before")}
     result = {**summary, "pruning": how, **sizes, "acc_pruned": pruned["acc_after"],

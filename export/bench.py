@@ -26,6 +26,7 @@ from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.contracts.rundir import WEIGHTS
 from edgekd.contracts.values import csv_list, int_list
 from edgekd.errors import EdgeKDError, one_line, run_command
+from edgekd.progress import progress_bar
 from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, open_artifact
 from edgekd.runtimes.openvino import HINTS as OV_HINTS
 
@@ -204,16 +205,6 @@ def _check_options(runtimes, precisions, batches, threads, warmup, iters, second
         raise EdgeKDError(f"OpenVINO streams must be >= 1, got {ov_streams}")
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
-    )
-
-
 def run_bench(
     export_dir: str | Path,
     *,
@@ -255,7 +246,7 @@ def run_bench(
     plan = _plan(manifest, runtimes, precisions)
     rows: list[dict[str, Any]] = []
     verified: set[str] = set()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("bench", total=len(plan) * len(threads) * len(batches))
         for runtime, precision, key, skip in plan:
             entry = manifest["artifacts"].get(key, {}) if key else {}

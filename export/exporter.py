@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from edgekd import __version__
 from edgekd.contracts.manifest import FORMAT_VERSION, MANIFEST, artifact_entry, artifact_key
@@ -26,6 +25,7 @@ from edgekd.export.formats import FORMATS, ExportFormat
 from edgekd.export.formats.onnx import CALIBRATOR_OPTIONS, export_onnx
 from edgekd.export.verify import verify_file
 from edgekd.fsutil import atomic_dir, full_disk_as_error, write_json
+from edgekd.progress import progress_bar
 
 CALIB_METHODS = tuple(CALIBRATOR_OPTIONS)
 MAX_DROP = 0.5  # top-1 points an INT8 artifact may lose against PyTorch by default (the project's accuracy target)
@@ -90,14 +90,6 @@ def _torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -
                                for i in range(0, len(images), batch)])
 
 
-def _progress(enabled: bool) -> Progress:
-    """Bars on stderr, so stdout stays clean for whatever the caller prints (and NNCF can be silenced there)."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )
-
-
 def export_run(
     run_dir: str | Path,
     out: str | Path,
@@ -130,7 +122,7 @@ def export_run(
         # export beside it removes the whole partial folder (fsutil.remove_leftovers)
         scratch = Path(tmp) / ".scratch"
         scratch.mkdir()
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             job = ExportJob.prepare(run_dir, Path(tmp), scratch, bar, int8, calib_samples, calib_method, max_drop,
                                     qat_epochs)
             precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8

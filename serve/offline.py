@@ -20,11 +20,12 @@ from PIL import Image
 
 from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.errors import EdgeKDError, one_line
+from edgekd.progress import progress_bar
 from edgekd.runtimes import open_artifact, run_checked, runtime_of, select_artifact
 from edgekd.serve.preprocess import ImageError, Preprocessor
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    pass
 
 # torchvision's ImageFolder extensions: `val` reads the files a training run on the same folder read
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -122,17 +123,6 @@ def decoded_batches(paths: Sequence[Path], preprocess: Preprocessor, batch: int 
                     out.paths.append(path)
                     out.arrays.append(result)
             yield out
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    """A bar on stderr, so stdout keeps only the results (Rich imported here: the server never draws one)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )
 
 
 class Classifier:

@@ -15,8 +15,9 @@ import numpy as np
 
 from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.errors import EdgeKDError, one_line
+from edgekd.progress import progress_bar
 from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, check_runtime_name, open_artifact, run_checked
-from edgekd.serve.offline import BATCH, decoded_batches, images_under, progress_bar
+from edgekd.serve.offline import BATCH, decoded_batches, images_under
 from edgekd.serve.preprocess import Preprocessor
 
 LAYOUT = "a folder with one sub-folder of images per class, named as the export's classes (PATH/<class>/*.png|jpg|...)"

@@ -92,8 +92,8 @@ def test_nproc_asks_one_gpu_per_process(monkeypatch, tmp_path):
     import torch
 
     from edgekd.config import load_config
+    from edgekd.engine.checks import preflight
     from edgekd.errors import EdgeKDError
-    from edgekd.train import preflight
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -126,8 +126,8 @@ def test_two_processes_train_a_self_teacher_then_distil_from_it(tmp_path):
 def test_nproc_lets_a_self_teacher_method_train_its_own_teacher(tmp_path):
     """tfkd-self, like drkd's pre-trained self-teacher, needs no --teacher under --nproc; kd still does."""
     from edgekd.config import load_config
+    from edgekd.engine.checks import preflight
     from edgekd.errors import EdgeKDError
-    from edgekd.train import preflight
 
     for method, args in (("tfkd-self", {}), ("drkd", {"teacher": "pretrained"})):
         assert preflight(load_config(overrides={"device": "cpu", "method": method, "method_args": args,

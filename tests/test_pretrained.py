@@ -153,7 +153,7 @@ def test_a_teacher_starts_whole_from_weights_that_know_the_data_classes(cached_w
 
     from edgekd.config import load_config
     from edgekd.data import build_data
-    from edgekd.train import load_teacher
+    from edgekd.engine.checks import load_teacher
 
     _write_photos(tmp_path / "photos")
     # as a --pretrained student's

@@ -206,7 +206,7 @@ def synthetic_run(run_dir, arch: str = "resnet8"):
 def test_init_restores_a_pruned_architecture_exactly(tmp_path):
     from edgekd.config import load_config
     from edgekd.distributed import DistInfo
-    from edgekd.train import _Run
+    from edgekd.engine import build_parts
 
     model = synthetic_run(tmp_path / "run")
     prune_run(tmp_path / "run", tmp_path / "pruned", 0.4, "structured")
@@ -216,7 +216,7 @@ def test_init_restores_a_pruned_architecture_exactly(tmp_path):
     assert cfg.model == "resnet8"  # the init run's architecture, not the default resnet20
     with pytest.raises(EdgeKDError, match="holds a resnet8, not a resnet20; drop --model/--student"):
         load_config(None, {"init": str(tmp_path / "pruned"), "model": "resnet20"})
-    student = _Run(cfg, torch.device("cpu"), DistInfo(), show_progress=False).method.student.eval()
+    student = build_parts(cfg, torch.device("cpu"), DistInfo()).method.student.eval()
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(student(x), pruned(x))

@@ -14,9 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from edgekd.config import load_config
+from edgekd.contracts.rundir import CHECKPOINT
+from edgekd.engine import Callback, lr_factor
 from edgekd.errors import EdgeKDError
 from edgekd.methods.base import _REGISTRY, Method, register_method
-from edgekd.train import CHECKPOINT, _Run, lr_factor, run_training
+from edgekd.train import run_training
 
 # digits are 8x8 pixels: 16-px inputs lose nothing of them and cost a quarter of the default 32 px
 FAST = {"data": "digits", "model": "resnet8", "batch_size": 128, "lr": 0.1, "workers": 0, "image_size": 16}
@@ -61,18 +63,15 @@ def _assert_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, **overrid
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     full = run_training(_cfg(tmp_path, "full", epochs=2, **overrides), show_progress=False)
 
-    original = _Run._train_epoch
+    class CrashInSecondEpoch(Callback):
+        def on_epoch_start(self, trainer):
+            if trainer.epoch == 1:
+                raise KeyboardInterrupt  # as if killed mid-run, after the epoch-1 checkpoint
 
-    def crash_in_second_epoch(self, epoch, progress):
-        if epoch == 1:
-            raise KeyboardInterrupt  # as if killed mid-run, after the epoch-1 checkpoint
-        return original(self, epoch, progress)
-
-    monkeypatch.setattr(_Run, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_training(_cfg(tmp_path, "killed", epochs=2, **overrides), show_progress=False)
+        run_training(_cfg(tmp_path, "killed", epochs=2, **overrides), show_progress=False,
+                     callbacks=[CrashInSecondEpoch()])
     assert torch.load(killed_dir / CHECKPOINT, weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(_Run, "_train_epoch", original)
     resumed = run_training(_cfg(tmp_path, "killed", epochs=2, resume=True, **overrides), show_progress=False)
 
     assert resumed["final_acc"] == full["final_acc"]
@@ -254,7 +253,7 @@ def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(tmp_path,
 
 
 def test_the_global_batch_must_split_evenly(tmp_path):
-    from edgekd.train import micro_batch
+    from edgekd.engine.checks import micro_batch
 
     assert micro_batch(_cfg(tmp_path, "r", batch_size=64, accumulate=2), 4) == 8
     with pytest.raises(EdgeKDError, match=r"batch_size 60 \(the global batch\) does not split evenly over 4 "
@@ -378,7 +377,7 @@ def test_cpu_bf16_autocast_keeps_the_distillation_losses(method):
     with torch.no_grad():
         _, fp32 = distil(x, y, 0)
     torch.manual_seed(2)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as edgekd/train.py:490 does
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer's Parts.autocast does
         _, bf16 = distil(x, y, 0)
     assert set(bf16) == set(fp32) and all(v != 0 for v in fp32.values())
     for name, value in fp32.items():
@@ -394,3 +393,32 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(tmp_path, mo
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--compile on CPU needs a C++ compiler" in err and "no-such-c++ is not on PATH" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_trainer_fires_its_events_in_order_and_a_failure_before_the_first_checkpoint_leaves_nothing(tmp_path):
+    class Record(Callback):
+        def __init__(self, fail_at=None):
+            self.events, self.fail_at = [], fail_at
+
+        def __getattribute__(self, name):
+            if name.startswith("on_"):
+                def record(trainer):
+                    self.events.append((name, trainer.epoch))
+                    if (name, trainer.epoch) == self.fail_at:
+                        raise RuntimeError("boom")
+                return record
+            return super().__getattribute__(name)
+
+    seen = Record()
+    run_training(_cfg(tmp_path, "ok", epochs=2, image_size=NATIVE, batch_size=512), show_progress=False,
+                 callbacks=[seen])
+    steps = 1437 // 512
+    epoch = lambda e: [("on_epoch_start", e), *[("on_step_end", e)] * steps, ("on_epoch_end", e)]  # noqa: E731
+    assert seen.events == [("on_fit_start", 0), *epoch(0), *epoch(1), ("on_fit_end", 1)]
+
+    failing = Record(fail_at=("on_step_end", 0))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_training(_cfg(tmp_path / "new" / "deeper", "run", epochs=2, image_size=NATIVE), show_progress=False,
+                     callbacks=[failing])
+    assert failing.events[-1] == ("on_exception", 0)
+    assert not (tmp_path / "new").exists()  # the run dir and the folders made for it are gone
