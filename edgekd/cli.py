@@ -32,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)  # piped output keeps its long lines whole
+console = Console()
 
 # ------------------------------------------------------------------ options shared by train and distill
 _D = TrainConfig()  # the defaults the help texts quote
@@ -134,7 +134,7 @@ def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int)
         console.print(
             f"[green]done[/]: {summary['method']} {summary['model']} on {escape(summary['dataset'])}: "
             f"best held-out acc {summary['best_acc']:.4f}, final {summary['final_acc']:.4f}, "
-            f"{summary['seconds']:.1f} s -> {summary['out']}"
+            f"{summary['seconds']:.1f} s -> {summary['out']}", soft_wrap=True,  # a path is copied whole, not wrapped
         )
 
 
