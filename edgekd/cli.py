@@ -38,8 +38,8 @@ console = Console()
 _D = TrainConfig()  # the defaults the help texts quote
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.")
 DataOpt = typer.Option(
-    None, help="Dataset: digits (default, embedded), synthetic, cifar10:ROOT, cifar100:ROOT, imagefolder:PATH, "
-               "tiny-imagenet:PATH.")
+    None, help=f"Dataset, e.g. digits (embedded), cifar100:ROOT or imagefolder:PATH (`edgekd datasets` lists them "
+               f"and the files each reads; default {_D.data}).")
 EpochsOpt = typer.Option(None, help=f"Training epochs (default {_D.epochs}).")
 BatchOpt = typer.Option(
     None, "--batch-size", "-b",
@@ -179,7 +179,7 @@ def train(
 def distill(
     config: Optional[Path] = ConfigOpt,
     method: Optional[str] = typer.Option(
-        None, help=f"kd, lsr, tfkd-self, tfkd-reg, dist, dkd, drkd, sld, r2kd or ce (default {_D.method})."),
+        None, help=f"Distillation method (`edgekd methods` lists them; default {_D.method})."),
     student: Optional[str] = typer.Option(
         None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
     pretrained: Optional[bool] = PretrainedOpt,
@@ -320,6 +320,25 @@ def _print_bench(rows: list[dict], title: str) -> None:
     for reason in dict.fromkeys(f"{format_label(r)}: {r['status']}" for r in rows if r["status"].startswith("skipped")):
         console.print(f"❎ {escape(reason)}", highlight=False)  # errors go to stderr, with the exit code
     console.print(Markdown("\n".join(summary_lines(rows))))
+
+
+@app.command()
+def methods() -> None:
+    """List the distillation methods (`distill --method`), whether each needs a teacher, and its options."""
+    from edgekd.methods import list_methods, method_class
+
+    table = Table(title="methods", show_lines=True, expand=True)
+    table.add_column("--method", no_wrap=True)
+    table.add_column("teacher", max_width=9)
+    table.add_column("what it is, and its --arg options (defaults)", overflow="fold", ratio=1)
+    for name in list_methods():
+        cls = method_class(name)
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""  # its own, else its module's first paragraph
+        what = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+        teacher = "needed" if cls.needs_teacher else "its own" if cls.uses_teacher else "none"
+        options = ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "none"
+        table.add_row(name, teacher, f"{what}\noptions: {options}")
+    console.print(table)
 
 
 @app.command()

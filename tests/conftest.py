@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import edgekd.cli  # noqa: F401  (its console reads COLUMNS once, when imported: before any test sets it)
+
 DIGITS_EPOCHS = 4
 
 

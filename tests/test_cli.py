@@ -19,8 +19,10 @@ def test_help_lists_every_command(monkeypatch, capsys):
     assert code == 0
     panel = out.split("─ Commands ─", 1)[1].split("╰", 1)[0]
     listed = re.findall(r"^│ (\S+) +\S", panel, flags=re.MULTILINE)  # one row per command, wrapped lines start blank
-    assert sorted(listed) == sorted("train distill models datasets prune export bench serve val predict demo "
-                                    "report".split()), out
+    from edgekd.cli import app
+
+    assert sorted(listed) == sorted(c.callback.__name__ for c in app.registered_commands), out
+    assert {"train", "distill", "methods", "models", "datasets", "prune", "export", "bench", "serve"} <= set(listed)
 
 
 def test_datasets_table_shows_every_spec_whole_at_80_columns(monkeypatch, capsys):
@@ -31,9 +33,19 @@ def test_datasets_table_shows_every_spec_whole_at_80_columns(monkeypatch, capsys
         assert f"│ {spec} " in out
 
 
-def test_distill_help_explains_methods(monkeypatch, capsys):
+def test_distill_help_points_to_the_methods_table_which_lists_every_registered_method(monkeypatch, capsys):
+    from edgekd.methods import list_methods, method_class
+
     code, out, _ = run_cli(monkeypatch, capsys, "distill", "--help")
-    assert code == 0 and "drkd" in out and "r2kd" in out and "--teacher-arch" in out and "--rectify" in out
+    assert code == 0 and "edgekd methods" in out and "--teacher-arch" in out and "--rectify" in out
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(monkeypatch, capsys, "methods")
+    rows = re.findall(r"^│ (\S+) +│ (\S+(?: \S+)?) +│", out, flags=re.MULTILINE)
+    assert code == 0 and [name for name, _ in rows] == list_methods()
+    for name, teacher in rows:
+        cls = method_class(name)
+        assert teacher == ("needed" if cls.needs_teacher else "its own" if cls.uses_teacher else "none")
+    assert "alpha=0.9, T=4.0" in " ".join(out.split())  # kd's options and their defaults
 
 
 @pytest.mark.parametrize(

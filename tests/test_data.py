@@ -307,7 +307,7 @@ def test_tiny_imagenet_errors(tmp_path):
 
 
 @pytest.mark.parametrize("spec, options, image_size, message", [
-    ("mnist", None, None, "unknown dataset 'mnist'; valid: digits, synthetic, cifar10:ROOT"),
+    ("mnist", None, None, "unknown dataset 'mnist' \\(choose one of digits, synthetic, cifar10:ROOT"),
     ("digits:/tmp", None, None, "takes no path"),
     ("digits", {"classes": 3}, None, "takes no options"),
     ("digits", None, 0, "image size must be an integer >= 1"),

@@ -158,7 +158,7 @@ def test_lookup_is_case_insensitive_and_unknown_names_suggest_close_ones():
         create_model("no_such_net", 10)
     with pytest.raises(EdgeKDError, match="num_classes"):
         create_model("resnet8", 0)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_model("RESNET8")(lambda num_classes: torch.nn.Identity())
 
 

@@ -130,3 +130,76 @@ def test_a_new_format_and_runtime_work_in_every_stage(ort_optimized, digits_run_
         assert meta["versions"] == ["ort-optimized-fp32"] and meta["platform"] == OrtOptimizedRuntime.platform
     with pytest.raises(EdgeKDError, match="unsupported export format"):
         export_run(digits_run_dir, tmp_path / "none", formats=("tflite",), progress=False)
+
+
+# A dataset source, a model and a method, as a contributor would add them (README, "Extending edgekd"), trained.
+
+
+def _stripes(path: str, image_size, options: dict):
+    from edgekd.data import ArrayImages, DataBundle, channel_stats, no_options, no_path
+
+    no_path("test-stripes", path)
+    no_options("test-stripes", options)
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 2
+    images = (rng.uniform(0, 60, (64, 8, 8, 3)) + 150 * labels[:, None, None, None] * (np.arange(8) % 2)[:, None, None])
+    images = images.astype(np.uint8)
+    train, val = ArrayImages(images[:48], labels[:48]), ArrayImages(images[48:], labels[48:])
+    size = image_size or 8
+    mean, std = channel_stats(train, (size, size))
+    return DataBundle("test-stripes", "test-stripes", {}, 2, ["flat", "striped"], (3, size, size), mean, std, train,
+                      val, hflip=False)
+
+
+@pytest.fixture
+def contributed():
+    import torch
+
+    from edgekd.data import DATASETS, DatasetSource, register_dataset
+    from edgekd.methods.base import METHODS, Method, register_method
+    from edgekd.models.registry import MODELS, register_model
+
+    register_dataset(DatasetSource("test-stripes", "test-stripes", "stripes or not", "2", "3x8x8", "none",
+                                   _stripes))
+    register_model("test-mlp", input_size=(3, 8, 8))(
+        lambda num_classes: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes)))
+
+    @register_method("test-logit-penalty")
+    class LogitPenalty(Method):
+        """Cross-entropy plus a penalty on the logits' size (a method needs nothing more)."""
+
+        defaults = {"beta": 0.01}
+
+        def forward_train(self, x, y, epoch):
+            logits = self.student(x)
+            return logits, {"ce": torch.nn.functional.cross_entropy(logits, y),
+                            "penalty": self.args["beta"] * logits.pow(2).mean()}
+
+    try:
+        yield
+    finally:
+        DATASETS.unregister("test-stripes")
+        MODELS.unregister("test-mlp")
+        METHODS.unregister("test-logit-penalty")
+
+
+def test_a_contributed_dataset_model_and_method_train_as_registered_ones_do(tmp_path, contributed):
+    import json
+
+    from edgekd.config import load_config
+    from edgekd.data import list_datasets
+    from edgekd.models import list_models
+    from edgekd.train import run_training
+
+    assert "test-stripes" in [row["name"] for row in list_datasets()] and "test-mlp" in list_models()
+    cfg = load_config(overrides={"data": "test-stripes", "model": "test-mlp", "method": "test-logit-penalty",
+                                 "method_args": {"beta": 0.1}, "epochs": 3, "batch_size": 16, "lr": 0.1,
+                                 "device": "cpu", "out": str(tmp_path / "run")})
+    summary = run_training(cfg, show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]["losses"]) == {"ce", "penalty"} and summary["method"] == "test-logit-penalty"
+    assert summary["final_acc"] > 0.9  # the stripes are learnt
+    desc = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert desc["arch"] == "test-mlp" and desc["dataset"] == "test-stripes" and desc["input_size"] == [3, 8, 8]
+    with pytest.raises(EdgeKDError, match="did you mean test-logit-penalty"):
+        load_config(overrides={"method": "test-logit-penalty2"})

@@ -17,7 +17,7 @@ from edgekd.config import load_config
 from edgekd.contracts.rundir import CHECKPOINT
 from edgekd.engine import Callback, lr_factor
 from edgekd.errors import EdgeKDError
-from edgekd.methods.base import _REGISTRY, Method, register_method
+from edgekd.methods.base import METHODS, Method, register_method
 from edgekd.train import run_training
 
 # digits are 8x8 pixels: 16-px inputs lose nothing of them and cost a quarter of the default 32 px
@@ -153,7 +153,7 @@ def diverging_method():
             return logits, {"ce": loss * (float("nan") if epoch == self.args["at_epoch"] else 1.0)}
 
     yield
-    del _REGISTRY["test-diverge"]
+    METHODS.unregister("test-diverge")
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, diverging_method):
@@ -230,12 +230,12 @@ def linear_probe():
     from torch import nn
 
     from edgekd.models import register_model
-    from edgekd.models.registry import _REGISTRY
+    from edgekd.models.registry import MODELS
 
     register_model("test-linear-probe")(
         lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, num_classes)))
     yield "test-linear-probe"
-    _REGISTRY.pop("test-linear-probe")
+    MODELS.unregister("test-linear-probe")
 
 
 def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(tmp_path, linear_probe):
@@ -315,7 +315,7 @@ def tiny_convnet():
     from torch import nn
 
     from edgekd.models import register_model
-    from edgekd.models.registry import _REGISTRY
+    from edgekd.models.registry import MODELS
 
     class TinyConvNet(nn.Module):
         def __init__(self, num_classes: int) -> None:
@@ -327,7 +327,7 @@ def tiny_convnet():
 
     register_model("test-tiny-convnet")(TinyConvNet)
     yield "test-tiny-convnet"
-    _REGISTRY.pop("test-tiny-convnet")
+    MODELS.unregister("test-tiny-convnet")
 
 
 # what torch._inductor.config.cpp.cxx searches: TORCH_INDUCTOR_INSTALL_GXX (a conda download) aside, $CXX or g++

@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError
 from edgekd.models.freeze import freeze_for_inference
 
-_REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method", hint="run `edgekd distill --help` for what each does")
 
 # An option's rule: a test its (type-checked) value must pass, and how to say it in an error message.
 Rule = tuple[Callable[[Any], bool], str]
@@ -57,8 +58,7 @@ def register_method(name: str):
 
     def wrap(cls: type[Method]) -> type[Method]:
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return METHODS.register(cls)
 
     return wrap
 
@@ -79,13 +79,11 @@ def _to_float32(module: nn.Module, args: Any, output: Any) -> Any:
 
 
 def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(METHODS)
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in _REGISTRY:
-        raise EdgeKDError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())}")
-    return _REGISTRY[name]
+    return METHODS.lookup(name)
 
 
 def check_teacher_given(name: str, has_teacher: bool, rectify: bool = False) -> type[Method]:

@@ -7,7 +7,6 @@ first need only: importing torchvision costs seconds and most runs never ask for
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError, one_line
 
 TORCHVISION_PREFIX = "tv/"
@@ -29,9 +29,7 @@ class ModelEntry:
     input_size: tuple[int, int, int]
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-# name prefix -> a function registering that family; run once, when one of its names is first asked for
-_LAZY_SOURCES: dict[str, Callable[[], None]] = {}
+MODELS: Registry[ModelEntry] = Registry("model", fold_case=True, hint="run `edgekd models` to list the available names")
 
 
 def register_model(
@@ -43,10 +41,7 @@ def register_model(
     """
 
     def wrap(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        key = (name or fn.__name__).lower()
-        if key in _REGISTRY:
-            raise ValueError(f"model name {name or fn.__name__!r} is already registered")
-        _REGISTRY[key] = ModelEntry(name or fn.__name__, fn, input_size)
+        MODELS.register(ModelEntry(name or fn.__name__, fn, input_size))
         return fn
 
     return wrap
@@ -55,27 +50,11 @@ def register_model(
 def register_lazy_source(prefix: str, register_all: Callable[[], None]) -> None:
     """Add a function that registers a whole family of ``prefix`` names when first needed (torchvision's and timm's
     take seconds to import)."""
-    _LAZY_SOURCES[prefix] = register_all
-
-
-def _load_lazy_sources(name: str | None = None) -> None:
-    """Register the family ``name`` belongs to; without a name, or for a name of no family, all of them."""
-    prefixes = [p for p in _LAZY_SOURCES if name is not None and name.startswith(p)] or list(_LAZY_SOURCES)
-    for prefix in prefixes:
-        _LAZY_SOURCES.pop(prefix)()
+    MODELS.lazy(prefix, register_all)
 
 
 def _entry(name: str) -> ModelEntry:
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        _load_lazy_sources(key)
-    if key not in _REGISTRY:
-        _load_lazy_sources()  # every family, for the suggestions below
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.6)
-    hint = f"did you mean {', '.join(_REGISTRY[c].name for c in close)}?" if close else "none is close"
-    raise EdgeKDError(f"unknown model {name!r} ({hint}); run `edgekd models` to list the available names")
+    return MODELS.lookup(name)
 
 
 def canonical_name(name: str) -> str:
@@ -85,8 +64,7 @@ def canonical_name(name: str) -> str:
 
 def list_models() -> list[str]:
     """All registered names: the CIFAR family first, then torchvision's ``tv/...`` and timm's ``timm/...`` models."""
-    _load_lazy_sources()
-    return [e.name for e in _REGISTRY.values()]
+    return [MODELS[key].name for key in MODELS.names()]
 
 
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a classifier head for 10**8 classes would take gigabytes

@@ -14,7 +14,7 @@ from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError
 from edgekd.runtimes.base import Runtime
 
-RUNTIMES: Registry[type[Runtime]] = Registry("runtime", "name")
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime", attribute="name")
 register_runtime = RUNTIMES.register  # class decorator: bench, serve and the exporter's verification then know it
 
 

@@ -31,7 +31,7 @@ class ExportFormat:
         return [out / f for f in self.files[precision]]
 
 
-FORMATS: Registry[type[ExportFormat]] = Registry("export format", "key")
+FORMATS: Registry[type[ExportFormat]] = Registry("export format", attribute="key")
 register_format = FORMATS.register  # class decorator: the exporter and the CLI then know the format by its key
 
 
