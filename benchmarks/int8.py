@@ -22,7 +22,7 @@ import torch
 
 from edgekd.config import load_config
 from edgekd.export import export_run
-from edgekd.export.exporter import MAX_DROP
+from edgekd.settings import EXPORT
 from edgekd.train import run_training
 from timing import cpu_model, load, time_export
 
@@ -76,7 +76,8 @@ def render(results: list[dict], args: argparse.Namespace, before: str, after: st
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}. "
         f"Each family trained by `edgekd train` (SGD lr 0.05 cosine, batch 64, seed 0) for {args.epochs} epochs on "
         f"synthetic {DATA['data_options']}, then `export --int8 --qat-epochs {args.qat_epochs}` at its defaults "
-        f"(max drop {MAX_DROP} points against PyTorch on the 500 held-out images). Latency: median batch-1 ms over "
+        f"(max drop {EXPORT.max_drop} points against PyTorch on the 500 held-out images). "
+        "Latency: median batch-1 ms over "
         f"{args.iters} runs per runtime in interleaved rounds, {args.threads} thread(s) each. Load average before: "
         f"{before}; after: {after} (shared machine).",
         "",
@@ -102,7 +103,7 @@ def render(results: list[dict], args: argparse.Namespace, before: str, after: st
         int8 = [k for k in arts if arts[k]["precision"] == "int8"]
         fastest = min(int8, key=lambda k: lat[k]) if int8 else None
         speedup = lat["onnx-fp32"] / lat[fastest] if fastest else float("nan")
-        accurate = bool(int8) and all((acc - arts[k]["accuracy"]) * 100 <= MAX_DROP + 1e-9 for k in int8)
+        accurate = bool(int8) and all((acc - arts[k]["accuracy"]) * 100 <= EXPORT.max_drop + 1e-9 for k in int8)
         fast = speedup >= SPEEDUP_TARGET
         verdicts.append((r["arch"], accurate, fast, speedup, fastest))
         lines.append(

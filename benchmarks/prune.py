@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.config import RECOVERY_LR, load_config
+from edgekd.config import load_config
 from edgekd.export import export_run
 from edgekd.recover import prune_and_recover
 from edgekd.runtimes import open_artifact
+from edgekd.settings import PRUNE
 from edgekd.train import run_training
 from timing import cpu_model, load, time_runners
 
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=1,
                         help="torch threads for training (1: on a shared machine two spin-waiting threads run slower)")
     parser.add_argument("--recover-epochs", type=int, default=4)
-    parser.add_argument("--recover-lr", type=float, default=RECOVERY_LR, help="peak lr of the recovery runs")
+    parser.add_argument("--recover-lr", type=float, default=PRUNE.lr, help="peak lr of the recovery runs")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every runtime")
     parser.add_argument("--iters", type=int, default=800)
     parser.add_argument("--warmup", type=int, default=50)

@@ -15,16 +15,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from edgekd.config import RECOVERY_LR, TrainConfig
+from edgekd.config import TrainConfig
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.contracts.values import csv_list, int_list
-from edgekd.defaults import CHANNEL_MULTIPLE, PRUNE_RATIO
 from edgekd.errors import RANK_ERRORS_ENV, EdgeKDError, hand_to_launcher
 from edgekd.export import bench as bench_options
 from edgekd.export.formats import FORMATS
 from edgekd.runtimes import artifact_runtimes
 from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt
 from edgekd.serve.command import serve as serve_command
+from edgekd.settings import EXPORT, OFFLINE, PRUNE
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -362,24 +362,27 @@ def prune(
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned (and recovered) model to."),
     ratio: Optional[float] = typer.Option(
         None, help="Channel ratio to remove from every layer group (structured) or weight rate (l1-unstructured); "
-                   f"default {PRUNE_RATIO}."),
+                   f"default {PRUNE.ratio}."),
     target_macs: Optional[float] = typer.Option(
         None, help="Instead of --ratio: prune in small steps until the model has this fraction of its MACs "
                    "(e.g. 0.5)."),
-    prune_method: str = typer.Option("structured", help="structured (torch-pruning DepGraph) or l1-unstructured."),
+    prune_method: str = typer.Option(
+        PRUNE.prune_method, help="structured (torch-pruning DepGraph) or l1-unstructured."),
     channel_multiple: int = typer.Option(
-        CHANNEL_MULTIPLE, help="Structured: keep every channel count a multiple of this (ONNX Runtime's x86 kernels "
-                               "work on 8 FP32 channels at a time, its AVX-512 INT8 kernels on 16; other counts can "
-                               "leave the pruned model slower than the unpruned one). 1: exact ratio."),
+        PRUNE.channel_multiple,
+        help="Structured: keep every channel count a multiple of this (ONNX Runtime's x86 kernels work on 8 FP32 "
+             "channels at a time, its AVX-512 INT8 kernels on 16; other counts can leave the pruned model slower "
+             "than the unpruned one). 1: exact ratio."),
     recover_epochs: int = typer.Option(
-        0, help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). "
-                "The pruned model goes to OUT/pruned, the recovered one to OUT."),
+        PRUNE.recover_epochs,
+        help="Then distil the pruned model from the unpruned one for this many epochs (0: prune only). The pruned "
+             "model goes to OUT/pruned, the recovered one to OUT."),
     recover_method: str = typer.Option(
-        "kd", "--recover-method", "--method",
+        PRUNE.recover_method, "--recover-method", "--method",
         help="Recovery method: kd, r2kd, dkd, dist, ... or ce (fine-tune without the teacher). --method: the old "
              "spelling, deprecated."),
     arg: list[str] = typer.Option([], "--arg", help="Recovery method option KEY=VALUE, repeatable (e.g. --arg T=4)."),
-    lr: float = typer.Option(RECOVERY_LR, help="Recovery peak learning rate (a fine-tune of trained weights)."),
+    lr: float = typer.Option(PRUNE.lr, help="Recovery peak learning rate (a fine-tune of trained weights)."),
     batch_size: Optional[int] = BatchOpt,
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
@@ -394,7 +397,7 @@ def prune(
         batch_size=batch_size, seed=seed, device=device, workers=workers)
     recover = recover_epochs > 0
     amount = (f"to {target_macs:g} of the MACs" if target_macs is not None
-              else f"ratio {ratio if ratio is not None else PRUNE_RATIO}")
+              else f"ratio {ratio if ratio is not None else PRUNE.ratio}")
     table = Table(title=Text(f"pruned {run} ({prune_method}, {amount})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right", overflow="fold")
@@ -422,34 +425,29 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Also quantize to INT8 (ORT static QDQ, OpenVINO NNCF)."),
     formats: str = typer.Option(
         ",".join(FORMATS), help="Comma-separated: " + ", ".join(f"{k} ({f.title})" for k, f in FORMATS.items()) + "."),
-    calib_samples: int = typer.Option(300, help="Training images used to calibrate INT8."),
+    calib_samples: int = typer.Option(EXPORT.calib_samples, help="Training images used to calibrate INT8."),
     calib_method: str = typer.Option(
-        "minmax", help="ONNX Runtime INT8 calibration: minmax, entropy or percentile (OpenVINO INT8 uses NNCF's own)."),
+        EXPORT.calib_method,
+        help="ONNX Runtime INT8 calibration: minmax, entropy or percentile (OpenVINO INT8 uses NNCF's own)."),
     max_drop: Optional[str] = typer.Option(
-        None, help="Largest top-1 drop (points, held-out split) an INT8 artifact may have (default 0.5): ONNX Runtime "
+        None, help="Largest top-1 drop (points, held-out split) an INT8 artifact may have (default "
+                   f"{EXPORT.max_drop}): ONNX Runtime "
                    "tries other calibrations, more images and the sensitive layers in FP32 until one meets it, "
                    "OpenVINO uses NNCF's accuracy control; an artifact that still misses it is not written. "
                    "'none': plain PTQ."),
     fp16: bool = typer.Option(
         False, "--fp16", help="Also write FP16 artifacts where a format has them (an OpenVINO FP16-compressed IR)."),
     qat_epochs: int = typer.Option(
-        0, help="When ONNX Runtime's INT8 still misses --max-drop, fine-tune the fake-quantized model this many "
-                "epochs, distilled from the run's teacher (else from the FP32 model), and export that instead "
-                "(0: never)."),
+        EXPORT.qat_epochs,
+        help="When ONNX Runtime's INT8 still misses --max-drop, fine-tune the fake-quantized model this many epochs, "
+             "distilled from the run's teacher (else from the FP32 model), and export that instead (0: never)."),
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
     from edgekd.export import export_run, manifest_table_rows
-    from edgekd.export.exporter import MAX_DROP
 
     if max_drop is not None and not int8:
         raise EdgeKDError("--max-drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
-    if qat_epochs < 0:
-        raise EdgeKDError(f"--qat-epochs takes a number of epochs >= 0, got {qat_epochs}")
-    if qat_epochs and not int8:
-        raise EdgeKDError("--qat-epochs fine-tunes the INT8 model when quantization misses --max-drop; add --int8")
-    bound = MAX_DROP if max_drop is None else None if max_drop.strip().lower() == "none" else _points(max_drop)
-    if qat_epochs and bound is None:
-        raise EdgeKDError("--qat-epochs runs only when INT8 misses --max-drop, which 'none' turns off; give a bound")
+    bound = EXPORT.max_drop if max_drop is None else None if max_drop.strip().lower() == "none" else _points(max_drop)
     manifest = export_run(
         run, out, formats=tuple(csv_list(formats)), int8=int8,
         calib_samples=calib_samples, calib_method=calib_method, max_drop=bound, qat_epochs=qat_epochs, fp16=fp16,
@@ -551,7 +549,7 @@ def val(
     runtimes: Optional[str] = typer.Option(
         None, help=f"Comma-separated: {', '.join(artifact_runtimes())} (default: all)."),
     precisions: Optional[str] = typer.Option(None, help=f"Comma-separated: {', '.join(PRECISIONS)} (default: all)."),
-    batch: int = typer.Option(64, "--batch", help="Images per inference call."),
+    batch: int = typer.Option(OFFLINE.batch, "--batch", help="Images per inference call."),
     threads: Optional[int] = ThreadsOpt,
     json_out: Optional[Path] = typer.Option(
         None, "--json", help="Also write the results, per class too, to this JSON file."),
@@ -622,7 +620,7 @@ def predict(
     runtime: Optional[str] = RuntimeOpt,
     precision: Optional[str] = PrecisionOpt,
     threads: Optional[int] = ThreadsOpt,
-    batch: int = typer.Option(64, "--batch", help="Images per inference call."),
+    batch: int = typer.Option(OFFLINE.batch, "--batch", help="Images per inference call."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the predictions to this JSON file."),
 ) -> None:
     """Classify image files without a server: the artifact, preprocessing and scores `serve` would use."""

@@ -17,7 +17,6 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "off", "bf16", "fp16"),
 }
-RECOVERY_LR = 0.01  # `prune --recover-epochs` fine-tunes trained weights: a fifth of a fresh run's peak
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.contracts.manifest import load_manifest
+from edgekd.settings import BENCH, SERVE
 
 
 class Export:
@@ -28,8 +29,8 @@ class Export:
         """The artifact keys it holds (``onnx-fp32``, ``onnx-int8``, ...)."""
         return list(self.manifest["artifacts"])
 
-    def bench(self, *, batch: int | Sequence[int] = 1, runtimes: Sequence[str] | None = None,
-              precisions: Sequence[str] = ("fp32", "int8"), progress: bool = False,
+    def bench(self, *, batch: int | Sequence[int] = BENCH.batches, runtimes: Sequence[str] | None = None,
+              precisions: Sequence[str] = BENCH.precisions, progress: bool = False,
               **options: Any) -> list[dict[str, Any]]:
         """Latency and throughput of each runtime and precision here (``edgekd bench``); one row each."""
         from edgekd.export.bench import run_bench
@@ -55,7 +56,7 @@ class Export:
         classifier = Classifier(self.path, runtime=runtime, precision=precision)
         return classifier.predict(images, check_top_k(top_k, len(classifier.class_names)))
 
-    def serve(self, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    def serve(self, *, host: str = SERVE.host, port: int = SERVE.port, **options: Any) -> None:
         """Serve it over HTTP (``edgekd serve``: ``POST /predict``, KServe v2, ``/metrics``) until interrupted."""
         from edgekd.serve.server import run_server
 

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.defaults import CHANNEL_MULTIPLE
-from edgekd.defaults import PRUNE_RATIO as RATIO
 from edgekd.errors import EdgeKDError
 from edgekd.models.shufflenet import ChannelShuffle
+from edgekd.settings import PRUNE
 
 PRUNE_METHODS = ("structured", "l1-unstructured")
 
@@ -177,7 +176,7 @@ def _l1_unstructured(model: nn.Module, ratio: float) -> None:
 
 def prune_model(
     model: nn.Module,
-    ratio: float = RATIO,
+    ratio: float = PRUNE.ratio,
     method: str = "structured",
     example_input: torch.Tensor | None = None,
     *,
@@ -280,18 +279,18 @@ def prune_into(
 def prune_run(
     run_dir: str | Path,
     out_dir: str | Path,
-    ratio: float = RATIO,
+    ratio: float = PRUNE.ratio,
     method: str = "structured",
     *,
     target_macs: float | None = None,
-    channel_multiple: int | None = CHANNEL_MULTIPLE,
+    channel_multiple: int | None = PRUNE.channel_multiple,
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Prune a run dir's model into a new run dir that later stages (export, distill --teacher) load as is.
 
     Held-out accuracy is measured before and after on the run's own dataset; MACs and parameters come from
     torch-pruning's counter at batch 1; structured pruning keeps channel counts multiples of ``channel_multiple``
-    (see ``CHANNEL_MULTIPLE``: other counts can make the pruned model slower than the unpruned one).
+    (see ``edgekd.settings.PruneSettings``: other counts can make the pruned model slower than the unpruned one).
     The new dir records the pruned layer shapes; its ``summary.json`` holds
     the returned numbers (``edgekd.recover`` then wins the accuracy back).
     """

@@ -9,33 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekd.config import RECOVERY_LR, load_config
+from edgekd.config import load_config
 from edgekd.contracts.rundir import read_description
 from edgekd.engine import CleanupOnFailure
 from edgekd.engine.checks import check_run_dir
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import write_json
-from edgekd.prune import CHANNEL_MULTIPLE, PRUNE_METHODS, RATIO, prune_into, prune_run
+from edgekd.prune import PRUNE_METHODS, prune_into, prune_run
+from edgekd.settings import PRUNE
 from edgekd.train import run_training
 
-RECOVERY_DEFAULTS = {"method": "kd", "lr": RECOVERY_LR, "warmup_epochs": 0}
+RECOVERY_DEFAULTS = {"method": PRUNE.recover_method, "lr": PRUNE.lr, "warmup_epochs": 0}
 
 
 def prune_and_recover(
     run_dir: str | Path,
     out_dir: str | Path,
     recover: dict[str, Any],
-    ratio: float = RATIO,
+    ratio: float = PRUNE.ratio,
     method: str = "structured",
     *,
     target_macs: float | None = None,
-    channel_multiple: int | None = CHANNEL_MULTIPLE,
+    channel_multiple: int | None = PRUNE.channel_multiple,
     batch_size: int = 256,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Prune ``run_dir``'s model as ``edgekd.prune.prune_run`` does, into ``OUT/pruned``, then distil it from the
     unpruned model into ``OUT`` with the training settings ``recover`` (at least ``epochs``; ``method`` kd, lr
-    ``RECOVERY_LR`` unless given). ``OUT/summary.json`` adds how it was pruned (``pruning``), the MACs and
+    ``PRUNE.lr`` unless given). ``OUT/summary.json`` adds how it was pruned (``pruning``), the MACs and
     parameters before and after, and the held-out accuracy before pruning, after it and after recovery
     (``acc_before``, ``acc_pruned``, ``acc_recovered``).
     """
@@ -68,18 +69,18 @@ def prune(
     *,
     ratio: float | None = None,
     target_macs: float | None = None,
-    prune_method: str = "structured",
-    channel_multiple: int = CHANNEL_MULTIPLE,
-    recover_epochs: int = 0,
-    recover_method: str = RECOVERY_DEFAULTS["method"],
+    prune_method: str = PRUNE.prune_method,
+    channel_multiple: int = PRUNE.channel_multiple,
+    recover_epochs: int = PRUNE.recover_epochs,
+    recover_method: str = PRUNE.recover_method,
     recover_args: dict[str, Any] | None = None,
-    lr: float = RECOVERY_LR,
+    lr: float = PRUNE.lr,
     show_progress: bool = True,
     **training: Any,
 ) -> dict[str, Any]:
     """`edgekd prune` and ``Run.prune``: the one place their defaults and checks live.
 
-    Prunes by ``ratio`` (default ``RATIO``) or to ``target_macs`` of the MACs, then with ``recover_epochs`` > 0
+    Prunes by ``ratio`` (default ``PRUNE.ratio``) or to ``target_macs`` of the MACs, then with ``recover_epochs`` > 0
     distils the pruned model from the unpruned one (``prune_and_recover``; ``training``: batch_size, seed, device,
     workers). Returns the numbers ``prune_run`` or ``prune_and_recover`` return.
     """
@@ -93,7 +94,7 @@ def prune(
         raise EdgeKDError(f"--recover-epochs must be >= 0, got {recover_epochs}")
     if channel_multiple < 1:
         raise EdgeKDError(f"--channel-multiple must be >= 1, got {channel_multiple}")
-    how = {"ratio": RATIO if ratio is None and target_macs is None else ratio or 0.0, "method": prune_method,
+    how = {"ratio": PRUNE.ratio if ratio is None and target_macs is None else ratio or 0.0, "method": prune_method,
            "target_macs": target_macs, "channel_multiple": channel_multiple}
     if not recover_epochs:
         return prune_run(run_dir, out_dir, **how)

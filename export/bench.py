@@ -29,6 +29,7 @@ from edgekd.errors import EdgeKDError, one_line, run_command
 from edgekd.progress import progress_bar
 from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, open_artifact
 from edgekd.runtimes.openvino import HINTS as OV_HINTS
+from edgekd.settings import BENCH
 
 MIN_TIMED_ITERS = 10  # a time-boxed run still gets enough samples for a p90
 
@@ -209,13 +210,13 @@ def run_bench(
     export_dir: str | Path,
     *,
     runtimes: Sequence[str] | None = None,
-    precisions: Sequence[str] = ("fp32", "int8"),
-    batches: Sequence[int] = (1,),
+    precisions: Sequence[str] = BENCH.precisions,
+    batches: Sequence[int] = BENCH.batches,
     threads: Sequence[int | None] = (None,),
-    warmup: int = 20,
+    warmup: int = BENCH.warmup,
     iters: int | None = None,
-    seconds: float = 2.0,
-    ov_hint: str = "LATENCY",
+    seconds: float = BENCH.seconds,
+    ov_hint: str = BENCH.ov_hint,
     ov_streams: int | None = None,
     progress: bool = True,
     emulated: bool = False,
@@ -316,13 +317,13 @@ def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, it
 RuntimesOpt = typer.Option(
     ",".join(RUNTIMES),
     help=f"Comma-separated: {', '.join(RUNTIMES)} (torch: the PyTorch baseline, only where torch is installed).")
-PrecisionsOpt = typer.Option("fp32,int8", help=f"Comma-separated: {', '.join(PRECISIONS)}.")
-BatchOpt = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8,32.")
+PrecisionsOpt = typer.Option(",".join(BENCH.precisions), help=f"Comma-separated: {', '.join(PRECISIONS)}.")
+BatchOpt = typer.Option(",".join(map(str, BENCH.batches)), "--batch", help="Comma-separated batch sizes, e.g. 1,8,32.")
 ThreadsOpt = typer.Option("auto", help="Comma-separated thread counts; auto = the runtime's default.")
-WarmupOpt = typer.Option(20, help="Warm-up calls before timing.")
+WarmupOpt = typer.Option(BENCH.warmup, help="Warm-up calls before timing.")
 ItersOpt = typer.Option(None, help="Timed calls per configuration (default: as many as fit in --seconds).")
-SecondsOpt = typer.Option(2.0, help="Time budget per configuration when --iters is not given.")
-OvHintOpt = typer.Option("LATENCY", help=f"OpenVINO performance hint: {' or '.join(OV_HINTS)}.")
+SecondsOpt = typer.Option(BENCH.seconds, help="Time budget per configuration when --iters is not given.")
+OvHintOpt = typer.Option(BENCH.ov_hint, help=f"OpenVINO performance hint: {' or '.join(OV_HINTS)}.")
 OvStreamsOpt = typer.Option(None, help="OpenVINO inference streams.")
 
 

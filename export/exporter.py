@@ -26,9 +26,9 @@ from edgekd.export.formats.onnx import CALIBRATOR_OPTIONS, export_onnx
 from edgekd.export.verify import verify_file
 from edgekd.fsutil import atomic_dir, full_disk_as_error, write_json
 from edgekd.progress import progress_bar
+from edgekd.settings import EXPORT
 
 CALIB_METHODS = tuple(CALIBRATOR_OPTIONS)
-MAX_DROP = 0.5  # top-1 points an INT8 artifact may lose against PyTorch by default (the project's accuracy target)
 MORE_CALIB = 1024  # the most training images the INT8 search calibrates on
 
 
@@ -96,10 +96,10 @@ def export_run(
     *,
     formats: tuple[str, ...] | list[str] = tuple(FORMATS),
     int8: bool = False,
-    calib_samples: int = 300,
-    calib_method: str = "minmax",
-    max_drop: float | None = MAX_DROP,
-    qat_epochs: int = 0,
+    calib_samples: int = EXPORT.calib_samples,
+    calib_method: str = EXPORT.calib_method,
+    max_drop: float | None = EXPORT.max_drop,
+    qat_epochs: int = EXPORT.qat_epochs,
     fp16: bool = False,
     progress: bool = True,
     overwrite: bool = False,

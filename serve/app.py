@@ -26,10 +26,10 @@ from edgekd.runtimes import check_runtime_name
 from edgekd.serve.docs import docs_router
 from edgekd.serve.middleware import APIKeyCheck, RequestGuard, install_error_handlers
 from edgekd.serve.predict import predict_endpoint, predict_operation
-from edgekd.serve.preprocess import DEFAULT_MAX_PIXELS
 from edgekd.serve.schemas import ErrorResponse, InferRequest, PredictResponse
 from edgekd.serve.state import ServeState, log
 from edgekd.serve.v2 import document_limits, v2_router
+from edgekd.settings import SERVE
 
 MB = 1_000_000  # --max-upload-mb in SI megabytes, like every size edgekd prints
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, on top of --max-upload-mb
@@ -41,13 +41,13 @@ def create_app(
     *,
     runtime: str | None = None,
     precision: str | None = None,
-    max_batch: int = 8,
-    batch_timeout_ms: float = 0.0,
+    max_batch: int = SERVE.max_batch,
+    batch_timeout_ms: float = SERVE.batch_timeout_ms,
     api_key: str | None = None,
-    max_upload_mb: float = 10,
-    queue_size: int = 256,
+    max_upload_mb: float = SERVE.max_upload_mb,
+    queue_size: int = SERVE.queue_size,
     threads: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = SERVE.max_pixels,
     decode_threads: int | None = None,
 ) -> FastAPI:
     """A FastAPI app serving the export in ``export_dir`` (loaded when the app starts; see module doc)."""

@@ -11,7 +11,7 @@ import typer
 
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
-from edgekd.serve.limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
+from edgekd.settings import SERVE
 
 API_KEY_ENV = "EDGEKD_API_KEY"
 
@@ -28,25 +28,28 @@ def serve(
     export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
     runtime: Optional[str] = RuntimeOpt,
     precision: Optional[str] = PrecisionOpt,
-    host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
-    port: int = typer.Option(8000, envvar="EDGEKD_PORT", help="TCP port."),
-    max_batch: int = typer.Option(8, help="Largest dynamic micro-batch."),
+    host: str = typer.Option(SERVE.host, help="Bind address; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(SERVE.port, envvar="EDGEKD_PORT", help="TCP port."),
+    max_batch: int = typer.Option(SERVE.max_batch, help="Largest dynamic micro-batch."),
     batch_timeout_ms: float = typer.Option(
-        0.0, help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call "
-                  "(best on CPU)."),
+        SERVE.batch_timeout_ms,
+        help="Extra wait for a micro-batch to fill; 0 batches what queued during the previous call (best on CPU)."),
     api_key: Optional[str] = typer.Option(
         None, envvar=API_KEY_ENV, help="Require this key (Authorization: Bearer KEY or X-API-Key)."),
-    max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload in MB (413 above)."),
-    max_pixels: Optional[int] = typer.Option(
-        None, help="Largest accepted image in pixels, the decompression-bomb guard (default: 25 million; 413 above)."),
-    queue_size: int = typer.Option(256, help="Requests waiting for the model before new ones get 503 + Retry-After."),
+    max_upload_mb: float = typer.Option(SERVE.max_upload_mb, help="Largest accepted upload in MB (413 above)."),
+    max_pixels: int = typer.Option(
+        SERVE.max_pixels, help="Largest accepted image in pixels, the decompression-bomb guard (413 above)."),
+    queue_size: int = typer.Option(
+        SERVE.queue_size, help="Requests waiting for the model before new ones get 503 + Retry-After."),
     threads: Optional[int] = ThreadsOpt,
     header_timeout: float = typer.Option(
-        HEADER_TIMEOUT_S, help="Seconds a client may take to send a request line and headers (408 and closed after)."),
+        SERVE.header_timeout,
+        help="Seconds a client may take to send a request line and headers (408 and closed after)."),
     body_timeout: float = typer.Option(
-        BODY_TIMEOUT_S, help="Seconds a client may take to send a request body once its headers are in (408 after)."),
-    max_header_kb: int = typer.Option(MAX_HEADER_KB, help="Largest request line plus headers in KB (431 above)."),
-    log_level: str = typer.Option("info", help="critical, error, warning, info or debug."),
+        SERVE.body_timeout,
+        help="Seconds a client may take to send a request body once its headers are in (408 after)."),
+    max_header_kb: int = typer.Option(SERVE.max_header_kb, help="Largest request line plus headers in KB (431 above)."),
+    log_level: str = typer.Option(SERVE.log_level, help="critical, error, warning, info or debug."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Serve an exported model over HTTP: POST /predict, KServe v2 endpoints, /metrics. No torch needed."""
@@ -54,10 +57,9 @@ def serve(
 
     if api_key is None and API_KEY_ENV in os.environ:  # click reads an empty variable as unset: that is no key
         api_key = os.environ[API_KEY_ENV]  # at all, and an empty secret must not start a server without auth
-    limits = {"max_pixels": max_pixels} if max_pixels is not None else {}
     run_server(
         export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime,
         precision=precision, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key,
         max_upload_mb=max_upload_mb, queue_size=queue_size, threads=threads, header_timeout_s=header_timeout,
-        body_timeout_s=body_timeout, max_header_kb=max_header_kb, **limits,
+        body_timeout_s=body_timeout, max_header_kb=max_header_kb, max_pixels=max_pixels,
     )

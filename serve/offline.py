@@ -23,13 +23,13 @@ from edgekd.errors import EdgeKDError, one_line
 from edgekd.progress import progress_bar
 from edgekd.runtimes import open_artifact, run_checked, runtime_of, select_artifact
 from edgekd.serve.preprocess import ImageError, Preprocessor
+from edgekd.settings import OFFLINE
 
 if TYPE_CHECKING:
     pass
 
 # torchvision's ImageFolder extensions: `val` reads the files a training run on the same folder read
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-BATCH = 64  # images per model call, as the exporter scores its artifacts
 DECODE_THREADS = 4  # Pillow decodes and resizes without the GIL; more threads only hold more images in memory
 
 
@@ -102,7 +102,7 @@ class Batch:
         return np.stack(self.arrays)
 
 
-def decoded_batches(paths: Sequence[Path], preprocess: Preprocessor, batch: int = BATCH) -> Iterator[Batch]:
+def decoded_batches(paths: Sequence[Path], preprocess: Preprocessor, batch: int = OFFLINE.batch) -> Iterator[Batch]:
     """``paths`` decoded in batches of ``batch``, in order; the next batch decodes while the caller runs this one."""
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # max_pixels refuses those, in one line
     chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
@@ -142,7 +142,7 @@ class Classifier:
         self.model = open_artifact(export_dir, self.manifest, self.key, runtime=runtime, threads=threads)
         self.class_names = [str(c) for c in self.manifest["class_names"]]
 
-    def predict(self, paths: Sequence[Path], top_k: int, *, batch: int = BATCH,
+    def predict(self, paths: Sequence[Path], top_k: int, *, batch: int = OFFLINE.batch,
                 progress: bool = False) -> list[dict[str, Any]]:
         """Per file, in order: ``{"file", "predictions": [{"index", "label", "score"}]}`` or ``{"file", "error"}``."""
         if batch < 1:

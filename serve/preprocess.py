@@ -41,9 +41,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgekd.contracts.manifest import manifest_preprocessing
 from edgekd.contracts.preprocessing import PreprocessSpec
+from edgekd.settings import SERVE
 
 # 25 megapixels covers 24 MP camera photos; decoding one as RGB takes 75 MB, which keeps the server in budget.
-DEFAULT_MAX_PIXELS = 25_000_000
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -125,7 +125,7 @@ class ImageTooLarge(ImageError):
     status_code = 413
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(data: bytes, max_pixels: int = SERVE.max_pixels) -> Image.Image:
     """Read the header only (format and size; nothing decoded yet), refusing more than ``max_pixels`` pixels."""
     if not data:
         raise ImageError("the uploaded file is empty")
@@ -201,7 +201,7 @@ class Preprocessor:
     """A preprocessing spec (``edgekd.contracts.preprocessing``) as a callable: image bytes -> float32 (3, H, W)."""
 
     spec: PreprocessSpec
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = SERVE.max_pixels
     budget: DecodeBudget = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -209,7 +209,7 @@ class Preprocessor:
             object.__setattr__(self, "budget", DecodeBudget(4 * self.max_pixels + (8 << 20)))
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocessor:
+    def from_manifest(cls, manifest: dict[str, Any], max_pixels: int = SERVE.max_pixels) -> Preprocessor:
         """Build from the manifest's spec; an unusable spec is an export problem, said so."""
         return cls(manifest_preprocessing(manifest), max_pixels)
 

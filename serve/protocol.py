@@ -16,7 +16,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgekd.errors import EdgeKDError
-from edgekd.serve.limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
+from edgekd.settings import SERVE
 
 
 def _reply_and_close(transport: asyncio.BaseTransport, status: bytes, message: str) -> None:
@@ -29,9 +29,9 @@ def _reply_and_close(transport: asyncio.BaseTransport, status: bytes, message: s
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a header-size limit and per-connection header and body deadlines."""
 
-    header_timeout_s = HEADER_TIMEOUT_S
-    body_timeout_s = BODY_TIMEOUT_S
-    max_header_bytes = MAX_HEADER_KB * 1024
+    header_timeout_s = SERVE.header_timeout
+    body_timeout_s = SERVE.body_timeout
+    max_header_bytes = SERVE.max_header_kb * 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

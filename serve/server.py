@@ -8,21 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgeKDError
-from edgekd.serve.limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_HEADER_KB
+from edgekd.settings import SERVE
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def run_server(
     export_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = SERVE.host,
+    port: int = SERVE.port,
     *,
-    log_level: str = "info",
+    log_level: str = SERVE.log_level,
     access_log: bool = False,
-    header_timeout_s: float = HEADER_TIMEOUT_S,
-    body_timeout_s: float = BODY_TIMEOUT_S,
-    max_header_kb: int = MAX_HEADER_KB,
+    header_timeout_s: float = SERVE.header_timeout,
+    body_timeout_s: float = SERVE.body_timeout,
+    max_header_kb: int = SERVE.max_header_kb,
     **app_options: Any,
 ) -> None:
     """Serve ``export_dir`` on ``host:port`` until interrupted; options go to ``create_app``, the connection limits

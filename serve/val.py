@@ -17,8 +17,9 @@ from edgekd.contracts.manifest import PRECISIONS, load_manifest
 from edgekd.errors import EdgeKDError, one_line
 from edgekd.progress import progress_bar
 from edgekd.runtimes import RUNTIMES, Runtime, artifact_runtimes, check_runtime_name, open_artifact, run_checked
-from edgekd.serve.offline import BATCH, decoded_batches, images_under
+from edgekd.serve.offline import decoded_batches, images_under
 from edgekd.serve.preprocess import Preprocessor
+from edgekd.settings import OFFLINE
 
 LAYOUT = "a folder with one sub-folder of images per class, named as the export's classes (PATH/<class>/*.png|jpg|...)"
 TOP_K = 5
@@ -122,7 +123,7 @@ class ArtifactScore:
 
 
 def run_val(export_dir: str | Path, data: str, *, runtimes: Sequence[str] | None = None,
-            precisions: Sequence[str] | None = None, batch: int = BATCH, threads: int | None = None,
+            precisions: Sequence[str] | None = None, batch: int = OFFLINE.batch, threads: int | None = None,
             progress: bool = True) -> dict[str, Any]:
     """Score the artifacts of ``export_dir`` on the labelled images of ``data`` (see ``labelled_images``).
 

@@ -334,38 +334,6 @@ def test_structured_pruning_refuses_the_shuffle_networks_it_cannot_prune_in_one_
         prune_model(create_model("tv/shufflenet_v2_x0_5", 10), 0.1, "structured", x)
 
 
-def test_the_cli_default_channel_multiple_is_the_libraries():
-    """The CLI states its default without importing torch-pruning at start-up; it must stay the library's."""
-    import inspect
-
-    from edgekd import cli
-    from edgekd.prune import CHANNEL_MULTIPLE
-
-    assert inspect.signature(cli.prune).parameters["channel_multiple"].default.default == CHANNEL_MULTIPLE
-
-
-def test_prune_defaults_are_the_same_in_the_cli_and_the_library():
-    """Issue 34: `edgekd prune` took 0.3 while prune_model, prune_run and prune_and_recover took 0.1."""
-    import inspect
-
-    import typer
-
-    from edgekd.cli import app
-    from edgekd.defaults import CHANNEL_MULTIPLE, PRUNE_RATIO
-    from edgekd.prune import prune_model, prune_run
-    from edgekd.recover import prune
-
-    cli = {p.name: p.default for p in typer.main.get_command(app).commands["prune"].params}
-    lib = {name: p.default for name, p in inspect.signature(prune).parameters.items()}
-    same = {"ratio": "ratio", "target_macs": "target_macs", "prune_method": "prune_method", "lr": "lr",
-            "channel_multiple": "channel_multiple", "recover_epochs": "recover_epochs",
-            "recover_method": "recover_method"}
-    assert {flag: cli[flag] for flag in same} == {flag: lib[name] for flag, name in same.items()}
-    assert cli["channel_multiple"] == CHANNEL_MULTIPLE and cli["ratio"] is None  # None: PRUNE_RATIO, or the target
-    for function in (prune_model, prune_run, prune_and_recover):
-        assert inspect.signature(function).parameters["ratio"].default == PRUNE_RATIO, function.__name__
-
-
 def test_prune_names_its_recovery_method_recover_method_and_keeps_method_as_a_deprecated_alias(
         tmp_path, monkeypatch, capsys):
     from conftest import run_cli

@@ -239,9 +239,9 @@ def test_bad_qat_options(digits_run_dir: Path, tmp_path: Path, kwargs: dict, mat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--int8", "--qat-epochs", "-2"], "--qat-epochs takes a number of epochs >= 0, got -2"),
-    (["--qat-epochs", "3"], "--qat-epochs fine-tunes the INT8 model when quantization misses --max-drop; add --int8"),
-    (["--int8", "--max-drop", "none", "--qat-epochs", "1"], "which 'none' turns off; give a bound"),
+    (["--int8", "--qat-epochs", "-2"], "qat_epochs must be a whole number of epochs >= 0, got -2"),
+    (["--qat-epochs", "3"], "needs int8, the onnx format and a max_drop"),
+    (["--int8", "--max-drop", "none", "--qat-epochs", "1"], "needs int8, the onnx format and a max_drop"),
     (["--int8", "--formats", "openvino", "--qat-epochs", "1"], "needs int8, the onnx format and a max_drop"),
 ])
 def test_cli_qat_errors_are_one_line(digits_run_dir: Path, tmp_path: Path, monkeypatch, capsys, args, message) -> None:
