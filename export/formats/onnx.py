@@ -1,12 +1,10 @@
 """ONNX: the FP32 graph from torch, and INT8 with ONNX Runtime's static QDQ quantization (or, when all of its
 remedies miss ``max_drop`` and ``qat_epochs`` asks for it, the QDQ graph of distillation-aware QAT, ``export/qat.py``).
 
-The FP32 graph comes from the TorchScript exporter (``dynamo=False``). Both exporters of torch 2.13 give a
-clean, checker-valid graph with a symbolic batch axis and logits equal to 1e-6 (BatchNorm folded into Conv;
-TorchScript keeps GlobalAveragePool and a few Identity aliases of shared zero biases, dynamo uses ReduceMean),
-but the dynamo exporter costs ~10 CPU-seconds of first-call setup against <1 s here for a ResNet-8, which
-dominates an export on a 2-core edge box. TorchScript export is deprecated upstream: moving is the
-``dynamo=True, dynamic_shapes=...`` pair of arguments below, and the tests pin the resulting contract.
+The FP32 graph comes from the TorchScript exporter (``dynamo=False``): the ``torch.export`` exporter gives the same
+logits, size and speed on edgekd's students and takes seconds longer per export
+(``benchmarks/results/onnx-exporter.md``). TorchScript export is deprecated upstream: moving is the
+``dynamo=True, dynamic_shapes=..., external_data=False`` arguments below, and the tests pin the resulting contract.
 Every other format descends from this graph (the exporter's ``ExportJob.graph``).
 """
 
