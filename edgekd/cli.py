@@ -389,7 +389,7 @@ def prune(
     workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Prune a trained model (structured: really fewer channels) and, with --recover-epochs, win its accuracy back."""
-    from edgekd.recover import prune as prune_and_maybe_recover
+    from edgekd.recover import prune as prune_and_maybe_recover  # what Run.prune calls; its options checked first
 
     result = prune_and_maybe_recover(
         run, out, ratio=ratio, target_macs=target_macs, prune_method=prune_method, channel_multiple=channel_multiple,
@@ -443,7 +443,7 @@ def export(
              "distilled from the run's teacher (else from the FP32 model), and export that instead (0: never)."),
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
-    from edgekd.export import export_run, manifest_table_rows
+    from edgekd.export import export_run, manifest_table_rows  # what Run.export calls
 
     if max_drop is not None and not int8:
         raise EdgeKDError("--max-drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
