@@ -24,7 +24,7 @@ from edgekd.export.formats import FORMATS
 from edgekd.runtimes import artifact_runtimes
 from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt
 from edgekd.serve.command import serve as serve_command
-from edgekd.settings import EXPORT, OFFLINE, PRUNE
+from edgekd.settings import EXPORT, OFFLINE, PRUNE, given_options, with_recipe
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -33,6 +33,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+
+StageConfigOpt = typer.Option(
+    None, "--config", "-c", help="YAML recipe whose section for this command (prune:, export:, bench:, serve:) sets "
+                                 "its options; flags override it.")
 
 # ------------------------------------------------------------------ options shared by train and distill
 _D = TrainConfig()  # the defaults the help texts quote
@@ -358,6 +362,7 @@ def datasets() -> None:
 
 @app.command()
 def prune(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run dir of the model to prune."),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to write the pruned (and recovered) model to."),
     ratio: Optional[float] = typer.Option(
@@ -387,31 +392,34 @@ def prune(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
+    config: Optional[Path] = StageConfigOpt,
 ) -> None:
     """Prune a trained model (structured: really fewer channels) and, with --recover-epochs, win its accuracy back."""
     from edgekd.recover import prune as prune_and_maybe_recover  # what Run.prune calls; its options checked first
 
-    result = prune_and_maybe_recover(
-        run, out, ratio=ratio, target_macs=target_macs, prune_method=prune_method, channel_multiple=channel_multiple,
-        recover_epochs=recover_epochs, recover_method=recover_method, recover_args=_parse_args(arg), lr=lr,
-        batch_size=batch_size, seed=seed, device=device, workers=workers)
-    recover = recover_epochs > 0
-    amount = (f"to {target_macs:g} of the MACs" if target_macs is not None
-              else f"ratio {ratio if ratio is not None else PRUNE.ratio}")
-    table = Table(title=Text(f"pruned {run} ({prune_method}, {amount})"))
+    how = with_recipe({"ratio": ratio, "target_macs": target_macs, "prune_method": prune_method,
+                       "channel_multiple": channel_multiple, "recover_epochs": recover_epochs,
+                       "recover_method": recover_method, "lr": lr}, config, "prune", given_options(ctx))
+    result = prune_and_maybe_recover(run, out, **how, recover_args=_parse_args(arg), batch_size=batch_size,
+                                     seed=seed, device=device, workers=workers)
+    recover = how['recover_epochs'] > 0
+    amount = (f"to {how['target_macs']:g} of the MACs" if how['target_macs'] is not None
+              else f"ratio {how['ratio'] if how['ratio'] is not None else PRUNE.ratio}")
+    table = Table(title=Text(f"pruned {run} ({how['prune_method']}, {amount})"))
     for col in ("", "MACs (M)", "params (M)", "held-out acc"):
         table.add_column(col, justify="right", overflow="fold")
     stages = [("before", "before", "before"), ("pruned", "after", "pruned" if recover else "after")]
     if recover:
-        stages.append((f"recovered ({recover_method}, {recover_epochs} ep)", "after", "recovered"))
+        stages.append((f"recovered ({how['recover_method']}, {how['recover_epochs']} ep)", "after", "recovered"))
     for label, size, acc in stages:
         table.add_row(label, f"{result[f'macs_{size}'] / 1e6:.2f}", f"{result[f'params_{size}'] / 1e6:.3f}",
                       f"{result[f'acc_{acc}']:.4f}")
     console.print(table)
     reached = result["macs_after"] / result["macs_before"]
-    if target_macs is not None and reached > target_macs and prune_method == "structured":
-        console.print(f"[yellow]note[/] {reached:.2f} of the MACs left, not {target_macs:g}: no channel count can go "
-                      f"lower in multiples of {channel_multiple} (a smaller --channel-multiple prunes finer)")
+    if how['target_macs'] is not None and reached > how['target_macs'] and how['prune_method'] == "structured":
+        console.print(f"[yellow]note[/] {reached:.2f} of the MACs left, not {how['target_macs']:g}: no channel count "
+                      f"can go lower in multiples of {how['channel_multiple']} (a smaller --channel-multiple prunes "
+                      "finer)")
     console.print(f"[green]wrote[/] {escape(str(out))}")
     if any(a == "--method" or a.startswith("--method=") for a in sys.argv):
         Console(stderr=True, soft_wrap=True).print(
@@ -420,6 +428,7 @@ def prune(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run dir from `edgekd train`, `distill` or `prune`."),
     out: Path = typer.Option(..., "--out", "-o", help="Export dir to write (manifest.json + artifacts)."),
     int8: bool = typer.Option(False, "--int8", help="Also quantize to INT8 (ORT static QDQ, OpenVINO NNCF)."),
@@ -441,6 +450,7 @@ def export(
         EXPORT.qat_epochs,
         help="When ONNX Runtime's INT8 still misses --max-drop, fine-tune the fake-quantized model this many epochs, "
              "distilled from the run's teacher (else from the FP32 model), and export that instead (0: never)."),
+    config: Optional[Path] = StageConfigOpt,
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
     from edgekd.export import export_run, manifest_table_rows  # what Run.export calls
@@ -448,10 +458,9 @@ def export(
     if max_drop is not None and not int8:
         raise EdgeKDError("--max-drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
     bound = EXPORT.max_drop if max_drop is None else None if max_drop.strip().lower() == "none" else _points(max_drop)
-    manifest = export_run(
-        run, out, formats=tuple(csv_list(formats)), int8=int8,
-        calib_samples=calib_samples, calib_method=calib_method, max_drop=bound, qat_epochs=qat_epochs, fp16=fp16,
-    )
+    how = with_recipe({"int8": int8, "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": bound,
+                       "qat_epochs": qat_epochs, "fp16": fp16}, config, "export", given_options(ctx))
+    manifest = export_run(run, out, formats=tuple(csv_list(formats)), **how)
     _print_export(manifest_table_rows(manifest), f"export of {run} -> {out}")
 
 
@@ -481,6 +490,7 @@ def _print_export(rows: list[dict[str, str]], title: str) -> None:
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     export_dir: Path = typer.Argument(
         ..., help="Export dir from `edgekd export` (reads only its manifest and artifacts)."),
     runtimes: str = bench_options.RuntimesOpt,
@@ -498,6 +508,7 @@ def bench(
     ssh_port: Optional[int] = typer.Option(None, help="SSH port of --remote."),
     identity: Optional[Path] = typer.Option(None, help="SSH private key for --remote."),
     out: Path = typer.Option(Path("bench"), "--out", "-o", help="Folder for bench.json, bench.md and bench.png."),
+    config: Optional[Path] = StageConfigOpt,
 ) -> None:
     """Measure latency and throughput of every artifact (p50/p90/p99), write a report, and name the fastest."""
     from edgekd.export.bench import run_bench
@@ -509,8 +520,9 @@ def bench(
         from edgekd.export.remote import check_remote_options
 
         check_remote_options(remote, ssh_port, identity)
-    options = bench_options.measurement_options(runtimes, precisions, batch, threads, warmup, iters, seconds, ov_hint,
-                                                ov_streams)
+    options = with_recipe(bench_options.measurement_options(runtimes, precisions, batch, threads, warmup, iters,
+                                                            seconds, ov_hint, ov_streams),
+                          config, "bench", given_options(ctx, {"batch": "batches"}))
     rows = run_bench(export_dir, **options)
     if remote:
         from edgekd.export.remote import run_remote

@@ -1,4 +1,4 @@
-"""Training configuration: a YAML file, then command-line flags on top, validated in one place."""
+"""Training configuration: a YAML recipe, then command-line flags on top, validated in one place."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from edgekd.errors import EdgeKDError, one_line
+from edgekd.errors import EdgeKDError
+from edgekd.settings import SECTIONS, read_recipe
 
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
@@ -127,19 +128,8 @@ def _check_type(name: str, value: Any) -> Any:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then explicit overrides (flags); unknown keys and bad values are errors."""
     values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise EdgeKDError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise EdgeKDError(f"{path} is not a text file; pass a YAML recipe (see configs/)") from None
-        except yaml.YAMLError as e:
-            raise EdgeKDError(f"{path} is not valid YAML: {one_line(e, first_line=True)}") from None
-        if not isinstance(loaded, dict):
-            raise EdgeKDError(f"{path} must hold a mapping of config keys, not {type(loaded).__name__}")
-        values.update(loaded)
+    if path is not None:  # its prune:, export:, ... sections are the later stages' (edgekd.settings)
+        values.update({k: v for k, v in read_recipe(path).items() if k not in SECTIONS})
     for key, value in (overrides or {}).items():
         if value is None:
             continue

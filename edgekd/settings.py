@@ -1,11 +1,15 @@
 """The defaults of every stage after training, one frozen dataclass per stage (training's are
 ``edgekd.config.TrainConfig``). ``edgekd prune``/``export``/``bench``/``serve``/``val``/``predict``, the Python API
 and the library functions behind both take their defaults from here, and ``tests/test_defaults.py`` walks every
-command to check that none differs. Imports nothing, so the torch-free device side and ``--help`` read it."""
+command to check that none differs. A recipe (``-c``) may hold a section per stage (``prune:``, ``export:``,
+``bench:``, ``serve:``) beside training's keys. Torch-free, so the device side and ``--help`` read it."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,78 @@ class OfflineSettings:
 
 PRUNE, EXPORT, BENCH, SERVE, OFFLINE = PruneSettings(), ExportSettings(), BenchSettings(), ServeSettings(), \
     OfflineSettings()
+
+
+# the sections of a recipe (`-c`) that later stages read; its top-level keys are training's (TrainConfig)
+SECTIONS: dict[str, type] = {"prune": PruneSettings, "export": ExportSettings, "bench": BenchSettings,
+                             "serve": ServeSettings}
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A YAML recipe as a mapping; a missing, binary or malformed file is a one-line error."""
+    import yaml
+
+    from edgekd.errors import EdgeKDError, one_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeKDError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise EdgeKDError(f"{path} is not a text file; pass a YAML recipe (see configs/)") from None
+    except yaml.YAMLError as e:
+        raise EdgeKDError(f"{path} is not valid YAML: {one_line(e, first_line=True)}") from None
+    if not isinstance(loaded, dict):
+        raise EdgeKDError(f"{path} must hold a mapping of config keys, not {type(loaded).__name__}")
+    return loaded
+
+
+def recipe_section(path: str | Path, section: str) -> dict[str, Any]:
+    """The ``section`` (``prune``, ``export``, ``bench``, ``serve``) of a recipe, each key checked against that
+    stage's settings: a known name, and a value of its default's type."""
+    from edgekd.errors import EdgeKDError
+
+    values = read_recipe(path).get(section) or {}
+    if not isinstance(values, dict):
+        raise EdgeKDError(f"{path}: {section} must be a mapping of {section} settings, not {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise EdgeKDError(f"{path}: unknown {section} key(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+    return {key: _typed(path, section, key, value, fields[key]) for key, value in values.items()}
+
+
+def _typed(path: str | Path, section: str, key: str, value: Any, field: dataclasses.Field) -> Any:
+    from edgekd.errors import EdgeKDError
+
+    annotation = str(field.type)
+    kind = annotation.split("|")[0].strip().split("[")[0]
+    if value is None and "None" in annotation:
+        return None
+    if kind == "tuple" and isinstance(value, list):
+        element = {"str": str, "int": int}[annotation.split("[")[1].split(",")[0]]
+        if all(isinstance(v, element) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, {"int": int, "str": str, "bool": bool}.get(kind, ())) and (
+            kind == "bool" or not isinstance(value, bool)):
+        return value
+    raise EdgeKDError(f"{path}: {section}.{key} must be {annotation}, got {value!r}")
+
+
+def with_recipe(options: dict[str, Any], config: str | Path | None, section: str,
+                given: set[str]) -> dict[str, Any]:
+    """``options`` (named as the settings fields) with a recipe's ``section`` filling every one not ``given`` on the
+    command line: flags win over the recipe, the recipe over the defaults."""
+    if config is None:
+        return options
+    return {**options, **{k: v for k, v in recipe_section(config, section).items() if k not in given}}
+
+
+def given_options(ctx: Any, renamed: dict[str, str] | None = None) -> set[str]:
+    """The names (as the settings fields, through ``renamed``) of the options a click context got from the command
+    line or the environment, not from their defaults."""
+    explicit = ("COMMANDLINE", "ENVIRONMENT")  # by name: typer may carry its own copy of click's enum
+    return {(renamed or {}).get(n, n) for n in ctx.params if ctx.get_parameter_source(n).name in explicit}

@@ -11,7 +11,7 @@ import typer
 
 from edgekd.contracts.manifest import PRECISIONS
 from edgekd.runtimes import artifact_runtimes
-from edgekd.settings import SERVE
+from edgekd.settings import SERVE, given_options, with_recipe
 
 API_KEY_ENV = "EDGEKD_API_KEY"
 
@@ -25,6 +25,7 @@ ThreadsOpt = typer.Option(None, help="Inference threads (default: the runtime's)
 
 
 def serve(
+    ctx: typer.Context,
     export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
     runtime: Optional[str] = RuntimeOpt,
     precision: Optional[str] = PrecisionOpt,
@@ -51,15 +52,17 @@ def serve(
     max_header_kb: int = typer.Option(SERVE.max_header_kb, help="Largest request line plus headers in KB (431 above)."),
     log_level: str = typer.Option(SERVE.log_level, help="critical, error, warning, info or debug."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML recipe whose serve: section sets these options; flags override it."),
 ) -> None:
     """Serve an exported model over HTTP: POST /predict, KServe v2 endpoints, /metrics. No torch needed."""
     from edgekd.serve.server import run_server
 
     if api_key is None and API_KEY_ENV in os.environ:  # click reads an empty variable as unset: that is no key
         api_key = os.environ[API_KEY_ENV]  # at all, and an empty secret must not start a server without auth
-    run_server(
-        export_dir, host=host, port=port, log_level=log_level, access_log=access_log, runtime=runtime,
-        precision=precision, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, api_key=api_key,
-        max_upload_mb=max_upload_mb, queue_size=queue_size, threads=threads, header_timeout_s=header_timeout,
-        body_timeout_s=body_timeout, max_header_kb=max_header_kb, max_pixels=max_pixels,
-    )
+    settings = {"host": host, "port": port, "max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms,
+                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "queue_size": queue_size,
+                "header_timeout": header_timeout, "body_timeout": body_timeout, "max_header_kb": max_header_kb,
+                "log_level": log_level, "access_log": access_log}
+    run_server(export_dir, runtime=runtime, precision=precision, api_key=api_key, threads=threads,
+               **with_recipe(settings, config, "serve", given_options(ctx)))

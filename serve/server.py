@@ -20,8 +20,8 @@ def run_server(
     *,
     log_level: str = SERVE.log_level,
     access_log: bool = False,
-    header_timeout_s: float = SERVE.header_timeout,
-    body_timeout_s: float = SERVE.body_timeout,
+    header_timeout: float = SERVE.header_timeout,
+    body_timeout: float = SERVE.body_timeout,
     max_header_kb: int = SERVE.max_header_kb,
     **app_options: Any,
 ) -> None:
@@ -36,7 +36,7 @@ def run_server(
         raise EdgeKDError(f"unknown log level {log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
     if not 0 <= port <= 65535:
         raise EdgeKDError(f"port must be between 1 and 65535 (0: any free port); got {port}")
-    protocol = guarded_protocol(header_timeout_s, body_timeout_s, max_header_kb)
+    protocol = guarded_protocol(header_timeout, body_timeout, max_header_kb)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(export_dir, **app_options)

@@ -85,12 +85,15 @@ def test_every_shipped_recipe_is_valid():
     from pathlib import Path
 
     from edgekd.methods import method_class
+    from edgekd.settings import SECTIONS, recipe_section
 
     recipes = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
     assert len(recipes) >= 9
     for path in recipes:
         cfg = load_config(path)
         assert set(cfg.method_args) <= set(method_class(cfg.method).defaults), path
+        for section in SECTIONS:  # the later stages' sections hold their settings only
+            recipe_section(path, section)
 
 
 def test_milestones_bind_only_the_multistep_schedule():

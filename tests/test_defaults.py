@@ -34,8 +34,7 @@ def _stages():
         "prune": (PRUNE, [prune, Run.prune], {}),
         "export": (EXPORT, [export_run, Run.export], {}),
         "bench": (BENCH, [run_bench, Export.bench], {"batch": "batches"}),
-        "serve": (SERVE, [run_server, create_app, Export.serve],
-                  {"header_timeout_s": "header_timeout", "body_timeout_s": "body_timeout"}),
+        "serve": (SERVE, [run_server, create_app, Export.serve], {}),
         "val": (OFFLINE, [run_val], {}),
         "predict": (OFFLINE, [Classifier.predict], {}),
     }
@@ -92,3 +91,59 @@ def test_the_pruning_functions_default_to_the_prune_settings(function, field):
     module, name = function.split(":")
     signature = inspect.signature(getattr(importlib.import_module(module), name))
     assert signature.parameters[field].default == getattr(PRUNE, field)
+
+
+def test_a_recipe_sets_every_later_stage_and_flags_override_it(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from conftest import run_cli
+    from edgekd.config import load_config
+    from edgekd.errors import EdgeKDError
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "epochs": 3, "model": "resnet8",
+        "prune": {"ratio": 0.5, "channel_multiple": 8, "recover_epochs": 2},
+        "export": {"int8": True, "calib_samples": 64},
+        "bench": {"batches": [1, 8], "seconds": 0.5},
+        "serve": {"port": 9100, "max_batch": 16},
+    }))
+    calls = {}
+
+    def stub(name):
+        def record(*args, **kwargs):
+            calls[name] = kwargs
+            raise EdgeKDError("stopped by the test")
+        return record
+
+    for target, name in (("edgekd.recover.prune", "prune"), ("edgekd.export.export_run", "export"),
+                         ("edgekd.export.bench.run_bench", "bench"), ("edgekd.serve.server.run_server", "serve")):
+        monkeypatch.setattr(target, stub(name))
+    run, export = str(tmp_path / "run"), str(tmp_path / "export")
+    for args in (["prune", run, "-o", str(tmp_path / "p"), "-c", str(recipe), "--channel-multiple", "4"],
+                 ["export", run, "-o", str(tmp_path / "e"), "-c", str(recipe)],
+                 ["bench", export, "-c", str(recipe), "--out", str(tmp_path / "b")],
+                 ["serve", export, "-c", str(recipe), "--port", "9200"]):
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2 and "stopped by the test" in err, err
+    pruned = calls["prune"]
+    assert (pruned["ratio"], pruned["channel_multiple"], pruned["recover_epochs"]) == (0.5, 4, 2)
+    assert calls["prune"]["lr"] == PRUNE.lr  # what the recipe leaves out keeps its default
+    assert (calls["export"]["int8"], calls["export"]["calib_samples"], calls["export"]["max_drop"]) == (
+        True, 64, EXPORT.max_drop)
+    assert (tuple(calls["bench"]["batches"]), calls["bench"]["seconds"], calls["bench"]["warmup"]) == (
+        (1, 8), 0.5, BENCH.warmup)
+    assert (calls["serve"]["port"], calls["serve"]["max_batch"], calls["serve"]["host"]) == (9200, 16, SERVE.host)
+    cfg = load_config(recipe)  # training reads the top-level keys and leaves the stages' sections alone
+    assert (cfg.epochs, cfg.model) == (3, "resnet8")
+
+    for section, message in (({"prune": {"ratios": 0.5}}, "unknown prune key(s) ratios; valid: ratio"),
+                             ({"serve": {"port": "80"}}, "serve.port must be int, got '80'"),
+                             ({"bench": {"batches": [1, "8"]}}, "bench.batches must be tuple[int, ...]")):
+        recipe.write_text(yaml.safe_dump(section))
+        name = next(iter(section))
+        args = {"prune": ["prune", run, "-o", str(tmp_path / "p")], "serve": ["serve", export],
+                "bench": ["bench", export, "--out", str(tmp_path / "b")]}[name]
+        calls.clear()
+        code, _, err = run_cli(monkeypatch, capsys, *args, "-c", str(recipe))
+        assert code == 2 and message in err and not calls, err  # refused before the stage runs
