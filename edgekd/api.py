@@ -56,10 +56,10 @@ class Run:
 
     @classmethod
     def _fit(cls, overrides: dict[str, Any], out: str | Path, config: str | Path | None, progress: bool) -> Run:
-        from edgekd.config import load_config
+        from edgekd.config import run_config
         from edgekd.train import run_training
 
-        summary = run_training(load_config(config, {**overrides, "out": str(out)}), show_progress=progress)
+        summary = run_training(run_config(config, {**overrides, "out": str(out)}), show_progress=progress)
         return cls(summary["out"])
 
     @property

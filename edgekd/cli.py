@@ -123,12 +123,9 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
 def _run_training(overrides: dict[str, Any], config: Optional[Path], nproc: int) -> None:
     if nproc < 1:
         raise EdgeKDError(f"--nproc must be >= 1, got {nproc}")
-    from edgekd.config import load_config
+    from edgekd.config import run_config
 
-    saved = Path(overrides["out"]) / "config.yaml" if overrides.get("resume") and overrides.get("out") else None
-    if config is None and saved is not None and saved.is_file():
-        config = saved  # a resumed run continues with its own settings; flags given now still win
-    cfg = load_config(config, overrides)
+    cfg = run_config(config, overrides)  # as Run.train/distill build it
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch(nproc, cfg)
     from edgekd.train import run_training

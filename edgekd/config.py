@@ -144,6 +144,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return TrainConfig(**{k: _check_type(k, v) for k, v in values.items()}).validate()
 
 
+def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """``load_config`` for a run about to start: a ``resume`` with no recipe continues with the settings its run dir
+    saved (``config.yaml``), and the values given now still win."""
+    out = overrides.get("out")
+    saved = Path(out) / "config.yaml" if overrides.get("resume") and out else None
+    if path is None and saved is not None and saved.is_file():
+        path = saved
+    return load_config(path, overrides)
+
+
 def _init_arch(init: str, model: Any) -> str:
     """The architecture a run started with ``--init`` trains: the init run's own (a pruned one included)."""
     from edgekd.contracts.rundir import read_description
