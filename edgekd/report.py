@@ -22,7 +22,7 @@ from typing import Any
 
 from edgekd.contracts.bench_rows import BENCH_JSON, read_rows
 from edgekd.contracts.manifest import MANIFEST
-from edgekd.contracts.rundir import DESCRIPTION, METRICS, SUMMARY
+from edgekd.contracts.rundir import CONFIG, DESCRIPTION, METRICS, SUMMARY
 from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
 from edgekd.export.bench_report import (
@@ -58,6 +58,7 @@ class Run:
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     model: dict[str, Any]
+    recipe: dict[str, Any] = field(default_factory=dict)  # its config.yaml
     group: str = ""
     label: str = ""
 
@@ -163,7 +164,8 @@ def discover(root: Path) -> Found:
         if summary_path.exists() and (d / METRICS).exists():
             summary = _read_json(summary_path, found.notes)
             if isinstance(summary, dict):
-                found.runs.append(Run(rel, summary, _read_history(d / METRICS, found.notes), model))
+                found.runs.append(Run(rel, summary, _read_history(d / METRICS, found.notes), model,
+                                      _read_recipe(d / CONFIG, found.notes)))
         elif model.get("pruned"):
             summary = _read_json(summary_path, found.notes) if summary_path.exists() else None
             found.runs.append(Run(rel, summary if isinstance(summary, dict) else {}, [], model))
@@ -190,10 +192,40 @@ def discover(root: Path) -> Found:
     return found
 
 
+def _read_recipe(path: Path, notes: list[str]) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        recipe = None
+    if not isinstance(recipe, dict):
+        notes.append(f"skipped {path}: not a mapping of training settings")
+        return {}
+    return recipe
+
+
 def _method(run: Run) -> str:
-    if run.pruned:
-        return f"pruned ({run.pruned.get('method', '?')} {run.pruned.get('ratio', '?')})"
-    return str(run.summary.get("method") or run.model.get("method") or "?")
+    """What made the model: its method; for a pruned one, how it was pruned, and what recovered it."""
+    how = run.pruned or run.summary.get("pruning")
+    method = str(run.summary.get("method") or run.model.get("method") or "?")
+    if not isinstance(how, dict):
+        return method
+    amount = (f"to {how['target_macs']:g} of its MACs" if is_number(how.get("target_macs"))
+              else f"by {how.get('ratio', '?')}")
+    pruned = f"pruned {amount} ({how.get('method', '?')})"
+    return pruned if run.pruned else f"{pruned} + {method} recovery"
+
+
+# settings that do not change what a run computes (or only its seed): runs that differ only in these are repeats
+NOT_RECIPE = {"seed", "out", "resume", "device", "workers", "tensorboard", "compile", "teacher", "init"}
+
+
+def _recipe_key(run: Run, key: str) -> str:
+    value = run.recipe.get(key, run.summary.get(key)) if run.recipe else run.summary.get(key)
+    return json.dumps(value, sort_keys=True)
 
 
 def _arch(run: Run) -> str:
@@ -205,7 +237,8 @@ def _dataset(run: Run) -> str:
 
 
 def _label_runs(runs: list[Run]) -> None:
-    """Group: the method, plus model/dataset where runs differ in them (repeats such as seeds share a group).
+    """Group: the method, plus model/dataset where runs differ in them, plus the settings that differ between runs
+    of one method (only repeats, such as other seeds, share a group and are averaged).
 
     Label: the group, plus the folder where several runs share it.
     """
@@ -214,6 +247,15 @@ def _label_runs(runs: list[Run]) -> None:
     for r in runs:
         parts = [_method(r)] + ([_arch(r)] if vary_arch else []) + ([_dataset(r)] if vary_data else [])
         r.group = " · ".join(parts)
+    # runs of one method but different recipes (epochs, lr, ...) are not repeats: the group names what differs
+    by_group: dict[str, list[Run]] = {}
+    for r in runs:
+        by_group.setdefault(r.group, []).append(r)
+    for members in by_group.values():
+        keys = sorted({k for r in members for k in (r.recipe or {"epochs": 0})} - NOT_RECIPE)
+        differ = [k for k in keys if len({_recipe_key(r, k) for r in members}) > 1]
+        for r in members if differ else []:
+            r.group += " · " + ", ".join(f"{k} {_recipe_key(r, k)}" for k in differ)
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.group] = counts.get(r.group, 0) + 1

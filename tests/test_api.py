@@ -36,7 +36,7 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     best, artifacts = out[-1].split(" ", 1)
     assert 0.3 < float(best) <= 1.0 and "onnx-int8" in artifacts
     summary = (tmp_path / "runs" / "py-pruned" / "summary.json").read_text()
-    assert '"acc_recovered"' in summary and (tmp_path / "exports" / "py-pruned" / "manifest.json").is_file()
+    assert '"acc_recovered"' in summary and (tmp_path / "runs" / "py-pruned-export" / "manifest.json").is_file()
 
 
 def test_import_edgekd_and_the_export_object_leave_torch_out(export_dir, tmp_path):

@@ -121,7 +121,7 @@ def _section(page: str, heading: str) -> str:
 def test_report_holds_every_method_number_and_artifact(demo_report):
     _, page = demo_report
     runs = _section(page, "Runs")
-    for text in ("runs/ce", "runs/drkd", "drkd", "dynamic", "81.25%", "84.38%", "78,042", "pruned (structured 0.3)"):
+    for text in ("runs/ce", "runs/drkd", "drkd", "dynamic", "81.25%", "84.38%", "78,042", "pruned by 0.3 (structured)"):
         assert text in runs, text
     assert "ghostmethod" not in page  # hidden .partial dirs are skipped
     exports = _section(page, "Export artifacts")
@@ -246,3 +246,32 @@ def test_chromium_renders_the_page(demo_report, tmp_path):
     top, bottom = rows[0], rows[-1]
     plot = img[top:bottom, :]
     assert (plot.min(axis=2) < 200).mean() > 0.05  # the plot region is not blank
+
+
+def test_runs_are_averaged_only_with_repeats_of_their_recipe_and_pruned_runs_say_how(tmp_path):
+    from edgekd.report import discover
+
+    def run(name, recipe, summary, model=None):
+        d = tmp_path / "runs" / name
+        _write(d / "summary.json", {"best_acc": 0.9, "final_acc": 0.9, "model": "resnet8", "dataset": "digits",
+                                    **summary})
+        _write(d / "model.json", {"arch": "resnet8", "dataset": "digits", **(model or {})})
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "losses": {"ce": 1.0}, "train_acc": 0.5,
+                                                     "val_acc": 0.9, "lr": 0.1, "seconds": 1.0,
+                                                     "images_per_s": 9.0}) + "\n")
+        (d / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in recipe.items()))
+
+    run("drkd-5", {"method": "drkd", "epochs": 5, "seed": 0}, {"method": "drkd", "epochs": 5})
+    run("drkd-6", {"method": "drkd", "epochs": 6, "seed": 0}, {"method": "drkd", "epochs": 6})
+    run("drkd-6-s1", {"method": "drkd", "epochs": 6, "seed": 1, "out": "elsewhere"}, {"method": "drkd", "epochs": 6})
+    run("recovered", {"method": "kd", "epochs": 3}, {"method": "kd", "pruning": {"target_macs": 0.5,
+                                                                                "method": "structured"}})
+    pruned = tmp_path / "runs" / "pruned"
+    _write(pruned / "model.json", {"arch": "resnet8", "pruned": {"ratio": 0.3, "method": "l1-unstructured"}})
+    _write(pruned / "summary.json", {"best_acc": 0.8, "model": "resnet8", "dataset": "digits"})
+
+    groups = {r.rel.split("/")[-1]: r.group for r in discover(tmp_path).runs}
+    assert groups["drkd-5"] == "drkd · epochs 5"
+    assert groups["drkd-6"] == groups["drkd-6-s1"] == "drkd · epochs 6"  # seeds (and folders) are repeats
+    assert groups["recovered"] == "pruned to 0.5 of its MACs (structured) + kd recovery"
+    assert groups["pruned"] == "pruned by 0.3 (l1-unstructured)"
