@@ -40,52 +40,62 @@ StageConfigOpt = typer.Option(
 
 # ------------------------------------------------------------------ options shared by train and distill
 _D = TrainConfig()  # the defaults the help texts quote
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML recipe (see configs/); flags override its keys.",
+    rich_help_panel="Data and model")
 DataOpt = typer.Option(
     None, help=f"Dataset, e.g. digits (embedded), cifar100:ROOT or imagefolder:PATH (`edgekd datasets` lists them "
-               f"and the files each reads; default {_D.data}).")
-EpochsOpt = typer.Option(None, help=f"Training epochs (default {_D.epochs}).")
+               f"and the files each reads; default {_D.data}).", rich_help_panel="Data and model")
+EpochsOpt = typer.Option(None, help=f"Training epochs (default {_D.epochs}).", rich_help_panel="Optimization")
 BatchOpt = typer.Option(
     None, "--batch-size", "-b",
     help="Global batch per optimizer step, split evenly over the processes and --accumulate steps "
-         f"(default {_D.batch_size}).")
+         f"(default {_D.batch_size}).", rich_help_panel="Optimization")
 AccumulateOpt = typer.Option(
     None, help="Gradient accumulation: micro-batches per optimizer step in each process, for a global batch that does "
-               f"not fit at once (default {_D.accumulate}).")
-LrOpt = typer.Option(None, help=f"Peak learning rate (default {_D.lr}).")
-OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.")
-ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay by lr_decay at --milestones).")
+               f"not fit at once (default {_D.accumulate}).", rich_help_panel="Optimization")
+LrOpt = typer.Option(None, help=f"Peak learning rate (default {_D.lr}).", rich_help_panel="Optimization")
+OptimOpt = typer.Option(None, help="sgd (momentum, default) or adamw.", rich_help_panel="Optimization")
+ScheduleOpt = typer.Option(None, help="cosine (default) or multistep (decay by lr_decay at --milestones).",
+    rich_help_panel="Optimization")
 MilestonesOpt = typer.Option(
     None, help="Epochs where multistep decays the lr, comma-separated (e.g. 150,180,210); '' for 62.5/75/87.5% of "
-               "the epochs.")
-WarmupOpt = typer.Option(None, help=f"Linear warm-up epochs (default {_D.warmup_epochs}).")
-WdOpt = typer.Option(None, help=f"Weight decay (default {_D.weight_decay}).")
-SeedOpt = typer.Option(None, help=f"Random seed for model init, data order and augmentation (default {_D.seed}).")
-DeviceOpt = typer.Option(None, help="auto (GPU if there is one), cpu or cuda.")
-OutOpt = typer.Option(None, "--out", "-o", help="Run dir to write (default runs/<method>-<model>-<data>-s<seed>).")
-ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
-WorkersOpt = typer.Option(None, help=f"DataLoader worker processes (default {_D.workers}).")
-AmpOpt = typer.Option(None, help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")
-CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the student.")
+               "the epochs.", rich_help_panel="Optimization")
+WarmupOpt = typer.Option(None, help=f"Linear warm-up epochs (default {_D.warmup_epochs}).",
+    rich_help_panel="Optimization")
+WdOpt = typer.Option(None, help=f"Weight decay (default {_D.weight_decay}).", rich_help_panel="Optimization")
+SeedOpt = typer.Option(None, help=f"Random seed for model init, data order and augmentation (default {_D.seed}).",
+    rich_help_panel="Optimization")
+DeviceOpt = typer.Option(None, help="auto (GPU if there is one), cpu or cuda.", rich_help_panel="Run")
+OutOpt = typer.Option(
+    None, "--out", "-o", help="Run dir to write (default: a folder in runs/ named by method, model, data and seed).",
+    rich_help_panel="Run")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.",
+    rich_help_panel="Run")
+WorkersOpt = typer.Option(None, help=f"DataLoader worker processes (default {_D.workers}).", rich_help_panel="Run")
+AmpOpt = typer.Option(None, help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.",
+    rich_help_panel="Run")
+CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the student.", rich_help_panel="Run")
 TensorBoardOpt = typer.Option(
     None, "--tensorboard/--no-tensorboard",
-    help="Also write each epoch's losses, accuracies, lr and images/s as TensorBoard scalars (RUN_DIR/tensorboard).")
+    help="Also write each epoch's losses, accuracies, lr and images/s as TensorBoard scalars (RUN_DIR/tensorboard).",
+    rich_help_panel="Run")
 NprocOpt = typer.Option(
     1, "--nproc",
     help="DDP processes to run on this machine, as torchrun --standalone would (gloo on CPU, NCCL on GPUs; "
-         "each gets cores/N OpenMP threads unless OMP_NUM_THREADS is set).")
+         "each gets cores/N OpenMP threads unless OMP_NUM_THREADS is set).", rich_help_panel="Run")
 PretrainedOpt = typer.Option(
     None, "--pretrained/--no-pretrained",
     help="Start the model (distill: the student) from its architecture's default published weights (tv/ models), with "
-         "a new head for the data's classes and the weights' own preprocessing.")
+         "a new head for the data's classes and the weights' own preprocessing.", rich_help_panel="Data and model")
 WeightsOpt = typer.Option(
     None, help="Start from these weights instead: a published name (e.g. IMAGENET1K_V1) or a torch.save state_dict "
-               "file.")
+               "file.", rich_help_panel="Data and model")
 InitOpt = typer.Option(
     None, "--init",
     help="Start from this run dir's model: its architecture (a pruned one included), weights and preprocessing, "
-         "instead of a fresh --model/--student.")
-ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the dataset's own).")
+         "instead of a fresh --model/--student.", rich_help_panel="Data and model")
+ImageSizeOpt = typer.Option(None, help="Resize images to this size (default: the dataset's own).",
+    rich_help_panel="Data and model")
 
 
 def _launch(nproc: int, cfg: Any) -> None:
@@ -144,7 +154,8 @@ def train(
     config: Optional[Path] = ConfigOpt,
     data: Optional[str] = DataOpt,
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model})."),
+        None, "--model", "-m", help=f"Architecture (see `edgekd models`; default {_D.model}).",
+            rich_help_panel="Data and model"),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
     init: Optional[str] = InitOpt,
@@ -180,26 +191,30 @@ def train(
 def distill(
     config: Optional[Path] = ConfigOpt,
     method: Optional[str] = typer.Option(
-        None, help=f"Distillation method (`edgekd methods` lists them; default {_D.method})."),
+        None, help=f"Distillation method (`edgekd methods` lists them; default {_D.method}).",
+            rich_help_panel="Method and teacher"),
     student: Optional[str] = typer.Option(
-        None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model})."),
+        None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model}).",
+            rich_help_panel="Data and model"),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
     init: Optional[str] = InitOpt,
     teacher: Optional[str] = typer.Option(
-        None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch."),
+        None, help="Teacher: an edgekd run dir, or a checkpoint file with --teacher-arch.",
+            rich_help_panel="Method and teacher"),
     teacher_arch: Optional[str] = typer.Option(
         None, help="Architecture of a foreign --teacher checkpoint (e.g. resnet32x4), or of a --teacher-weights "
-                   "teacher."),
+                   "teacher.", rich_help_panel="Method and teacher"),
     teacher_weights: Optional[str] = typer.Option(
         None, help="With --teacher-arch and no --teacher: start the teacher from published weights (DEFAULT, or a name "
                    "such as IMAGENET1K_V2) or a state_dict file, head included: they must already know the data's "
-                   "classes."),
+                   "classes.", rich_help_panel="Method and teacher"),
     rectify: Optional[bool] = typer.Option(
-        None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method."),
+        None, "--rectify/--no-rectify", help="DR-KD rectification of the teacher for any teacher-based method.",
+            rich_help_panel="Method and teacher"),
     arg: list[str] = typer.Option(
         [], "--arg", help="Method option KEY=VALUE, repeatable (e.g. --arg alpha=0.9 --arg T=4); an unknown KEY lists "
-                          "the method's options."),
+                          "the method's options.", rich_help_panel="Method and teacher"),
     data: Optional[str] = DataOpt,
     epochs: Optional[int] = EpochsOpt,
     batch_size: Optional[int] = BatchOpt,

@@ -205,3 +205,15 @@ main()
                               "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True,
                              timeout=300)
     assert trained.returncode == 0 and (tmp_path / "run" / "model.safetensors").is_file(), trained.stderr[-2000:]
+
+
+def test_every_help_reads_whole_at_80_columns(monkeypatch, capsys):
+    """Grouped panels, nothing cut with an ellipsis, no line past 80 columns."""
+    from edgekd.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in app.registered_commands:
+        code, out, _ = run_cli(monkeypatch, capsys, command.callback.__name__, "--help")
+        assert code == 0 and "…" not in out and max(map(len, out.splitlines())) <= 80, command.callback.__name__
+    code, out, _ = run_cli(monkeypatch, capsys, "distill", "--help")
+    assert all(f"─ {panel} " in out for panel in ("Data and model", "Method and teacher", "Optimization", "Run"))
