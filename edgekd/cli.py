@@ -191,8 +191,8 @@ def train(
 def distill(
     config: Optional[Path] = ConfigOpt,
     method: Optional[str] = typer.Option(
-        None, help=f"Distillation method (`edgekd methods` lists them; default {_D.method}).",
-            rich_help_panel="Method and teacher"),
+        None, help="Distillation method (`edgekd methods` lists them); required unless the recipe names one.",
+        rich_help_panel="Method and teacher"),
     student: Optional[str] = typer.Option(
         None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model}).",
             rich_help_panel="Data and model"),
@@ -243,6 +243,13 @@ def distill(
     overrides["resume"] = resume or None
     if arg:
         overrides["method_args"] = _parse_args(arg)
+    if method is None:  # no default: distilling with plain cross-entropy by omission surprises
+        from edgekd.settings import read_recipe
+
+        saved = Path(out) / "config.yaml" if resume and out else None
+        recipe = config or (saved if saved is not None and saved.is_file() else None)
+        if recipe is None or "method" not in read_recipe(recipe):
+            raise EdgeKDError("distill needs --method (`edgekd methods` lists them), or a recipe (-c) that names one")
     _run_training(overrides, config, nproc)
 
 
