@@ -1,4 +1,4 @@
-"""The export dir contract: ``manifest.json`` is all the server and the benchmark read.
+"""The export dir contract (docs/design.md §3): ``manifest.json`` is all the server and the benchmark read.
 
 Which runtime runs which artifact is the runtime registry's business (``edgekd.runtimes``); this module knows only
 the file's shape, its checksums and its precisions.

@@ -1,4 +1,5 @@
-"""The one preprocessing spec: how an image becomes a model's input, read by every stage that feeds a model.
+"""The one preprocessing spec (docs/design.md §4): how an image becomes a model's input, read by every stage that feeds
+a model.
 
 The training side builds its eval transform from it (torchvision v2), the exporter writes it into the manifest,
 and the server (PIL + numpy) and ``val``/``predict`` rebuild the same steps from the manifest, so a model is

@@ -1,6 +1,6 @@
-"""The one registry class behind every extension point: methods, models, dataset sources, export formats and
-runtimes. Each entry is one module that registers itself on import; help text, listings and "did you mean" come
-from the registry, so adding an entry edits nothing else."""
+"""The one registry class (docs/design.md §7) behind every extension point: methods, models, dataset sources, export
+formats and runtimes. Each entry is one module that registers itself on import; help text, listings and "did you
+mean" come from the registry, so adding an entry edits nothing else."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run dir contract: its file names and the reader of ``model.json``.
+"""The run dir contract (docs/design.md §2): its file names and the reader of ``model.json``.
 
 ``model.json`` carries everything needed to rebuild the network and feed it without the training code's state:
 architecture name, classes, input size, the preprocessing spec, the dataset spec and, for pruned models, the shape

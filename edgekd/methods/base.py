@@ -1,4 +1,4 @@
-"""The contract every distillation method follows (one class per method, mdistiller style).
+"""The contract every distillation method follows (one class per method, mdistiller style; docs/design.md §5).
 
 A method owns the student (and the teacher, if any) and turns a batch into student logits plus a
 dict of named loss terms; the trainer sums the terms, logs each by name, and steps the optimizer.
