@@ -275,3 +275,16 @@ def test_runs_are_averaged_only_with_repeats_of_their_recipe_and_pruned_runs_say
     assert groups["drkd-6"] == groups["drkd-6-s1"] == "drkd · epochs 6"  # seeds (and folders) are repeats
     assert groups["recovered"] == "pruned to 0.5 of its MACs (structured) + kd recovery"
     assert groups["pruned"] == "pruned by 0.3 (l1-unstructured)"
+
+
+def test_the_readme_tours_layout_fills_every_section(tmp_path):
+    """The tour writes its export and bench under runs/, so `edgekd report runs/` finds them beside the runs."""
+    import shutil
+
+    make_demo(tmp_path)
+    shutil.move(tmp_path / "export", tmp_path / "runs" / "drkd-export")
+    shutil.move(tmp_path / "bench", tmp_path / "runs" / "bench")
+    page = build_report(tmp_path / "runs").read_text(encoding="utf-8")
+    assert 'class="empty"' not in page and page.count("<h2>") >= 8
+    assert "drkd-export" in _section(page, "Export artifacts") and "onnx-int8" in _section(page, "Export artifacts")
+    assert "ONNX Runtime INT8" in _section(page, "Bench rows")
