@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekd.errors import EdgeKDError
+from edgekd.export.bench_report import UNSTABLE_MARK, UNSTABLE_NOTE
 from edgekd.fsutil import check_can_create, write_json
 
 
@@ -192,16 +193,19 @@ def _summary_rows(runs, pruned, manifest, bench_rows, http, best, key) -> list[d
     for r in bench_rows:
         if r["status"] == "ok" and r["batch"] == 1:
             rows.append({"stage": f"{best}: {r['runtime']} {r['precision']}", "accuracy": r["accuracy"],
-                         "size_mb": r["size_mb"], "p50_ms": r["p50_ms"], "speedup": r.get("speedup")})
+                         "size_mb": r["size_mb"], "p50_ms": r["p50_ms"], "speedup": r.get("speedup"),
+                         "unstable": bool(r.get("unstable"))})
     # the pruned + recovered student on ORT, its speed-up over the same PyTorch eager FP32 as the rows above
-    eager = next((r["p50_ms"] for r in bench_rows
-                  if r["status"] == "ok" and r["runtime"] == "torch" and r["batch"] == 1), None)
+    eager_row = next((r for r in bench_rows if r["status"] == "ok" and r["runtime"] == "torch" and r["batch"] == 1),
+                     None)
+    eager = eager_row["p50_ms"] if eager_row else None
     art = pruned["artifact"]
     rows.append({"stage": f"{best} pruned to {pruned['macs_after'] / pruned['macs_before']:.0%} MACs + recovered: "
                           f"ort {art['precision']}",
                  "accuracy": art["accuracy"], "size_mb": art["size_bytes"] / 1e6, "p50_ms": art["p50_ms"],
                  "speedup": eager / art["p50_ms"] if eager else None, "acc_pruned": pruned["acc_pruned"],
-                 "acc_recovered": pruned["acc_recovered"], "macs_ratio": pruned["macs_after"] / pruned["macs_before"]})
+                 "acc_recovered": pruned["acc_recovered"], "macs_ratio": pruned["macs_after"] / pruned["macs_before"],
+                 "unstable": bool(art.get("unstable") or (eager_row or {}).get("unstable"))})
     rows.append({"stage": f"{best}: served over HTTP ({key})", "accuracy": http["accuracy"],
                  "size_mb": manifest["artifacts"][key]["size_bytes"] / 1e6, "p50_ms": http["p50_ms"], "speedup": None,
                  "requests": http["requests"]})
@@ -216,7 +220,10 @@ def _print_summary(console: Console, rows: list[dict[str, Any]], seconds: float,
     for col in ("stage", "accuracy", "size (MB)", "p50 (ms)", "speed-up"):
         table.add_column(col, justify="left" if col == "stage" else "right", overflow="fold")
     for r in rows:
+        unsure = UNSTABLE_MARK if r.get("unstable") else ""
         table.add_row(r["stage"], fmt(r["accuracy"], ".4f"), fmt(r["size_mb"], ".3f"), fmt(r["p50_ms"], ".2f"),
-                      "—" if r["speedup"] is None else f"{r['speedup']:.2f}x")
+                      "—" if r["speedup"] is None else f"{unsure}{r['speedup']:.2f}x")
     console.print(table)
+    if any(r.get("unstable") for r in rows):
+        console.print(UNSTABLE_NOTE)
     console.print(f"report: {report}  (open it in a browser; it needs no network)")

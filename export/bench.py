@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,6 +58,85 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int | None, seconds
         fn()
         samples.append(time.perf_counter_ns() - t0)
     return np.asarray(samples, dtype=np.float64) / 1e6
+
+
+ROUNDS = 5  # each configuration is timed in this many slices, interleaved with the others'
+# a configuration whose round medians spread (max - min) by more than this fraction of their median was disturbed
+# (another process, a frequency change): it is measured again, and flagged if it still is
+TOLERANCE = 0.25
+MIN_ROUND_ITERS = 3
+
+
+@dataclass
+class Timing:
+    """One configuration's latencies in ms, by round, and whether they still disagreed after a second measurement."""
+
+    rounds: list[np.ndarray]
+    unstable: bool = False
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.rounds)
+
+    @property
+    def round_p50_ms(self) -> list[float]:
+        return [float(np.median(r)) for r in self.rounds]
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the round medians."""
+        p50 = self.round_p50_ms
+        return (max(p50) - min(p50)) / float(np.median(p50))
+
+
+def time_interleaved(calls: Mapping[Any, Callable[[], Any]], *, warmup: int, iters: int | None, seconds: float,
+                     rounds: int = ROUNDS, tolerance: float = TOLERANCE,
+                     failed: Callable[[Any, BaseException], None] | None = None) -> dict[Any, Timing]:
+    """Latencies of several configurations measured in ``rounds`` interleaved slices (the start rotating each
+    round), so that a burst of load on a shared machine hits them all instead of one. A configuration whose rounds
+    disagree by more than ``tolerance`` is measured again; if it still does, its ``Timing`` is ``unstable``.
+
+    A call that raises drops its configuration, reported to ``failed``; the others go on.
+    """
+    live = dict(calls)
+    for key, fn in list(live.items()):
+        try:
+            time_calls(fn, warmup=warmup, iters=1, seconds=0)
+        except Exception as e:  # the runtime's own error types
+            live.pop(key)
+            if failed is not None:
+                failed(key, e)
+    if iters:  # a round's median needs a few calls: a short --iters gets fewer rounds (1: no spread to judge)
+        rounds = max(1, min(rounds, iters // MIN_ROUND_ITERS))
+    per_round = {"iters": -(-iters // rounds) if iters else None, "seconds": seconds / rounds}
+    timings = _rounds(live, rounds, per_round, failed)
+    unsteady = [k for k, t in timings.items() if t.spread > tolerance]
+    retry = {k: live[k] for k in unsteady}
+    second = _rounds(retry, rounds, per_round, failed)
+    for key in unsteady:
+        if key not in retry:  # failed when measured again
+            live.pop(key)
+            continue
+        timings[key] = min(timings[key], second[key], key=lambda t: t.spread)
+        timings[key].unstable = timings[key].spread > tolerance
+    return {k: t for k, t in timings.items() if k in live}
+
+
+def _rounds(calls: dict[Any, Callable[[], Any]], rounds: int, per_round: dict[str, Any],
+            failed: Callable[[Any, BaseException], None] | None) -> dict[Any, Timing]:
+    samples: dict[Any, list[np.ndarray]] = {k: [] for k in calls}
+    order = list(calls)
+    for r in range(rounds):
+        for key in order[r % len(order):] + order[:r % len(order)] if order else []:
+            if key not in calls:
+                continue
+            try:
+                samples[key].append(time_calls(calls[key], warmup=0, **per_round))
+            except Exception as e:
+                calls.pop(key)
+                if failed is not None:
+                    failed(key, e)
+    return {k: Timing(v) for k, v in samples.items() if k in calls}
 
 
 def _cpu_model() -> str:
@@ -114,7 +194,9 @@ def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((machine_key(r["machine"]), r["batch"], r["threads"]), []).append(r)
     for group in groups.values():
         ok = {(r["runtime"], r["precision"]): r for r in group if r["status"] == "ok"}
-        base = next((ok[(name, "fp32")] for name in order if (name, "fp32") in ok), None)
+        bases = [ok[(name, "fp32")] for name in order if (name, "fp32") in ok]
+        # a baseline whose rounds disagreed would turn its noise into every row's speed-up: the next one is used
+        base = next((b for b in bases if not b.get("unstable")), bases[0] if bases else None)
         for r in group:
             measured = base is not None and r["status"] == "ok"
             r["baseline"] = f"{base['runtime']} {base['precision']}" if base is not None else None
@@ -247,68 +329,85 @@ def run_bench(
     plan = _plan(manifest, runtimes, precisions)
     rows: list[dict[str, Any]] = []
     verified: set[str] = set()
+    configs = []  # (runtime, precision, key, skip reason, run dir, the row's fields), in plan order
+    for runtime, precision, key, skip in plan:
+        entry = manifest["artifacts"].get(key, {}) if key else {}
+        run_dir = None
+        cls = RUNTIMES[runtime]
+        if cls.source_run:
+            run_dir, skip = _source_run(export_dir, manifest)
+        fields = {
+            "artifact": key,
+            "size_mb": round(entry["size_bytes"] / 1e6, 6) if "size_bytes" in entry else None,
+            "accuracy": entry.get("accuracy"),
+            "options": {k: v for k, v in options.items() if k in cls.options},
+            "machine": machine,
+            "emulated": emulated,
+        }
+        if run_dir is not None:
+            fields["size_mb"] = round((run_dir / WEIGHTS).stat().st_size / 1e6, 6)
+            fields["accuracy"] = (manifest.get("eval") or {}).get("torch_accuracy")
+        configs.append((runtime, precision, key, skip, run_dir, fields))
+    rows: dict[tuple[int, int, int], dict[str, Any]] = {}  # by (configuration, threads, batch): the report's order
+    verified: set[str] = set()
     with progress_bar(progress) as bar:
-        task = bar.add_task("bench", total=len(plan) * len(threads) * len(batches))
-        for runtime, precision, key, skip in plan:
-            entry = manifest["artifacts"].get(key, {}) if key else {}
-            run_dir = None
-            cls = RUNTIMES[runtime]
-            if cls.source_run:
-                run_dir, skip = _source_run(export_dir, manifest)
-            fields = {
-                "artifact": key,
-                "size_mb": round(entry["size_bytes"] / 1e6, 6) if "size_bytes" in entry else None,
-                "accuracy": entry.get("accuracy"),
-                "options": {k: v for k, v in options.items() if k in cls.options},
-                "machine": machine,
-                "emulated": emulated,
-            }
-            if run_dir is not None:
-                fields["size_mb"] = round((run_dir / WEIGHTS).stat().st_size / 1e6, 6)
-                fields["accuracy"] = (manifest.get("eval") or {}).get("torch_accuracy")
-            for n_threads in threads:
-                with contextlib.ExitStack() as stack:
-                    rt, status = None, skip
-                    if status is None:
-                        try:
-                            rt = stack.enter_context(
-                                _open(export_dir, manifest, runtime, key, run_dir, n_threads, key not in verified,
-                                      options)
-                            )
-                        except ImportError as e:
-                            hint = "" if cls.source_run else " (pip install 'edgekd[device]')"
-                            status = f"skipped: {e.name or cls.package} not installed{hint}"
-                        except Exception as e:  # a broken artifact or runtime fails this configuration, not the bench
-                            status = _error_text(e)
+        task = bar.add_task("bench", total=len(configs) * len(threads) * len(batches))
+        for t, n_threads in enumerate(threads):
+            with contextlib.ExitStack() as stack:  # every configuration of this thread count open at once
+                opened = []
+                for runtime, precision, key, skip, run_dir, fields in configs:
+                    rt, status = _open_config(stack, export_dir, manifest, runtime, key, run_dir, n_threads,
+                                              key not in verified, options, skip)
                     if rt is not None:
                         verified.add(key)
                         if run_dir is not None:
-                            fields["machine"] = {
-                                **machine, "versions": {**machine["versions"], cls.package: rt.version()},
-                            }
-                    for batch in batches:
-                        bar.update(task,
-                                   description=f"{runtime} {precision} batch {batch} threads {n_threads or 'auto'}")
-                        row = bench_row(runtime, precision, batch, n_threads, status or "ok", **fields)
-                        if rt is not None:
-                            _measure(row, rt, inputs[batch], warmup=warmup, iters=iters, seconds=seconds)
-                        rows.append(row)
-                        bar.advance(task)
-    return add_speedups(rows)
+                            fields = {**fields, "machine": {**machine, "versions": {
+                                **machine["versions"], RUNTIMES[runtime].package: rt.version()}}}
+                    opened.append((runtime, precision, rt, status, fields))
+                for b, batch in enumerate(batches):
+                    bar.update(task, description=f"batch {batch} threads {n_threads or 'auto'}: "
+                                                 f"{len(opened)} configurations, {ROUNDS} interleaved rounds")
+                    group = [bench_row(runtime, precision, batch, n_threads, status or "ok", **fields)
+                             for runtime, precision, rt, status, fields in opened]
+                    calls = {i: (lambda rt=rt, x=inputs[batch]: rt.run(x))
+                             for i, (_, _, rt, _, _) in enumerate(opened) if rt is not None}
+
+                    def failed(i: int, e: BaseException, group=group) -> None:
+                        group[i]["status"] = _error_text(e)
+
+                    timings = time_interleaved(calls, warmup=warmup, iters=iters, seconds=seconds, failed=failed)
+                    for i, timing in timings.items():
+                        _fill(group[i], timing, batch)
+                    rows.update({(c, t, b): row for c, row in enumerate(group)})
+                    bar.advance(task, len(group))
+    return add_speedups([rows[k] for k in sorted(rows)])
 
 
-def _measure(row: dict[str, Any], rt: Runtime, x: np.ndarray, *, warmup: int, iters: int | None,
-             seconds: float) -> None:
-    """Fill a row's latency fields, or its error status when the runtime rejects the input (e.g. a fixed batch)."""
+def _open_config(stack: contextlib.ExitStack, export_dir: Path, manifest: dict[str, Any], runtime: str,
+                 key: str | None, run_dir: Path | None, threads: int | None, verify: bool, options: dict[str, Any],
+                 skip: str | None) -> tuple[Runtime | None, str | None]:
+    """The loaded runtime of one configuration, kept open by ``stack``, or why it is not measured."""
+    if skip is not None:
+        return None, skip
+    cls = RUNTIMES[runtime]
     try:
-        ms = time_calls(lambda: rt.run(x), warmup=warmup, iters=iters, seconds=seconds)
-    except Exception as e:  # the runtime's own error types; the other configurations still run
-        row["status"] = _error_text(e)
-        return
-    stats = latency_stats(ms)
+        return stack.enter_context(_open(export_dir, manifest, runtime, key, run_dir, threads, verify, options)), None
+    except ImportError as e:
+        hint = "" if cls.source_run else " (pip install 'edgekd[device]')"
+        return None, f"skipped: {e.name or cls.package} not installed{hint}"
+    except Exception as e:  # a broken artifact or runtime fails this configuration, not the bench
+        return None, _error_text(e)
+
+
+def _fill(row: dict[str, Any], timing: Timing, batch: int) -> None:
+    """A row's latency fields from its timing: all rounds' samples, the rounds' spread, and the flag."""
+    stats = latency_stats(timing.samples)
     row.update({k: round(v, 4) for k, v in stats.items()})
-    row["iters"] = int(ms.size)
-    row["throughput_ips"] = round(len(x) * 1000.0 / stats["mean_ms"], 2)
+    row["iters"] = int(timing.samples.size)
+    row["throughput_ips"] = round(batch * 1000.0 / stats["mean_ms"], 2)
+    row["round_p50_ms"] = [round(v, 4) for v in timing.round_p50_ms]
+    row["spread"] = round(timing.spread, 4)
+    row["unstable"] = timing.unstable
 
 
 # The measurement options of `edgekd bench` and of `python -m edgekd.export.bench` (what `edgekd bench --remote` runs

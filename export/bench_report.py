@@ -31,6 +31,14 @@ EMULATED_NOTE = (
 )
 
 
+UNSTABLE_MARK = "~"
+UNSTABLE_NOTE = (
+    f"{UNSTABLE_MARK}: each configuration is timed in interleaved rounds; the rounds of this one still disagreed by "
+    "more than a quarter after a second measurement (the machine was busy), so its latency and speed-up are noise, "
+    "not a result: measure again on a quiet machine."
+)
+
+
 def format_label(row: Mapping[str, Any]) -> str:
     """'ONNX Runtime INT8', 'PyTorch FP32', …"""
     cls = RUNTIMES.get(row["runtime"])
@@ -139,6 +147,7 @@ def row_cells(row: Mapping[str, Any], with_machine: bool) -> list[str]:
     """One row's cells under ``MD_HEADER`` (with a leading machine cell when rows come from several machines)."""
     fmt = format_label(row) + (" (emulated)" if row.get("emulated") else "")
     acc = row.get("accuracy")
+    unsure = UNSTABLE_MARK if row.get("unstable") else ""
     cells = [
         fmt,
         str(row["batch"]),
@@ -146,10 +155,10 @@ def row_cells(row: Mapping[str, Any], with_machine: bool) -> list[str]:
         _status(row),
         _num(row.get("size_mb")),
         "—" if acc is None else f"{100 * acc:.2f}%",
-        _ms(row.get("p50_ms")),
+        unsure + _ms(row.get("p50_ms")),
         _ms(row.get("p99_ms")),
         _num(row.get("throughput_ips")),
-        "—" if row.get("speedup") is None else f"{row['speedup']:.2f}×",
+        "—" if row.get("speedup") is None else f"{unsure}{row['speedup']:.2f}×",
     ]
     if with_machine:
         cells.insert(0, machine_name(row["machine"]))
@@ -210,6 +219,8 @@ def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "Speed-up: the baseline's p50 over the row's p50 at the same machine, batch and threads; the baseline is "
         "PyTorch eager FP32 where it was measured, else ONNX Runtime FP32.",
     ]
+    if any(r.get("unstable") for r in rows):
+        lines += ["", UNSTABLE_NOTE]
     if any(r.get("emulated") for r in rows):
         lines += ["", EMULATED_NOTE]
     return lines

@@ -37,6 +37,9 @@ def bench_row(runtime: str, precision: str, batch: int, threads: int | None, sta
         "options": {},
         "machine": None,
         "emulated": False,
+        "round_p50_ms": None,  # the p50 of each interleaved round
+        "spread": None,  # (max - min) / median of those
+        "unstable": False,  # the rounds still disagreed after a second measurement: noise, not a result
     }
     row.update(fields)
     return row
@@ -48,10 +51,11 @@ def machine_key(machine: Mapping[str, Any]) -> tuple:
 
 
 def fastest(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The measured (ok, not emulated) row with the lowest p50 for each batch size; p99 breaks ties."""
+    """The measured (ok, not emulated, not unstable) row with the lowest p50 for each batch size; p99 breaks
+    ties."""
     best: dict[int, dict[str, Any]] = {}
     for r in rows:
-        if r["status"] != "ok" or r.get("emulated"):
+        if r["status"] != "ok" or r.get("emulated") or r.get("unstable"):
             continue
         cur = best.get(r["batch"])
         if cur is None or (r["p50_ms"], r["p99_ms"]) < (cur["p50_ms"], cur["p99_ms"]):
