@@ -419,8 +419,10 @@ def test_bench_of_a_real_export_with_the_torch_baseline(export_dir, tmp_path):
         assert by[(runtime, key.split("-")[1], 1)]["status"].startswith(f"skipped: {key} was dropped at export")
     for batch in (1, 4):
         torch_row = by[("torch", "fp32", batch)]
-        # PyTorch eager is the baseline unless its rounds disagreed on this busy machine; then ORT FP32 is
-        base = by[("ort", "fp32", batch)] if torch_row["unstable"] else torch_row
+        # PyTorch eager is the baseline unless its rounds disagreed on this busy machine; then the next steady FP32
+        fp32 = [by[(name, "fp32", batch)] for name in ("torch", "ort", "openvino")
+                if by.get((name, "fp32", batch), {}).get("status") == "ok"]
+        base = next((r for r in fp32 if not r["unstable"]), fp32[0])
         assert torch_row["status"] == "ok" and base["speedup"] == 1.0
         assert torch_row["baseline"] == f"{base['runtime']} fp32"
         assert torch_row["accuracy"] == manifest["eval"]["torch_accuracy"]
@@ -432,7 +434,8 @@ def test_bench_of_a_real_export_with_the_torch_baseline(export_dir, tmp_path):
     run_dir = Path(manifest["source_run"])
     assert by[("torch", "fp32", 1)]["size_mb"] == pytest.approx((run_dir / "model.safetensors").stat().st_size / 1e6)
     paths = write_report(rows, tmp_path, "digits resnet8")
-    assert len(json.loads(paths["json"].read_text())["fastest"]) == 2
+    steady = {r["batch"] for r in rows if r["status"] == "ok" and not r["unstable"]}
+    assert len(json.loads(paths["json"].read_text())["fastest"]) == len(steady) >= 1
 
 
 class _Clock:
