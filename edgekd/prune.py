@@ -47,9 +47,9 @@ TARGET_STEPS = 100  # iterative steps toward --target-macs: each removes about 1
 def _pruner_class() -> type:
     """torch-pruning's MetaPruner, rounding a layer's kept channels to the *nearest* multiple of ``round_to``.
 
-    MetaPruner rounds them down, so the first 1 % step toward a MACs target already halves every 16-channel layer
-    (16 -> 8) and the targets overshoot (a 30 % target removed 49 % of resnet20's MACs); rounded to the nearest
-    multiple, layers shrink when their share of the target says so.
+    MetaPruner rounds them down, so the first small step toward a MACs target already halves every 16-channel layer
+    and the targets overshoot; rounded to the nearest multiple, layers shrink when their share of the target says
+    so (docs/decisions.md, pruning toward a MACs target).
     """
     import torch_pruning as tp
 
@@ -134,7 +134,7 @@ def _structured(
     whole network, ranked together, in torch-pruning's small iterative steps (importance re-measured at each)
     until that fraction of the MACs is left. Ranked together, the layers whose channels matter least shrink
     most, and the steps land near the target even with channel counts rounded to multiples of 16, where a
-    uniform ratio can only jump between a few shapes (resnet20 in multiples of 8: 71 % of the MACs, then 45 %)."""
+    uniform ratio can only jump between a few shapes."""
     import torch_pruning as tp
 
     _refuse_unsupported(model)

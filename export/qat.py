@@ -7,16 +7,16 @@ graph that ONNX Runtime runs in INT8 like its own quantizer's output. The choice
 - NNCF's PyTorch path (``nncf.quantize`` on the torch model gives trainable FakeQuantize ops and ranges): the
   field's library, and the tool of the OpenVINO artifact. torch.ao's PT2E QAT is no longer in torch 2.13.
 - BatchNorm is folded into its conv first (torch.fx): ONNX Runtime leaves a QDQ conv followed by a BatchNorm in
-  FP32 (digits ResNet-8: 0 of 9 convs became QLinearConv, 1.37 ms at batch 1; folded: 9 of 9, 0.26 ms).
+  FP32, unfused and slow (docs/decisions.md, QAT: BatchNorm folded).
 - The types of ONNX Runtime's own path: uint8 activations (NNCF's mixed preset, asymmetric), int8 per-channel
   weights kept to 7 bits (NNCF's overflow fix, ORT's ``reduce_range``), so AVX2 CPUs without VNNI do not saturate.
 - The teacher is the run's own (``teacher`` in model.json) when it is an edgekd run dir of the same classes here,
   else the FP32 model itself: distilling the quantized student from its unquantized weights is the usual QAT-KD.
 - The loss of ``distill --method kd`` at its defaults, (1-a)·CE + a·T²·KL with a=0.9, T=4, on the augmented
-  training split, with NNCF's QAT recipe: Adam at a constant 1e-5, no weight decay. SGD with momentum at 1e-3
-  diverged on a ResNet-8 whose PTQ fails for a scale outlier (two channels x50 and their consumer /50: 0.92 FP32,
-  0.14 after one epoch); Adam, which steps each parameter by its own gradient scale, took it to 0.91, and on two
-  ordinary digits models the two ended within 0.9 points (3 of 360 images). Runs on the CPU, as the export does.
+  training split, with NNCF's QAT recipe: Adam at a constant 1e-5, no weight decay. Adam steps each parameter by
+  its own gradient scale, which a model whose PTQ fails for a scale outlier needs: SGD with momentum diverged on
+  one, and on ordinary models the two end level (docs/decisions.md, QAT: Adam). Runs on the CPU, as the export
+  does.
 """
 
 from __future__ import annotations
@@ -145,10 +145,9 @@ def _fold_batchnorm(model: nn.Module) -> tuple[nn.Module, bool]:
 def _torch_fake_quant() -> Iterator[None]:
     """NNCF's fake quantization in plain PyTorch ops, run eagerly.
 
-    On CPU NNCF compiles a C++ extension on first use (g++, 2-3 min on 2 cores, and it gives up after 60 s by
-    default); its own fallback, the reference functions, goes through ``torch.compile`` (53 s of compilation before
-    the first step of a ResNet-8). Run eagerly, the reference functions take the extension's time per step here
-    (ResNet-8, batch 64, 1 thread: 475 vs 457 ms), with nothing to compile.
+    On CPU NNCF compiles a C++ extension on first use, minutes on a small machine, and its own fallback goes through
+    ``torch.compile``; run eagerly, the reference functions take about the extension's time per step, with nothing
+    to compile (docs/decisions.md, QAT: NNCF's fake quantization run eagerly).
     """
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.reference import ReferenceQuantizedFunctions

@@ -11,7 +11,7 @@ between batches under load.
 
 Requests that arrive while a call runs form the next batch, so load makes batches by itself. The default
 ``batch_timeout_ms`` is therefore 0: on a CPU, where ONNX Runtime costs about the same per image at any
-batch size, holding the cores idle for company lost 19 % of the throughput at 4 clients. With a timeout
+batch size, holding the cores idle for company loses throughput (docs/decisions.md). With a timeout
 (for accelerators whose cost grows slower than the batch) the thread only waits while more requests are
 known to be on their way (admitted by the app and still decoding): a lone request still runs at once.
 """

@@ -1,7 +1,7 @@
 """``POST /predict``: one image as multipart field ``file`` in, the top ``top_k`` classes out.
 
-A plain Starlette route, not a FastAPI one: FastAPI's per-request dependency and response machinery cost 0.3 ms of
-event-loop CPU per request, 15 % of the throughput at 16 clients (benchmarks/results/serve.md). It keeps what the
+A plain Starlette route, not a FastAPI one: FastAPI's per-request dependency and response machinery costs
+event-loop CPU on every request, a share of the throughput under load (docs/decisions.md). It keeps what the
 FastAPI routes do (the API key first, the same 422 body for a bad ``top_k``, the same JSON errors and metrics), and
 ``predict_operation`` writes its OpenAPI entry, which FastAPI cannot see.
 """

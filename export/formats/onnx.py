@@ -243,9 +243,7 @@ def quantize_onnx(
     patterns; ORT's calibrator for ``method`` then measures activation ranges with our bin settings, which
     ``quantize_static`` reads from its calibration cache; the result keeps the FP32 file's metadata. Types
     follow ORT's fast x86 path, uint8 activations with int8 weights; ``reduce_range`` (7-bit weights) avoids the
-    int16 saturation of AVX2 CPUs without VNNI.
-    Measured on the digits resnet8x4, 1 thread, AMD EPYC (AVX2): FP32 4.36 ms; U8S8 + reduce_range 2.16 ms at
-    98.3 % agreement; U8S8 2.16 ms but 90.6 % (saturation); S8S8 3.59 ms at 98.6 %.
+    int16 saturation of AVX2 CPUs without VNNI at the same speed (docs/decisions.md, ONNX Runtime INT8 types).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from edgekd.export.exporter import ExportJob
 
 PRESET = "mixed"
-# NNCF's fast bias correction, fitted on a few hundred calibration images, cost 2-3 points of top-1 agreement
-# on the digits ResNet-8 (0.961 vs 0.989 without); ORT's quantizer, which has no such step, keeps 0.997.
+# NNCF's fast bias correction, fitted on a few hundred calibration images, cost points of top-1 agreement that
+# ORT's quantizer, which has no such step, keeps (docs/decisions.md, OpenVINO INT8 without bias correction)
 BIAS_CORRECTION = False
 
 
