@@ -244,10 +244,10 @@ def distill(
     if arg:
         overrides["method_args"] = _parse_args(arg)
     if method is None:  # no default: distilling with plain cross-entropy by omission surprises
+        from edgekd.config import run_recipe
         from edgekd.settings import read_recipe
 
-        saved = Path(out) / "config.yaml" if resume and out else None
-        recipe = config or (saved if saved is not None and saved.is_file() else None)
+        recipe = run_recipe(config, {"out": out, "resume": resume})
         if recipe is None or "method" not in read_recipe(recipe):
             raise EdgeKDError("distill needs --method (`edgekd methods` lists them), or a recipe (-c) that names one")
     _run_training(overrides, config, nproc)

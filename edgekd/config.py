@@ -144,14 +144,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return TrainConfig(**{k: _check_type(k, v) for k, v in values.items()}).validate()
 
 
-def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """``load_config`` for a run about to start: a ``resume`` with no recipe continues with the settings its run dir
-    saved (``config.yaml``), and the values given now still win."""
+def run_recipe(path: str | Path | None, overrides: dict[str, Any]) -> str | Path | None:
+    """The recipe a run starts from: the one given, else for a ``resume`` the settings its run dir saved
+    (``config.yaml``)."""
     out = overrides.get("out")
     saved = Path(out) / "config.yaml" if overrides.get("resume") and out else None
-    if path is None and saved is not None and saved.is_file():
-        path = saved
-    return load_config(path, overrides)
+    return saved if path is None and saved is not None and saved.is_file() else path
+
+
+def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """``load_config`` for a run about to start, from its ``run_recipe``; the values given now still win."""
+    return load_config(run_recipe(path, overrides), overrides)
 
 
 def _init_arch(init: str, model: Any) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.config import load_config
-from edgekd.contracts.rundir import read_description
+from edgekd.contracts.rundir import PRUNED, read_description
 from edgekd.engine import CleanupOnFailure
 from edgekd.engine.checks import check_run_dir
 from edgekd.errors import EdgeKDError
@@ -49,11 +49,11 @@ def prune_and_recover(
     overrides = {  # the unpruned run's data at its size; the pruned model starts, the unpruned one teaches
         "data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
         "image_size": desc["input_size"][-1],
-        "teacher": str(run_dir), "init": str(out_dir / "pruned"), "out": str(out_dir), **settings,
+        "teacher": str(run_dir), "init": str(out_dir / PRUNED), "out": str(out_dir), **settings,
     }
     load_config(None, {**overrides, "init": None})  # bad recovery settings are one line before minutes of pruning
     with CleanupOnFailure(out_dir):  # nothing to resume: leave no half-made run behind
-        pruned = prune_into(run_dir, out_dir / "pruned", ratio, method, target_macs, channel_multiple, batch_size)
+        pruned = prune_into(run_dir, out_dir / PRUNED, ratio, method, target_macs, channel_multiple, batch_size)
         summary = run_training(load_config(None, overrides), show_progress=show_progress)
     how = {k: pruned[k] for k in ("ratio", "target_macs", "method", "channel_multiple", "source") if k in pruned}
     sizes = {k: pruned[k] for k in ("macs_before", "macs_after", "params_before", "params_after", "acc_before")}

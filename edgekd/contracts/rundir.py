@@ -22,6 +22,9 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 CURVES = "curves.png"
+TENSORBOARD = "tensorboard"  # --tensorboard's event files
+TEACHER = "teacher"  # the self-teacher a self-distillation run trains first
+PRUNED = "pruned"  # prune --recover-epochs: the pruned model the run recovers from
 REQUIRED = ("arch", "num_classes", "input_size", "mean", "std", "class_names", "dataset")
 
 

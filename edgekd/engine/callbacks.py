@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from edgekd.config import save_config
-from edgekd.contracts.rundir import CHECKPOINT, CONFIG, CURVES, METRICS, SUMMARY
-from edgekd.engine.checks import TENSORBOARD
+from edgekd.contracts.rundir import CHECKPOINT, CONFIG, CURVES, METRICS, SUMMARY, TENSORBOARD
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import atomic_path, make_dir, remove_empty, write_json, write_text
 
@@ -174,7 +174,7 @@ class ProgressBar(Callback):
     text, so piped output is not wrapped)."""
 
     def __init__(self) -> None:
-        self.bar, self.task, self.started = None, None, 0.0
+        self.bar, self.task = None, None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from edgekd.progress import progress_bar
@@ -183,16 +183,11 @@ class ProgressBar(Callback):
         self.bar.start()
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        import time
-
-        self.started = time.perf_counter()
         self.task = self.bar.add_task(f"epoch {trainer.epoch + 1}/{trainer.cfg.epochs}", total=trainer.steps,
                                       stats="")
 
     def on_step_end(self, trainer: Trainer) -> None:
-        import time
-
-        rate = trainer.seen / (time.perf_counter() - self.started)
+        rate = trainer.seen / (time.perf_counter() - trainer.epoch_started)
         self.bar.update(self.task, advance=1, stats=f"loss {trainer.loss:.3f}  acc {trainer.correct / trainer.seen:.3f}"
                                                     f"  {rate:,.0f} img/s")
 

@@ -16,15 +16,25 @@ import torch
 from torch import nn
 
 from edgekd.config import TrainConfig
-from edgekd.contracts.rundir import CHECKPOINT, CONFIG, CURVES, DESCRIPTION, METRICS, SUMMARY, WEIGHTS
+from edgekd.contracts.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    CURVES,
+    DESCRIPTION,
+    METRICS,
+    PRUNED,
+    SUMMARY,
+    TEACHER,
+    TENSORBOARD,
+    WEIGHTS,
+)
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import check_can_create
 
 # what a run writes before its first checkpoint; a folder holding only these is a run that stopped early (its
 # self-trained teacher is kept and reused; `prune --recover-epochs` puts its pruned start beside), anything else
 # in --out belongs to someone else
-TENSORBOARD = "tensorboard"
-RUN_ENTRIES = {CONFIG, METRICS, "teacher", "pruned", CURVES, SUMMARY, DESCRIPTION, TENSORBOARD}
+RUN_ENTRIES = {CONFIG, METRICS, TEACHER, PRUNED, CURVES, SUMMARY, DESCRIPTION, TENSORBOARD}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgekd.config import TrainConfig
-from edgekd.contracts.rundir import CHECKPOINT, WEIGHTS
+from edgekd.contracts.rundir import CHECKPOINT, TEACHER, WEIGHTS
 from edgekd.distributed import DistInfo, barrier
 from edgekd.engine.checks import (
     check_can_compile,
@@ -78,7 +78,7 @@ def build_parts(cfg: TrainConfig, device: torch.device, info: DistInfo,
         cls.teacher_label(cfg.method_args) if teacher is None else None)
     if teacher is None and cls.wants_self_teacher(cfg.method_args):
         teacher = _self_teacher(cfg, info, out, fit_teacher)
-        label = str(out / "teacher")
+        label = str(out / TEACHER)
         seed_everything(cfg.seed)
         student, bundle, origin = _student(cfg, bundle)
     method = build_method(cfg.method, student, teacher, cfg.method_args, num_classes=bundle.num_classes,
@@ -126,7 +126,7 @@ def _self_teacher(cfg: TrainConfig, info: DistInfo, out: Path,
     as a run of its own."""
     from edgekd.rundir import load_model
 
-    teacher_dir = out / "teacher"
+    teacher_dir = out / TEACHER
     if not (teacher_dir / WEIGHTS).is_file():
         if fit_teacher is None:
             raise ValueError(f"{cfg.method} trains its own teacher first: pass fit_teacher (as fit_run does)")

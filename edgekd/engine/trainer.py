@@ -39,7 +39,8 @@ class Trainer:
     ``on_epoch_end``, ``on_fit_end`` and ``on_exception`` on each callback in order (the method's own hooks first).
 
     Callbacks read and set the state below: ``epoch``, ``step`` of ``steps``, ``step_taken`` (fp16 skips a step with
-    inf/nan gradients), ``loss`` and ``correct``/``seen`` of the running epoch, ``row`` of the finished one,
+    inf/nan gradients), ``loss``, ``correct``/``seen`` and ``epoch_started`` (its first step's clock) of the running
+    epoch, ``row`` of the finished one,
     ``history``, ``best_acc``, ``start_epoch`` (a resumed run's), and ``summary`` at the end.
     """
 
@@ -48,7 +49,7 @@ class Trainer:
         self.callbacks: list[Callback] = [MethodEvents(), *callbacks]
         self.start_epoch, self.best_acc, self.history = 0, 0.0, []
         self.epoch = self.step = self.steps = self.correct = self.seen = 0
-        self.step_taken, self.loss, self.started = True, 0.0, 0.0
+        self.step_taken, self.loss, self.started, self.epoch_started = True, 0.0, 0.0, 0.0
         self.row: dict[str, Any] = {}
         self.summary: dict[str, Any] = {}
 
@@ -92,7 +93,7 @@ class Trainer:
         p.model.train()
         loss_sums: dict[str, float] = {}
         self.correct = self.seen = 0
-        start = time.perf_counter()
+        self.epoch_started = time.perf_counter()
         batches = iter(p.train_loader)
         lr = cfg.lr
         for i in range(self.steps):
@@ -112,7 +113,7 @@ class Trainer:
             p.scaler.update()
             self.step_taken = p.scaler.get_scale() >= scale
             self.fire("on_step_end")
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - self.epoch_started
         names = sorted(loss_sums)
         totals = all_reduce_sum([loss_sums[k] for k in names] + [self.correct, self.seen, seconds], p.device, p.info)
         seen = totals[-2]

@@ -53,13 +53,9 @@ def register_lazy_source(prefix: str, register_all: Callable[[], None]) -> None:
     MODELS.lazy(prefix, register_all)
 
 
-def _entry(name: str) -> ModelEntry:
-    return MODELS.lookup(name)
-
-
 def canonical_name(name: str) -> str:
     """The registered spelling of a model name (names are case-insensitive); an unknown name is an EdgeKDError."""
-    return _entry(name).name
+    return MODELS.lookup(name).name
 
 
 def list_models() -> list[str]:
@@ -76,7 +72,7 @@ def create_model(name: str, num_classes: int) -> nn.Module:
     The canonical name is kept on the model as ``arch_name`` so later stages and error messages can
     refer to it.
     """
-    entry = _entry(name)
+    entry = MODELS.lookup(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
         raise EdgeKDError(f"num_classes must be an integer from 1 to {MAX_CLASSES:,}, got {num_classes!r}")
     model = entry.build(num_classes)
@@ -97,7 +93,7 @@ def model_summary(
     ``input_size`` (C, H, W) defaults to the size the architecture was designed for: 32x32 for the
     CIFAR family, the evaluation crop of torchvision's published weights (224 for most) for ``tv/``.
     """
-    entry = _entry(name)
+    entry = MODELS.lookup(name)
     size = tuple(input_size) if input_size is not None else entry.input_size
     model = create_model(name, num_classes).eval()
     try:
