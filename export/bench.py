@@ -327,8 +327,6 @@ def run_bench(
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *shape[1:]), dtype=np.float32) for b in batches}
     plan = _plan(manifest, runtimes, precisions)
-    rows: list[dict[str, Any]] = []
-    verified: set[str] = set()
     configs = []  # (runtime, precision, key, skip reason, run dir, the row's fields), in plan order
     for runtime, precision, key, skip in plan:
         entry = manifest["artifacts"].get(key, {}) if key else {}
@@ -366,7 +364,7 @@ def run_bench(
                     opened.append((runtime, precision, rt, status, fields))
                 for b, batch in enumerate(batches):
                     bar.update(task, description=f"batch {batch} threads {n_threads or 'auto'}: "
-                                                 f"{len(opened)} configurations, {ROUNDS} interleaved rounds")
+                                                 f"{len(opened)} configurations in interleaved rounds")
                     group = [bench_row(runtime, precision, batch, n_threads, status or "ok", **fields)
                              for runtime, precision, rt, status, fields in opened]
                     calls = {i: (lambda rt=rt, x=inputs[batch]: rt.run(x))
