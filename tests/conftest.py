@@ -7,6 +7,7 @@ of later stages (export, bench, serve) do not depend on the training code they a
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -70,6 +71,14 @@ def export_dir(digits_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("exports") / "digits-resnet8"
     export_run(digits_run_dir, out, formats=("onnx", "openvino"), int8=True, progress=False)
     return out
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    """Name the running test in ``$EDGEKD_TEST_TRACE`` (``.ci/run`` sets it): a process killed by a signal prints
+    nothing, so CI reads there which test was running."""
+    trace = os.environ.get("EDGEKD_TEST_TRACE")
+    if trace:
+        Path(trace).write_text(nodeid + "\n")
 
 
 @pytest.fixture(autouse=True)

@@ -429,7 +429,8 @@ def test_bench_of_a_real_export_with_the_torch_baseline(export_dir, tmp_path):
         assert torch_row["machine"]["versions"]["torch"]
         ok = [r for r in rows if r["batch"] == batch and r["status"] == "ok"]
         for r in ok:
-            assert r["speedup"] == pytest.approx(base["p50_ms"] / r["p50_ms"], rel=1e-2)
+            # speed-ups are rounded to 3 decimals: a slow row's 0.034 stands for 0.0344
+            assert r["speedup"] == pytest.approx(base["p50_ms"] / r["p50_ms"], rel=1e-2, abs=5e-4)
             assert len(r["round_p50_ms"]) == 3 and r["spread"] >= 0  # 10 calls: 3 rounds of 4
     run_dir = Path(manifest["source_run"])
     assert by[("torch", "fp32", 1)]["size_mb"] == pytest.approx((run_dir / "model.safetensors").stat().st_size / 1e6)
