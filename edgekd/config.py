@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from edgekd.errors import EdgeKDError
+from edgekd.registries import DATASETS, METHODS, MODELS
 from edgekd.settings import SECTIONS, read_recipe
 
 CHOICES = {
@@ -59,6 +60,11 @@ class TrainConfig:
     resume: bool = False
 
     def validate(self) -> TrainConfig:
+        METHODS.check(self.method)  # names first, from the registries' metadata: a typo is answered before torch loads
+        for arch in (self.model, self.teacher_arch):
+            if arch is not None:
+                MODELS.check(arch)
+        DATASETS.check(self.data.partition(":")[0])
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise EdgeKDError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from edgekd.contracts.preprocessing import PreprocessSpec
-from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError
+from edgekd.registries import DATASETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -283,9 +283,7 @@ class DatasetSource:
     build: Callable[[str, int | None, dict], DataBundle]
 
 
-# each source is a module of edgekd.datasets, imported on the first lookup
-DATASETS: Registry[DatasetSource] = Registry("dataset", fold_case=True, plugins=("edgekd.datasets",),
-                                             shown_as="syntax", hint="run `edgekd datasets` for each one's layout")
+# each source is a module of edgekd.datasets, imported on the first lookup (the edgekd.datasets entry points)
 register_dataset = DATASETS.register
 
 

@@ -307,7 +307,7 @@ def test_tiny_imagenet_errors(tmp_path):
 
 
 @pytest.mark.parametrize("spec, options, image_size, message", [
-    ("mnist", None, None, "unknown dataset 'mnist' \\(choose one of digits, synthetic, cifar10:ROOT"),
+    ("mnist", None, None, "unknown dataset 'mnist' \\(choose one of cifar10:ROOT, cifar100:ROOT, digits"),
     ("digits:/tmp", None, None, "takes no path"),
     ("digits", {"classes": 3}, None, "takes no options"),
     ("digits", None, 0, "image size must be an integer >= 1"),
@@ -326,11 +326,11 @@ def test_bad_specs_and_options(spec, options, image_size, message):
 
 def test_list_datasets_describes_every_source():
     rows = list_datasets()
-    assert [r["name"] for r in rows] == ["digits", "synthetic", "cifar10", "cifar100", "imagefolder", "tiny-imagenet"]
+    assert [r["name"] for r in rows] == ["cifar10", "cifar100", "digits", "imagefolder", "synthetic", "tiny-imagenet"]
     for row in rows:
         assert set(row) == {"name", "spec", "description", "classes", "input_size", "layout"}
         assert all(isinstance(v, str) and v for v in row.values())
-    assert "data_batch_1" in rows[2]["layout"] and "val_annotations.txt" in rows[5]["layout"]
+    assert "data_batch_1" in rows[0]["layout"] and "val_annotations.txt" in rows[5]["layout"]
 
 
 # ------------------------------------------------------------------------------------------------ loader

@@ -59,14 +59,15 @@ def x32() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def test_list_models_has_cifar_family_first_then_every_torchvision_then_every_timm_classifier():
+def test_list_models_has_cifar_family_first_then_every_timm_then_every_torchvision_classifier():
     import timm
 
     names = list_models()
     assert set(CIFAR) <= set(OWN) == set(names[: len(OWN)])
     tv = {"tv/" + n for n in torchvision.models.list_models(module=torchvision.models)}
-    assert set(names[len(OWN) : len(OWN) + len(tv)]) == tv
-    assert set(names[len(OWN) + len(tv) :]) == {"timm/" + n for n in timm.list_models()}
+    timms = {"timm/" + n for n in timm.list_models()}
+    assert set(names[len(OWN) : len(OWN) + len(timms)]) == timms
+    assert set(names[len(OWN) + len(timms) :]) == tv
     assert "tv/resnet18" in tv and "tv/mobilenet_v3_small" in tv
 
 

@@ -203,3 +203,83 @@ def test_a_contributed_dataset_model_and_method_train_as_registered_ones_do(tmp_
     assert desc["arch"] == "test-mlp" and desc["dataset"] == "test-stripes" and desc["input_size"] == [3, 8, 8]
     with pytest.raises(EdgeKDError, match="did you mean test-logit-penalty"):
         load_config(overrides={"method": "test-logit-penalty2"})
+
+
+def _edgekd_modules(registry) -> dict[str, str]:
+    """The registered names (folded) of edgekd's own entries, outside the timm/torchvision families, by module."""
+    return {key: getattr(entry, "build", entry).__module__ for key, entry in registry.items()
+            if getattr(entry, "build", entry).__module__.startswith("edgekd.") and "/" not in key}
+
+
+@pytest.mark.parametrize("name", ["METHODS", "MODELS", "DATASETS"])
+def test_the_entry_points_declare_exactly_what_their_modules_register(name) -> None:
+    from importlib.metadata import entry_points
+
+    import edgekd.registries
+
+    registry = getattr(edgekd.registries, name)
+    registry.names()
+    declared = {registry._key(ep.name): ep.value for ep in entry_points(group=registry.group)}
+    assert {k: v for k, v in declared.items() if not k.endswith("/")} == _edgekd_modules(registry)
+    if name == "MODELS":
+        assert {k for k in declared if k.endswith("/")} == {"tv/", "timm/"}
+        assert any(k.startswith("timm/") for k in registry) and any(k.startswith("tv/") for k in registry)
+
+
+def test_a_mistyped_name_is_one_line_before_torch_loads() -> None:
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from edgekd.config import load_config
+from edgekd.errors import EdgeKDError
+for key, value in (("method", "drdk"), ("model", "resnt8"), ("teacher_arch", "wrn_40_3"), ("data", "cifar101:x")):
+    try:
+        load_config(overrides={key: value})
+    except EdgeKDError as e:
+        print(e)
+assert "torch" not in sys.modules, "torch loaded"
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "unknown method 'drdk' (did you mean drkd?); run `edgekd methods` for what each does",
+        "unknown model 'resnt8' (did you mean resnet8, resnet8x4, resnet56?); run `edgekd models` to list the "
+        "available names",
+        "unknown model 'wrn_40_3' (did you mean wrn_40_2, wrn_40_1, wrn_16_2?); run `edgekd models` to list the "
+        "available names",
+        "unknown dataset 'cifar101' (did you mean cifar10, cifar100?); run `edgekd datasets` for each one's layout",
+    ]
+
+
+def test_an_installed_plugin_package_adds_a_method(tmp_path) -> None:
+    """A package that declares an ``edgekd.methods`` entry point is found without any edit to edgekd."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "plugkd-0.1.dist-info").mkdir(parents=True)
+    (site / "plugkd-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: plugkd\nVersion: 0.1\n")
+    (site / "plugkd-0.1.dist-info" / "entry_points.txt").write_text("[edgekd.methods]\nplug-kd = plugkd\n")
+    (site / "plugkd.py").write_text(
+        "from edgekd.methods.kd import KD\nfrom edgekd.methods.base import register_method\n\n"
+        "@register_method('plug-kd')\nclass PlugKD(KD):\n    defaults = {**KD.defaults, 'T': 2.0}\n")
+    script = """
+from edgekd.config import load_config
+from edgekd.methods import list_methods, method_class
+cfg = load_config(overrides={"method": "plug-kd", "teacher": "somewhere"})
+print(cfg.method, method_class("plug-kd").defaults, "plug-kd" in list_methods())
+"""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "plug-kd {'alpha': 0.9, 'T': 2.0} True"
+
+
+def test_a_registry_whose_entry_points_are_missing_says_to_install_edgekd() -> None:
+    from edgekd.contracts.registry import Registry
+
+    with pytest.raises(EdgeKDError, match=r"the edgekd.nothing entry points are missing, so edgekd is not installed"):
+        Registry("thing", group="edgekd.nothing").check("anything")

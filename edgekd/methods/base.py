@@ -13,11 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError
 from edgekd.models.freeze import freeze_for_inference
-
-METHODS: Registry[type[Method]] = Registry("method", hint="run `edgekd distill --help` for what each does")
+from edgekd.registries import METHODS
 
 # An option's rule: a test its (type-checked) value must pass, and how to say it in an error message.
 Rule = tuple[Callable[[Any], bool], str]
@@ -79,7 +77,7 @@ def _to_float32(module: nn.Module, args: Any, output: Any) -> Any:
 
 
 def list_methods() -> list[str]:
-    return sorted(METHODS)
+    return sorted(METHODS.names())
 
 
 def method_class(name: str) -> type[Method]:

@@ -14,8 +14,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekd.contracts.registry import Registry
 from edgekd.errors import EdgeKDError, one_line
+from edgekd.registries import MODELS
 
 TORCHVISION_PREFIX = "tv/"
 
@@ -28,8 +28,6 @@ class ModelEntry:
     build: Callable[[int], nn.Module]
     input_size: tuple[int, int, int]
 
-
-MODELS: Registry[ModelEntry] = Registry("model", fold_case=True, hint="run `edgekd models` to list the available names")
 
 
 def register_model(
@@ -47,19 +45,13 @@ def register_model(
     return wrap
 
 
-def register_lazy_source(prefix: str, register_all: Callable[[], None]) -> None:
-    """Add a function that registers a whole family of ``prefix`` names when first needed (torchvision's and timm's
-    take seconds to import)."""
-    MODELS.lazy(prefix, register_all)
-
-
 def canonical_name(name: str) -> str:
     """The registered spelling of a model name (names are case-insensitive); an unknown name is an EdgeKDError."""
     return MODELS.lookup(name).name
 
 
 def list_models() -> list[str]:
-    """All registered names: the CIFAR family first, then torchvision's ``tv/...`` and timm's ``timm/...`` models."""
+    """All registered names: the CIFAR family first, then timm's ``timm/...`` and torchvision's ``tv/...`` models."""
     return [MODELS[key].name for key in MODELS.names()]
 
 
