@@ -194,8 +194,9 @@ def distill(
         None, help="Distillation method (`edgekd methods` lists them); required unless the recipe names one.",
         rich_help_panel="Method and teacher"),
     student: Optional[str] = typer.Option(
-        None, "--student", "-s", help=f"Student architecture (see `edgekd models`; default {_D.model}).",
-            rich_help_panel="Data and model"),
+        None, "--student", "-s", rich_help_panel="Data and model",
+        help=f"Student architecture (see `edgekd models`; default {_D.model}, the student of the standard CIFAR pair "
+             "resnet56→resnet20 that the methods' papers report)."),
     pretrained: Optional[bool] = PretrainedOpt,
     weights: Optional[str] = WeightsOpt,
     init: Optional[str] = InitOpt,
