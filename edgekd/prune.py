@@ -16,9 +16,7 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.models.shufflenet import ChannelShuffle
-from edgekd.settings import PRUNE
-
-PRUNE_METHODS = ("structured", "l1-unstructured")
+from edgekd.settings import PRUNE, PRUNE_METHODS
 
 
 def _last_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module:

@@ -11,13 +11,10 @@ from typing import Any
 
 from edgekd.config import load_config
 from edgekd.contracts.rundir import PRUNED, read_description
-from edgekd.engine import CleanupOnFailure
-from edgekd.engine.checks import check_run_dir
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import write_json
-from edgekd.prune import PRUNE_METHODS, prune_into, prune_run
-from edgekd.settings import PRUNE
-from edgekd.train import run_training
+from edgekd.registries import METHODS
+from edgekd.settings import PRUNE, PRUNE_METHODS
 
 RECOVERY_DEFAULTS = {"method": PRUNE.recover_method, "lr": PRUNE.lr, "warmup_epochs": 0}
 
@@ -40,6 +37,11 @@ def prune_and_recover(
     parameters before and after, and the held-out accuracy before pruning, after it and after recovery
     (``acc_before``, ``acc_pruned``, ``acc_recovered``).
     """
+    from edgekd.engine import CleanupOnFailure
+    from edgekd.engine.checks import check_run_dir
+    from edgekd.prune import prune_into
+    from edgekd.train import run_training
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     desc = read_description(run_dir)
     check_run_dir(out_dir, resume=False)
@@ -94,6 +96,11 @@ def prune(
         raise EdgeKDError(f"--recover-epochs must be >= 0, got {recover_epochs}")
     if channel_multiple < 1:
         raise EdgeKDError(f"--channel-multiple must be >= 1, got {channel_multiple}")
+    read_description(Path(run_dir))  # the checks that need no torch answer first: a wrong run dir, a mistyped name
+    if recover_epochs:
+        METHODS.check(recover_method)
+    from edgekd.prune import prune_run
+
     how = {"ratio": PRUNE.ratio if ratio is None and target_macs is None else ratio or 0.0, "method": prune_method,
            "target_macs": target_macs, "channel_multiple": channel_multiple}
     if not recover_epochs:

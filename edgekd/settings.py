@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+PRUNE_METHODS = ("structured", "l1-unstructured")
+
 
 @dataclass(frozen=True)
 class PruneSettings:

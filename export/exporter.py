@@ -11,10 +11,9 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from rich.progress import Progress
 
 from edgekd import __version__
@@ -28,6 +27,9 @@ from edgekd.fsutil import atomic_dir, full_disk_as_error, write_json
 from edgekd.progress import progress_bar
 from edgekd.settings import EXPORT
 
+if TYPE_CHECKING:
+    import torch
+
 CALIB_METHODS = tuple(CALIBRATOR_OPTIONS)
 MORE_CALIB = 1024  # the most training images the INT8 search calibrates on
 
@@ -37,9 +39,10 @@ def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop
     if isinstance(formats, str):
         formats = (formats,)
     formats = tuple(dict.fromkeys(str(f).strip().lower() for f in formats))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise EdgeKDError(f"unsupported export format {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}")
+    if not formats:
+        raise EdgeKDError(f"no export format given; choose from {', '.join(FORMATS)}")
+    for name in formats:
+        FORMATS.lookup(name)  # an unknown one: "did you mean"
     formats = tuple(f for f in FORMATS if f in formats)  # written in registry order: the ONNX graph first
     if not is_count(calib_samples):
         raise EdgeKDError(f"calib_samples must be a positive integer, got {calib_samples!r}")
@@ -85,6 +88,8 @@ def _stack(dataset: Any, indices: np.ndarray | None = None) -> tuple[np.ndarray,
 
 
 def _torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    import torch
+
     with torch.inference_mode():
         return np.concatenate([model(torch.from_numpy(images[i : i + batch])).float().numpy()
                                for i in range(0, len(images), batch)])
@@ -233,6 +238,8 @@ class ExportJob:
             self._graph = path or self.scratch / "graph.onnx"
             advance = self.task("ONNX FP32 export", 1)
             with self.stage("ONNX export"):
+                import torch
+
                 example = torch.from_numpy(self.val_images[: min(2, len(self.val_images))])
                 export_onnx(self.model, example, self._graph, self.metadata)
             advance(1)

@@ -128,7 +128,7 @@ def test_a_new_format_and_runtime_work_in_every_stage(ort_optimized, digits_run_
         assert r.status_code == 200 and len(r.json()["predictions"]) == 5
         meta = client.get(f"/v2/models/{manifest['model']}").json()
         assert meta["versions"] == ["ort-optimized-fp32"] and meta["platform"] == OrtOptimizedRuntime.platform
-    with pytest.raises(EdgeKDError, match="unsupported export format"):
+    with pytest.raises(EdgeKDError, match="unknown export format|no export format given"):
         export_run(digits_run_dir, tmp_path / "none", formats=("tflite",), progress=False)
 
 
@@ -226,7 +226,7 @@ def test_the_entry_points_declare_exactly_what_their_modules_register(name) -> N
         assert any(k.startswith("timm/") for k in registry) and any(k.startswith("tv/") for k in registry)
 
 
-def test_a_mistyped_name_is_one_line_before_torch_loads() -> None:
+def test_a_mistyped_name_is_one_line_before_torch_loads(digits_run_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -234,13 +234,22 @@ def test_a_mistyped_name_is_one_line_before_torch_loads() -> None:
 import sys
 from edgekd.config import load_config
 from edgekd.errors import EdgeKDError
+from edgekd.export import export_run
+from edgekd.recover import prune
 for key, value in (("method", "drdk"), ("model", "resnt8"), ("teacher_arch", "wrn_40_3"), ("data", "cifar101:x")):
     try:
         load_config(overrides={key: value})
     except EdgeKDError as e:
         print(e)
+for call in (lambda: prune(RUN, OUT, recover_epochs=1, recover_method="dkt"),
+             lambda: export_run(RUN, OUT, formats=("onx",))):
+    try:
+        call()
+    except EdgeKDError as e:
+        print(e)
 assert "torch" not in sys.modules, "torch loaded"
 """
+    script = f"RUN, OUT = {str(digits_run_dir)!r}, {str(tmp_path / 'out')!r}\n" + script
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [
@@ -250,7 +259,10 @@ assert "torch" not in sys.modules, "torch loaded"
         "unknown model 'wrn_40_3' (did you mean wrn_40_2, wrn_40_1, wrn_16_2?); run `edgekd models` to list the "
         "available names",
         "unknown dataset 'cifar101' (did you mean cifar10, cifar100?); run `edgekd datasets` for each one's layout",
+        "unknown method 'dkt' (did you mean dkd?); run `edgekd methods` for what each does",
+        "unknown export format 'onx' (did you mean onnx?)",
     ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_installed_plugin_package_adds_a_method(tmp_path) -> None:
