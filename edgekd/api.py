@@ -80,6 +80,16 @@ class Run:
         prune(self.path, out, show_progress=progress, **options)
         return Run(out)
 
+    def fit(self, budget_ms: float, *, out: str | Path, **options: Any) -> Export:
+        """The most accurate pruned model whose measured latency meets ``budget_ms``, recovered and exported
+        (``edgekd fit``; ``edgekd.fit.fit`` has every option and default). Returns its export; ``out/fit.json`` holds
+        every step."""
+        from edgekd.contracts.rundir import FIT_EXPORT
+        from edgekd.fit import fit
+
+        fit(self.path, out, budget_ms, **options)
+        return Export(Path(out) / FIT_EXPORT)
+
     def export(self, *, out: str | Path, int8: bool = False, progress: bool = True, **options: Any) -> Export:
         """ONNX and OpenVINO artifacts, each verified against this run's model, INT8 too with ``int8``
         (``edgekd export``; ``edgekd.export.export_run`` has every option and default)."""

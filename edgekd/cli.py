@@ -24,7 +24,7 @@ from edgekd.export.formats import FORMATS
 from edgekd.runtimes import artifact_runtimes
 from edgekd.serve.command import PrecisionOpt, RuntimeOpt, ThreadsOpt
 from edgekd.serve.command import serve as serve_command
-from edgekd.settings import EXPORT, OFFLINE, PRUNE, given_options, with_recipe
+from edgekd.settings import EXPORT, FIT, OFFLINE, PRUNE, given_options, with_recipe
 
 app = typer.Typer(
     help="Distil a small vision model (DR-KD, R2KD, ...), export it to INT8 ONNX/OpenVINO, benchmark it, serve it.",
@@ -444,6 +444,70 @@ def prune(
     if any(a == "--method" or a.startswith("--method=") for a in sys.argv):
         Console(stderr=True, soft_wrap=True).print(
             "[yellow]note[/] prune's --method is now --recover-method; the old spelling goes in the next release")
+
+
+@app.command()
+def fit(
+    ctx: typer.Context,
+    run: Path = typer.Argument(..., help="Run dir of the trained model to fit to the budget."),
+    budget_ms: float = typer.Option(..., "--budget-ms", help="The latency the served model may take, in ms."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the fitted run dir, fit.json and export/."),
+    metric: str = typer.Option(FIT.metric, help="The latency percentile the budget bounds: p50 or p90."),
+    batch: int = typer.Option(FIT.batch, help="Batch size the budget is measured at."),
+    threads: Optional[int] = typer.Option(FIT.threads, help="Runtime threads (default: the runtime's own)."),
+    runtime: str = typer.Option(FIT.runtime, help="The runtime that will serve the model (ort or openvino)."),
+    precision: str = typer.Option(FIT.precision, help="The precision that will be served (int8 or fp32)."),
+    step: float = typer.Option(FIT.step, help="Each search step cuts the measured latency by this fraction."),
+    finetune_steps: int = typer.Option(
+        FIT.finetune_steps, help="KD steps that fine-tune each candidate before it is ranked by holdout accuracy."),
+    recover_epochs: int = typer.Option(
+        FIT.recover_epochs, help="Epochs of KD from the unpruned model that recover the chosen model."),
+    lr: float = typer.Option(FIT.lr, help="Learning rate of the fine-tunes and the recovery."),
+    batch_size: int = typer.Option(FIT.batch_size, "--batch-size", "-b", help="Training images per step."),
+    channel_multiple: int = typer.Option(
+        FIT.channel_multiple, help="Channel counts stay multiples of this (see `edgekd prune --help`)."),
+    seconds: float = typer.Option(FIT.seconds, help="Timing per candidate, in interleaved rounds as bench times."),
+    calib_samples: int = typer.Option(FIT.calib_samples, help="INT8 calibration images of each timed candidate."),
+    seed: int = typer.Option(0, help="Seed of the holdout split and the fine-tunes."),
+    remote: Optional[str] = typer.Option(
+        None, help="Measure on user@host[:path] over SSH, as `edgekd bench --remote` does (edgekd\\[device] there)."),
+    remote_python: str = typer.Option("python3", help="Python on the remote machine."),
+    ssh_port: Optional[int] = typer.Option(None, help="SSH port of --remote."),
+    identity: Optional[Path] = typer.Option(None, help="SSH private key for --remote."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the fit in --out where it stopped."),
+    config: Optional[Path] = StageConfigOpt,
+) -> None:
+    """The most accurate pruned model whose measured latency on the target meets --budget-ms (NetAdapt-style)."""
+    from edgekd.fit import fit as run_fit
+
+    how = with_recipe({"metric": metric, "batch": batch, "threads": threads, "runtime": runtime,
+                       "precision": precision, "step": step, "finetune_steps": finetune_steps,
+                       "recover_epochs": recover_epochs, "lr": lr, "batch_size": batch_size,
+                       "channel_multiple": channel_multiple, "seconds": seconds, "calib_samples": calib_samples},
+                      config, "fit", given_options(ctx))
+    log = Console(stderr=True, soft_wrap=True, highlight=False)
+    record = run_fit(run, out, budget_ms, **how, seed=seed, remote=remote, remote_python=remote_python,
+                     ssh_port=ssh_port, identity=identity, resume=resume, log=lambda line: log.print(escape(line)))
+    table = Table(title=Text(f"fit {run} to {record['budget_ms']:g} ms {how['metric']} "
+                             f"({how['runtime']} {how['precision']}, batch {how['batch']})"))
+    for col in ("step", "layer group", "channels", "latency (ms)", "holdout acc"):
+        table.add_column(col, justify="right", overflow="fold")
+    table.add_row("unpruned", "", "", f"{record['baseline']['latency_ms']:.3f}", "")
+    for number, s in enumerate(record["steps"], 1):
+        c = s["chosen"]
+        table.add_row(str(number), c["group"], f"{c['channels']} -> {c['keep']}", f"{c['latency_ms']:.3f}",
+                      f"{c['accuracy']:.4f}")
+    final = record["final"]
+    table.add_row("final", "", "", f"{final['latency_ms']:.3f}", f"{final['accuracy']:.4f} (held-out)")
+    console.print(table)
+    if not record["steps"]:
+        console.print(f"the unpruned model already meets {record['budget_ms']:g} ms: exported as it is")
+    console.print(f"[green]wrote[/] {escape(str(out / 'fit.json'))}, {escape(final['export'])}")
+    if not final["meets_budget"]:
+        _print_error(f"the exported model measured {final['latency_ms']:.3f} ms, over the {record['budget_ms']:g} ms "
+                     f"budget (the search's measurements were noisier than the margin): measure it again with "
+                     "`edgekd bench`, or fit again with a smaller --budget-ms", "over budget:")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -295,3 +295,48 @@ def prune_run(
     return prune_into(Path(run_dir), Path(out_dir), ratio, method, target_macs, channel_multiple, batch_size)
 
 
+
+
+def _group_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[Any, dict[str, Any]]:
+    """torch-pruning's dependency graph of ``model`` and its prunable layer groups by the name of each group's root
+    layer: the classifier's outputs and the channels that cross a channel shuffle are left out (``_structured``)."""
+    import torch_pruning as tp
+
+    _refuse_unsupported(model)
+    model.requires_grad_(True)  # DepGraph traces the autograd graph
+    shuffle = {ChannelShuffle: _shuffle_pruner()}
+    ignored = [_last_layer(model, example_input), *_shuffle_crossing(model, example_input, shuffle)]
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_input, customized_pruners=shuffle)
+    names = {m: n for n, m in model.named_modules()}
+    groups = {names[g[0].dep.target.module]: g
+              for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))}
+    return graph, groups
+
+
+def layer_groups(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """The structured-prunable layer groups of ``model`` (channels pruned together, e.g. every conv a residual sum
+    couples), by the name of the layer that roots each, with its channel count."""
+    model = copy.deepcopy(model).eval()
+    graph, groups = _group_graph(model, example_input)
+    return {name: graph.get_out_channels(g[0].dep.target.module) for name, g in groups.items()}
+
+
+def prune_group(model: nn.Module, example_input: torch.Tensor, group: str, keep: int) -> nn.Module:
+    """A copy of ``model`` (in eval mode) whose layer group ``group`` (a name from ``layer_groups``) keeps ``keep``
+    channels: those of largest L1 magnitude over the group, as ``structured`` pruning ranks them."""
+    import torch_pruning as tp
+
+    pruned = copy.deepcopy(model).eval()
+    graph, groups = _group_graph(pruned, example_input)
+    if group not in groups:
+        raise EdgeKDError(f"{group} roots no prunable layer group; choose one of {', '.join(groups)}")
+    first = groups[group][0].dep
+    channels = graph.get_out_channels(first.target.module)
+    if not 0 < keep <= channels:
+        raise EdgeKDError(f"layer group {group} has {channels} channels; it cannot keep {keep}")
+    if keep < channels:
+        scores = tp.importance.MagnitudeImportance(p=1)(groups[group])
+        cut = sorted(torch.argsort(scores)[: channels - keep].tolist())
+        graph.get_pruning_group(first.target.module, first.handler, idxs=cut).prune()
+    return pruned.requires_grad_(True)

@@ -73,6 +73,25 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
+class FitSettings:
+    """`edgekd fit`, ``Run.fit``, ``edgekd.fit.fit``: what is measured, and how the search and recovery run."""
+
+    metric: str = "p50"  # the latency percentile the budget bounds
+    batch: int = 1
+    threads: int | None = None  # the runtime's default
+    runtime: str = "ort"
+    precision: str = "int8"
+    step: float = 0.1  # each search step cuts the measured latency by this fraction (NetAdapt's schedule, constant)
+    finetune_steps: int = 100  # the short KD fine-tune that ranks a step's candidates
+    recover_epochs: int = 6  # the final KD recovery of the chosen model from the unpruned one
+    lr: float = PruneSettings.lr
+    batch_size: int = 64  # training images per step (fine-tune and recovery)
+    channel_multiple: int = PruneSettings.channel_multiple
+    seconds: float = 1.0  # timing per candidate, in interleaved rounds as `edgekd bench` times
+    calib_samples: int = 64  # a candidate's INT8 calibration: its latency, not its accuracy, is measured
+
+
+@dataclass(frozen=True)
 class OfflineSettings:
     """`edgekd val` and `predict`, ``Export.val`` and ``Export.predict``."""
 
@@ -81,11 +100,12 @@ class OfflineSettings:
 
 PRUNE, EXPORT, BENCH, SERVE, OFFLINE = PruneSettings(), ExportSettings(), BenchSettings(), ServeSettings(), \
     OfflineSettings()
+FIT = FitSettings()
 
 
 # the sections of a recipe (`-c`) that later stages read; its top-level keys are training's (TrainConfig)
 SECTIONS: dict[str, type] = {"prune": PruneSettings, "export": ExportSettings, "bench": BenchSettings,
-                             "serve": ServeSettings}
+                             "serve": ServeSettings, "fit": FitSettings}
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:

@@ -15,12 +15,13 @@ from edgekd.cli import app
 from edgekd.config import TrainConfig
 from edgekd.contracts.values import csv_list, int_list
 from edgekd.exported import Export
-from edgekd.settings import BENCH, EXPORT, OFFLINE, PRUNE, SERVE
+from edgekd.settings import BENCH, EXPORT, FIT, OFFLINE, PRUNE, SERVE
 
 
 def _stages():
     from edgekd.export import export_run
     from edgekd.export.bench import run_bench
+    from edgekd.fit import fit
     from edgekd.recover import prune
     from edgekd.serve.app import create_app
     from edgekd.serve.offline import Classifier
@@ -33,6 +34,7 @@ def _stages():
         "distill": (TrainConfig(), [], {"student": "model"}),
         "prune": (PRUNE, [prune, Run.prune], {}),
         "export": (EXPORT, [export_run, Run.export], {}),
+        "fit": (FIT, [fit], {}),
         "bench": (BENCH, [run_bench, Export.bench], {"batch": "batches"}),
         "serve": (SERVE, [run_server, create_app, Export.serve], {}),
         "val": (OFFLINE, [run_val], {}),

@@ -24,7 +24,9 @@ CHECKPOINT = "checkpoint.pt"
 CURVES = "curves.png"
 TENSORBOARD = "tensorboard"  # --tensorboard's event files
 TEACHER = "teacher"  # the self-teacher a self-distillation run trains first
-PRUNED = "pruned"  # prune --recover-epochs: the pruned model the run recovers from
+PRUNED = "pruned"  # prune --recover-epochs and fit: the pruned model the run recovers from
+FIT = "fit.json"  # edgekd fit: the search's every step, measured (and its state, for --resume)
+FIT_EXPORT = "export"  # edgekd fit: the export dir of the fitted model
 REQUIRED = ("arch", "num_classes", "input_size", "mean", "std", "class_names", "dataset")
 
 

@@ -21,6 +21,8 @@ from edgekd.contracts.rundir import (
     CONFIG,
     CURVES,
     DESCRIPTION,
+    FIT,
+    FIT_EXPORT,
     METRICS,
     PRUNED,
     SUMMARY,
@@ -34,7 +36,7 @@ from edgekd.fsutil import check_can_create
 # what a run writes before its first checkpoint; a folder holding only these is a run that stopped early (its
 # self-trained teacher is kept and reused; `prune --recover-epochs` puts its pruned start beside), anything else
 # in --out belongs to someone else
-RUN_ENTRIES = {CONFIG, METRICS, TEACHER, PRUNED, CURVES, SUMMARY, DESCRIPTION, TENSORBOARD}
+RUN_ENTRIES = {CONFIG, METRICS, TEACHER, PRUNED, CURVES, SUMMARY, DESCRIPTION, TENSORBOARD, FIT, FIT_EXPORT}
 
 
 def resolve_device(name: str) -> torch.device:

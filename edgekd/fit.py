@@ -1,0 +1,395 @@
+"""`edgekd fit`: a latency budget on a device in, the most accurate pruned model that meets it out.
+
+A NetAdapt-style search (Yang et al. 2018) in which every latency is measured, never estimated from MACs: each step
+asks for ``step`` less latency than the last; for every prunable layer group it finds, by measuring the exported
+candidate as it would ship (runtime, precision, batch, threads, here or over SSH with bench's runner), how many
+channels that group must lose to get there; it ranks those candidates by held-out accuracy after a short KD
+fine-tune from the unpruned model and keeps the best. Once the budget is met, the chosen model is recovered with KD
+from the unpruned one, exported with the default INT8 accuracy bound, and benched again. Every measurement is cached
+per device (``edgekd.latency``), and ``fit.json`` records every step, so a killed fit resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekd.contracts.rundir import FIT, FIT_EXPORT, PRUNED, read_description
+from edgekd.errors import EdgeKDError
+from edgekd.fsutil import write_json
+from edgekd.latency import LatencyCache, Target, candidate_key
+from edgekd.settings import FIT as DEFAULTS
+
+if TYPE_CHECKING:
+    from torch import nn
+
+METRICS = ("p50", "p90")
+TEMPERATURE = 4.0  # the KD temperature of the fine-tune and the recovery (Hinton's, edgekd's kd default)
+HOLDOUT = 0.2  # the part of the training split that ranks candidates (the validation split stays unseen)
+
+
+@dataclass
+class Candidate:
+    """One pruned model a step measured: which group lost channels, and what it gave."""
+
+    group: str
+    channels: int
+    keep: int
+    latency_ms: float
+    p50_ms: float
+    p90_ms: float
+    unstable: bool
+    cached: bool
+    macs: int = 0
+    params: int = 0
+    accuracy: float | None = None
+
+
+def _check(budget_ms: float, metric: str, step: float, finetune_steps: int, recover_epochs: int,
+           channel_multiple: int, batch_size: int) -> None:
+    if not budget_ms > 0:
+        raise EdgeKDError(f"--budget-ms must be > 0, got {budget_ms}")
+    if metric not in METRICS:
+        raise EdgeKDError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if not 0 < step < 1:
+        raise EdgeKDError(f"--step must be between 0 and 1 (the fraction of latency each step cuts), got {step}")
+    for name, value in (("--finetune-steps", finetune_steps), ("--recover-epochs", recover_epochs)):
+        if value < 0:
+            raise EdgeKDError(f"{name} must be >= 0, got {value}")
+    for name, value in (("--channel-multiple", channel_multiple), ("--batch-size", batch_size)):
+        if value < 1:
+            raise EdgeKDError(f"{name} must be >= 1, got {value}")
+
+
+class _Search:
+    """The state of one fit: the unpruned teacher, the data, the target, the cache and ``fit.json``."""
+
+    def __init__(self, run_dir: Path, out: Path, target: Target, cache: LatencyCache, options: dict[str, Any],
+                 log: Callable[[str], None]) -> None:
+        import torch
+
+        from edgekd.data import run_data
+        from edgekd.rundir import load_model
+
+        self.run_dir, self.out, self.target, self.cache, self.options, self.log = \
+            run_dir, out, target, cache, options, log
+        self.teacher, self.desc = load_model(run_dir)
+        self.example = torch.zeros(1, *self.desc["input_size"])
+        bundle = run_data(self.desc)
+        generator = torch.Generator().manual_seed(options["seed"])
+        order = torch.randperm(len(bundle.raw_train), generator=generator).tolist()
+        cut = max(1, int(len(order) * HOLDOUT))
+        self.finetune_set = torch.utils.data.Subset(bundle.train_set(), order[cut:])
+        self.holdout_set = torch.utils.data.Subset(bundle.calib_set(), order[:cut])
+        self.record: dict[str, Any] = {}
+
+    def save(self) -> None:
+        write_json(self.out / FIT, self.record)
+
+    def measure(self, model: nn.Module) -> Candidate:
+        """The target's latency of ``model`` as exported, from the cache when this device measured that shape."""
+        import torch_pruning as tp
+
+        from edgekd.rundir import layer_shapes
+
+        macs, params = tp.utils.count_ops_and_params(model, self.example)
+        shapes = layer_shapes(model)
+        timing = self.cache.get(candidate_key(self.desc, shapes, self.target))
+        cached = timing is not None
+        if timing is None:
+            timing = self._measure_export(model)
+            if not timing["unstable"]:  # a remote machine is known from its first measurement on
+                self.cache.put(candidate_key(self.desc, shapes, self.target), timing)
+        return Candidate("", 0, 0, timing[f"{self.target.metric}_ms"], timing["p50_ms"], timing["p90_ms"],
+                         timing["unstable"], cached, int(macs), int(params))
+
+    def _measure_export(self, model: nn.Module) -> dict[str, Any]:
+        from edgekd.export import export_run
+        from edgekd.rundir import layer_shapes, save_model
+
+        with tempfile.TemporaryDirectory(prefix="edgekd-fit-") as tmp:
+            run, export = Path(tmp) / "run", Path(tmp) / "export"
+            save_model(run, model, {**self.desc, "layer_shapes": layer_shapes(model)})
+            export_run(run, export, formats=(self.target.format,), int8=self.target.precision == "int8",
+                       calib_samples=self.options["calib_samples"], max_drop=None, progress=False)
+            return self.target.measure(export)
+
+    def finetune(self, student: nn.Module) -> tuple[nn.Module, float]:
+        """``student`` after ``finetune_steps`` of KD from the unpruned model, and its accuracy on the holdout."""
+        import torch
+        import torch.nn.functional as F
+
+        from edgekd.data import make_loader
+
+        student = copy.deepcopy(student).train()
+        steps = self.options["finetune_steps"]
+        if steps:
+            optimizer = torch.optim.SGD(student.parameters(), lr=self.options["lr"], momentum=0.9, weight_decay=5e-4)
+            loader = make_loader(self.finetune_set, self.options["batch_size"], shuffle=True,
+                                 seed=self.options["seed"], drop_last=True)
+            torch.manual_seed(self.options["seed"])
+            done = 0
+            while done < steps:
+                for x, y in loader:
+                    with torch.no_grad():
+                        z_t = self.teacher(x)
+                    z_s = student(x)
+                    soft = F.kl_div(F.log_softmax(z_s / TEMPERATURE, 1), F.log_softmax(z_t / TEMPERATURE, 1),
+                                    reduction="batchmean", log_target=True) * TEMPERATURE**2
+                    loss = 0.1 * F.cross_entropy(z_s, y) + 0.9 * soft
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    done += 1
+                    if done == steps:
+                        break
+        student.eval()
+        return student, _accuracy(student, make_loader(self.holdout_set, 256, shuffle=False, seed=0))
+
+
+def _accuracy(model: nn.Module, loader: Any) -> float:
+    import torch
+
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += y.numel()
+    return correct / max(total, 1)
+
+
+def _smallest(search: _Search, model: nn.Module, multiple: int) -> nn.Module:
+    """Every prunable group cut to ``multiple`` channels (or left, if it has no more): the fastest shape the
+    search could reach."""
+    from edgekd.prune import layer_groups, prune_group
+
+    for group, channels in layer_groups(model, search.example).items():
+        if channels > multiple:
+            model = prune_group(model, search.example, group, multiple)
+    return model
+
+
+def _candidate(search: _Search, model: nn.Module, group: str, channels: int, goal_ms: float,
+               multiple: int) -> tuple[Candidate, nn.Module, bool] | None:
+    """The fewest channels ``group`` must lose for the measured latency to reach ``goal_ms``: the group cut to
+    ``multiple`` first, then a binary search over the multiples in between. When even the deepest cut misses the
+    goal, that cut is returned, marked as missing it (None: the group has no channels to lose)."""
+    from edgekd.prune import prune_group
+
+    options = list(range(multiple, channels, multiple))  # the kept counts to choose from, ascending
+    if not options:
+        return None
+    best: tuple[Candidate, nn.Module, bool] | None = None
+    low, high = 0, len(options) - 1
+    while low <= high:
+        mid = (low + high) // 2 if best is not None else 0  # the deepest cut first
+        pruned = prune_group(model, search.example, group, options[mid])
+        measured = search.measure(pruned)
+        measured.group, measured.channels, measured.keep = group, channels, options[mid]
+        search.log(f"  {group}: {channels} -> {options[mid]} channels: {_ms(measured)}")
+        if measured.latency_ms > goal_ms and best is None:
+            return measured, pruned, False
+        if measured.latency_ms <= goal_ms:
+            best = (measured, pruned, True)
+            low = mid + 1
+        else:
+            high = mid - 1
+    return best
+
+
+def _ms(c: Candidate) -> str:
+    return f"{'~' if c.unstable else ''}{c.latency_ms:.3f} ms{' (cached)' if c.cached else ''}"
+
+
+def fit(
+    run_dir: str | Path,
+    out: str | Path,
+    budget_ms: float,
+    *,
+    metric: str = DEFAULTS.metric,
+    batch: int = DEFAULTS.batch,
+    threads: int | None = DEFAULTS.threads,
+    runtime: str = DEFAULTS.runtime,
+    precision: str = DEFAULTS.precision,
+    step: float = DEFAULTS.step,
+    finetune_steps: int = DEFAULTS.finetune_steps,
+    recover_epochs: int = DEFAULTS.recover_epochs,
+    lr: float = DEFAULTS.lr,
+    batch_size: int = DEFAULTS.batch_size,
+    channel_multiple: int = DEFAULTS.channel_multiple,
+    seconds: float = DEFAULTS.seconds,
+    calib_samples: int = DEFAULTS.calib_samples,
+    seed: int = 0,
+    remote: str | None = None,
+    remote_python: str = "python3",
+    ssh_port: int | None = None,
+    identity: str | Path | None = None,
+    ssh_options: tuple[str, ...] = (),
+    cache_dir: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Search, recover and export the most accurate pruned model of ``run_dir`` whose ``metric`` latency on the
+    target is within ``budget_ms``; returns what ``OUT/fit.json`` holds. See the module docstring for the method."""
+    run_dir, out = Path(run_dir), Path(out)
+    _check(budget_ms, metric, step, finetune_steps, recover_epochs, channel_multiple, batch_size)
+    read_description(run_dir)
+    target = Target(runtime, precision, batch, threads, metric, seconds, remote, remote_python, ssh_port, identity,
+                    tuple(ssh_options))
+    previous = _previous(out, resume)
+    log = log or (lambda _line: None)
+    options = {"finetune_steps": finetune_steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+               "calib_samples": calib_samples}
+    if previous is not None:  # the resumed fit's own settings, whatever was passed now
+        budget_ms, step, channel_multiple = (previous["budget_ms"], previous["options"]["step"],
+                                             previous["options"]["channel_multiple"])
+        recover_epochs = previous["options"]["recover_epochs"]
+        options = {k: previous["options"][k] for k in options}
+        target = Target(**{**{k: v for k, v in previous["target"].items() if k != "machine"},
+                           "ssh_options": tuple(previous["target"]["ssh_options"])})
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    search = _Search(run_dir, out, target, LatencyCache(cache_dir), options, log)
+    search.record = previous or {
+        "run": str(run_dir), "budget_ms": budget_ms, "target": {**asdict(target), "machine": None,
+                                                                 "identity": str(identity) if identity else None},
+        "options": {**options, "step": step, "recover_epochs": recover_epochs, "channel_multiple": channel_multiple},
+        "state": "searching", "steps": [],
+    }
+    if search.record["state"] == "searching":
+        try:
+            _search(search, budget_ms, step, channel_multiple)
+        except EdgeKDError:
+            if created and not search.record["steps"]:  # nothing to resume: leave nothing behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    if search.record["state"] == "met as is":
+        return _export_and_check(search, run_dir, budget_ms, log)
+    if search.record["state"] == "recovering":
+        _recover(search, recover_epochs)
+    return _export_and_check(search, out, budget_ms, log)
+
+
+def _previous(out: Path, resume: bool) -> dict[str, Any] | None:
+    import json
+
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise EdgeKDError(f"{out} already exists and is not empty; pass --resume to continue its fit, or choose "
+                              "another --out")
+        return None
+    if not (out / FIT).is_file():
+        raise EdgeKDError(f"--resume: {out / FIT} does not exist; start without --resume")
+    return json.loads((out / FIT).read_text(encoding="utf-8"))
+
+
+def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> None:
+    from edgekd.prune import layer_groups
+    from edgekd.rundir import layer_shapes, load_model, save_model
+
+    record = search.record
+    if not record["steps"]:
+        base = search.measure(search.teacher)
+        record["baseline"], record["machine"] = asdict(base), search.target.machine
+        search.log(f"unpruned: {_ms(base)} (budget {budget_ms:g} ms)")
+        if base.latency_ms <= budget_ms:
+            record["state"] = "met as is"
+            search.save()
+            return
+        smallest = search.measure(_smallest(search, search.teacher, multiple))
+        record["smallest"] = asdict(smallest)
+        if smallest.latency_ms > budget_ms:
+            search.save()
+            raise EdgeKDError(
+                f"the budget of {budget_ms:g} ms cannot be met: the smallest candidate (every layer group at "
+                f"{multiple} channels) measures {smallest.latency_ms:.3f} ms {search.target.metric}; raise the budget, "
+                "lower --channel-multiple, or pick a smaller student")
+        model, latency = search.teacher, base.latency_ms
+        search.save()
+    else:
+        model, _ = load_model(search.out / PRUNED)
+        latency = record["steps"][-1]["chosen"]["latency_ms"]
+    while latency > budget_ms:
+        goal = max(budget_ms, latency * (1 - step))
+        number = len(record["steps"]) + 1
+        search.log(f"step {number}: from {latency:.3f} ms to {goal:.3f} ms")
+        probed = [p for group, channels in layer_groups(model, search.example).items()
+                  if (p := _candidate(search, model, group, channels, goal, multiple)) is not None]
+        # no group reaching the goal alone (coarse channel multiples): the deepest cuts that are faster still count
+        found = [(c, m) for c, m, met in probed if met]
+        goal_met = bool(found)
+        found = found or [(c, m) for c, m, _ in probed if c.latency_ms < latency]
+        if not found:
+            search.save()
+            raise EdgeKDError(f"the budget of {budget_ms:g} ms cannot be met: no layer group can lose more channels "
+                              f"and be faster; the best latency reached is {latency:.3f} ms {search.target.metric} "
+                              f"({search.out / PRUNED} holds that model)")
+        for candidate, pruned in found:
+            tuned, candidate.accuracy = search.finetune(pruned)
+            search.log(f"  {candidate.group} -> {candidate.keep}: holdout accuracy {candidate.accuracy:.4f}")
+            found[found.index((candidate, pruned))] = (candidate, tuned)
+        chosen, model = max(found, key=lambda f: (f[0].accuracy, -f[0].latency_ms))
+        latency = chosen.latency_ms
+        save_model(search.out / PRUNED, model, {**search.desc, "layer_shapes": layer_shapes(model),
+                                                "pruned": {"method": "fit", "source": str(search.run_dir)}})
+        record["steps"].append({"goal_ms": goal, "goal_met": goal_met, "candidates": [asdict(c) for c, _ in found],
+                                "chosen": asdict(chosen)})
+        search.log(f"  kept {chosen.group} at {chosen.keep} channels: {_ms(chosen)}, accuracy {chosen.accuracy:.4f}")
+        search.save()
+    record["state"] = "recovering"
+    search.save()
+
+
+def _recover(search: _Search, epochs: int) -> None:
+    """KD from the unpruned model into OUT, started from the searched model (OUT/pruned), as `prune` recovers; a
+    recovery that was stopped after its first checkpoint resumes from it."""
+    from edgekd.config import load_config
+    from edgekd.contracts.rundir import CHECKPOINT
+    from edgekd.train import run_training
+
+    desc, out = search.desc, search.out
+    if epochs:
+        overrides = {"data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
+                     "image_size": desc["input_size"][-1], "teacher": str(search.run_dir),
+                     "init": str(out / PRUNED), "out": str(out), "method": "kd", "lr": search.options["lr"],
+                     "warmup_epochs": 0, "epochs": epochs, "batch_size": search.options["batch_size"],
+                     "seed": search.options["seed"], "resume": (out / CHECKPOINT).is_file() or None}
+        run_training(load_config(None, overrides), show_progress=False)
+    else:  # the searched model as it is
+        for name in ("model.safetensors", "model.json"):
+            shutil.copy2(out / PRUNED / name, out / name)
+    search.record["state"] = "exporting"
+    search.save()
+
+
+def _export_and_check(search: _Search, model_dir: Path, budget_ms: float, log: Callable[[str], None]) -> dict:
+    """Export ``model_dir`` with the default accuracy bound, bench the artifact the target serves, and say whether
+    it meets the budget."""
+    from edgekd.export import export_run
+
+    target, export = search.target, search.out / FIT_EXPORT
+    if export.exists():  # a resumed fit re-exports: the earlier export may be partial
+        shutil.rmtree(export)
+    manifest = export_run(model_dir, export, formats=(target.format,), int8=target.precision == "int8",
+                          progress=False)
+    if f"{target.format}-{target.precision}" not in manifest["artifacts"]:
+        why = "; ".join(manifest.get("notes") or []) or "it was not written"
+        raise EdgeKDError(f"the fitted model's {target.format} {target.precision} artifact missed the export's "
+                          f"accuracy bound ({why}); {export} holds the rest")
+    timing = target.measure(export)
+    latency = timing[f"{target.metric}_ms"]
+    record = search.record
+    record["final"] = {**timing, "latency_ms": latency, "meets_budget": latency <= budget_ms,
+                       "accuracy": manifest["artifacts"][f"{target.format}-{target.precision}"]["accuracy"],
+                       "export": str(export)}
+    record["state"] = "done"
+    search.save()
+    log(f"final {target.format} {target.precision}: {latency:.3f} ms {target.metric} "
+        f"({'within' if latency <= budget_ms else 'OVER'} the {budget_ms:g} ms budget), "
+        f"accuracy {record['final']['accuracy']:.4f}")
+    return record

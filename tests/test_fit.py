@@ -1,0 +1,126 @@
+"""`edgekd fit`: the search on a deterministic latency (MACs), resume, the per-device cache, and the real measured
+path here and over SSH for the budgets that end early (already met, cannot be met)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from edgekd.errors import EdgeKDError
+from edgekd.fit import fit
+from test_remote import connect, sshd  # noqa: F401  (the fixture: a real sshd on loopback)
+
+TINY = {"finetune_steps": 4, "recover_epochs": 0, "batch_size": 32, "seconds": 0.2, "calib_samples": 16}
+
+
+def _by_macs(monkeypatch, calls: list) -> None:
+    """Latency = MACs / 1e6 ms instead of an export and a bench: the search's logic, without timing noise."""
+    def measure(self, model):
+        import torch_pruning as tp
+
+        macs, _ = tp.utils.count_ops_and_params(model, self.example)
+        calls.append(macs)
+        return {"p50_ms": macs / 1e6, "p90_ms": macs / 1e6, "spread": 0.0, "unstable": False}
+
+    monkeypatch.setattr("edgekd.fit._Search._measure_export", measure)
+
+
+def test_the_search_cuts_the_group_that_keeps_most_accuracy_until_the_budget_is_met(
+        monkeypatch, digits_run_dir, tmp_path):
+    calls: list = []
+    _by_macs(monkeypatch, calls)
+    record = json.loads(json.dumps(fit(digits_run_dir, tmp_path / "fit", 8.0, **TINY, step=0.2,
+                                       cache_dir=tmp_path / "cache")))
+    base = record["baseline"]["latency_ms"]
+    assert base > 8.0 and record["state"] == "done"
+    latencies = [s["chosen"]["latency_ms"] for s in record["steps"]]
+    assert latencies[-1] <= 8.0 < min(latencies[:-1] + [base])  # it stops at the first step within the budget
+    previous = base
+    for s in record["steps"]:  # each step reaches its goal (or, if no group can, gets faster) with its most
+        assert s["goal_ms"] == pytest.approx(max(8.0, previous * 0.8))  # accurate candidate
+        reached = s["goal_ms"] if s["goal_met"] else previous - 1e-9
+        assert all(c["latency_ms"] <= reached and c["keep"] % 16 == 0 for c in s["candidates"])
+        assert s["chosen"]["accuracy"] == max(c["accuracy"] for c in s["candidates"])
+        previous = s["chosen"]["latency_ms"]
+    assert record["final"]["export"] == str(tmp_path / "fit" / "export")
+    assert (tmp_path / "fit" / "export" / "manifest.json").is_file() and (tmp_path / "fit" / "model.json").is_file()
+    shapes = json.loads((tmp_path / "fit" / "model.json").read_text())["layer_shapes"]
+    assert shapes, "the fitted model is pruned"
+
+    # the same fit again: every shape it measured is in the device's cache
+    before = len(calls)
+    again = fit(digits_run_dir, tmp_path / "again", 8.0, **TINY, step=0.2, cache_dir=tmp_path / "cache")
+    assert len(calls) == before and again["baseline"]["cached"]
+    assert [s["chosen"]["group"] for s in again["steps"]] == [s["chosen"]["group"] for s in record["steps"]]
+
+
+def test_a_fit_stopped_mid_search_resumes_where_it_stopped(monkeypatch, digits_run_dir, tmp_path):
+    _by_macs(monkeypatch, [])
+    import edgekd.fit as module
+
+    real_save = module._Search.save
+
+    def stop_after_the_first_step(self):
+        real_save(self)
+        if len(self.record["steps"]) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module._Search, "save", stop_after_the_first_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(digits_run_dir, tmp_path / "fit", 8.0, **TINY, step=0.2, cache_dir=tmp_path / "cache")
+    saved = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert saved["state"] == "searching" and len(saved["steps"]) == 1
+    monkeypatch.setattr(module._Search, "save", real_save)
+    with pytest.raises(EdgeKDError, match="already exists and is not empty; pass --resume"):
+        fit(digits_run_dir, tmp_path / "fit", 8.0, **TINY, cache_dir=tmp_path / "cache")
+    resumed = fit(digits_run_dir, tmp_path / "fit", 99.0, resume=True, cache_dir=tmp_path / "cache")  # its budget
+    assert resumed["budget_ms"] == 8.0 and resumed["steps"][0] == saved["steps"][0] and len(resumed["steps"]) > 1
+    fresh = fit(digits_run_dir, tmp_path / "fresh", 8.0, **TINY, step=0.2, cache_dir=tmp_path / "cache")
+    assert [s["chosen"]["group"] for s in resumed["steps"]] == [s["chosen"]["group"] for s in fresh["steps"]]
+
+
+def test_a_budget_already_met_is_exported_as_is(monkeypatch, capsys, digits_run_dir, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "fit", str(digits_run_dir), "--budget-ms", "1000", "-o",
+                             str(tmp_path / "fit"), "--seconds", "0.2", "--recover-epochs", "0")
+    assert code == 0, err
+    record = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert record["steps"] == [] and record["state"] == "done" and record["final"]["meets_budget"]
+    assert "already meets 1000 ms: exported as it is" in " ".join(out.split())
+    manifest = json.loads((tmp_path / "fit" / "export" / "manifest.json").read_text())
+    assert "onnx-int8" in manifest["artifacts"] and record["machine"]["cpu"]
+    assert 0 < record["final"]["p50_ms"] == record["final"]["latency_ms"] < 1000
+
+
+def test_a_budget_no_candidate_can_meet_is_one_line_naming_the_best_latency(digits_run_dir, tmp_path):
+    with pytest.raises(EdgeKDError, match=r"the budget of 0\.0001 ms cannot be met: the smallest candidate \(every "
+                                          r"layer group at 16 channels\) measures \d+\.\d{3} ms p50"):
+        fit(digits_run_dir, tmp_path / "fit", 1e-4, **TINY, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "fit").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"budget_ms": 0}, "--budget-ms must be > 0"),
+    ({"metric": "p99"}, "--metric must be one of p50, p90"),
+    ({"step": 1.5}, "--step must be between 0 and 1"),
+    ({"runtime": "tensorrt"}, "--runtime must be one of"),
+    ({"precision": "int4"}, "--precision must be one of"),
+])
+def test_bad_options_are_one_line_before_any_work(digits_run_dir, tmp_path, options, message):
+    with pytest.raises(EdgeKDError, match=message):
+        fit(digits_run_dir, tmp_path / "fit", **{"budget_ms": 1.0, **options})
+    assert not (tmp_path / "fit").exists()
+
+
+def test_the_measurements_are_taken_on_the_device_over_ssh(sshd, digits_run_dir, tmp_path):  # noqa: F811
+    record = fit(digits_run_dir, tmp_path / "fit", 1000.0, **TINY, remote=sshd["dest"], remote_python=sys.executable,
+                 ssh_port=sshd["port"], identity=sshd["identity"], ssh_options=tuple(sshd["ssh_options"]),
+                 cache_dir=tmp_path / "cache")
+    assert record["machine"]["target"] == sshd["dest"] and record["final"]["meets_budget"]
+    cache = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    assert len(cache) == 1  # the unpruned model, keyed by the device that measured it
+    assert Path(record["final"]["export"], "manifest.json").is_file()
+    assert connect(sshd)["port"] == sshd["port"]
