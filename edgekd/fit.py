@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 METRICS = ("p50", "p90")
-TEMPERATURE = 4.0  # the KD temperature of the fine-tune and the recovery (Hinton's, edgekd's kd default)
 HOLDOUT = 0.2  # the part of the training split that ranks candidates (the validation split stays unseen)
 
 
@@ -125,6 +124,10 @@ class _Search:
         import torch.nn.functional as F
 
         from edgekd.data import make_loader
+        from edgekd.losses import kd_loss
+        from edgekd.methods import method_class
+
+        kd = method_class("kd").defaults  # the fine-tune is the kd method's loss, as the recovery's is
 
         student = copy.deepcopy(student).train()
         steps = self.options["finetune_steps"]
@@ -139,9 +142,7 @@ class _Search:
                     with torch.no_grad():
                         z_t = self.teacher(x)
                     z_s = student(x)
-                    soft = F.kl_div(F.log_softmax(z_s / TEMPERATURE, 1), F.log_softmax(z_t / TEMPERATURE, 1),
-                                    reduction="batchmean", log_target=True) * TEMPERATURE**2
-                    loss = 0.1 * F.cross_entropy(z_s, y) + 0.9 * soft
+                    loss = (1 - kd["alpha"]) * F.cross_entropy(z_s, y) + kd["alpha"] * kd_loss(z_s, z_t, kd["T"])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -82,7 +82,7 @@ class FitSettings:
     runtime: str = "ort"
     precision: str = "int8"
     step: float = 0.1  # each search step cuts the measured latency by this fraction (NetAdapt's schedule, constant)
-    finetune_steps: int = 100  # the short KD fine-tune that ranks a step's candidates
+    finetune_steps: int = 20  # the short KD fine-tune that ranks a step's candidates (cost, not yet measured)
     recover_epochs: int = 6  # the final KD recovery of the chosen model from the unpruned one
     lr: float = PruneSettings.lr
     batch_size: int = 64  # training images per step (fine-tune and recovery)
