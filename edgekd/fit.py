@@ -150,7 +150,12 @@ class _Search:
                     if done == steps:
                         break
         student.eval()
-        return student, _accuracy(student, make_loader(self.holdout_set, 256, shuffle=False, seed=0))
+        return student, _accuracy(student, self.holdout_loader())
+
+    def holdout_loader(self) -> Any:
+        from edgekd.data import make_loader
+
+        return make_loader(self.holdout_set, 256, shuffle=False, seed=0)
 
 
 def _accuracy(model: nn.Module, loader: Any) -> float:
@@ -296,6 +301,7 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
     record = search.record
     if not record["steps"]:
         base = search.measure(search.teacher)
+        base.accuracy = _accuracy(search.teacher, search.holdout_loader())
         record["baseline"], record["machine"] = asdict(base), search.target.machine
         search.log(f"unpruned: {_ms(base)} (budget {budget_ms:g} ms)")
         if base.latency_ms <= budget_ms:

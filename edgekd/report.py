@@ -22,7 +22,7 @@ from typing import Any
 
 from edgekd.contracts.bench_rows import BENCH_JSON, read_rows
 from edgekd.contracts.manifest import MANIFEST
-from edgekd.contracts.rundir import CONFIG, DESCRIPTION, METRICS, SUMMARY
+from edgekd.contracts.rundir import CONFIG, DESCRIPTION, FIT, METRICS, SUMMARY
 from edgekd.contracts.values import is_number
 from edgekd.errors import EdgeKDError
 from edgekd.export.bench_report import (
@@ -80,10 +80,19 @@ class Bench:
 
 
 @dataclass
+class Fit:
+    """An `edgekd fit` search: its fit.json."""
+
+    rel: str
+    record: dict[str, Any]
+
+
+@dataclass
 class Found:
     runs: list[Run] = field(default_factory=list)
     exports: list[Export] = field(default_factory=list)
     benches: list[Bench] = field(default_factory=list)
+    fits: list[Fit] = field(default_factory=list)
     demo: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -94,7 +103,7 @@ def build_report(root: Path, out: Path | None = None) -> Path:
     if not root.is_dir():
         raise EdgeKDError(f"{root} is not a directory: pass a run dir, export dir or demo dir")
     found = discover(root)
-    if not (found.runs or found.exports or found.benches):
+    if not (found.runs or found.exports or found.benches or found.fits):
         raise EdgeKDError(f"nothing to report in {root}: pass a run dir, export dir or demo dir")
     out = Path(out) if out is not None else root / DEFAULT_NAME
     write_text(out, render_html(found, root))
@@ -177,6 +186,12 @@ def discover(root: Path) -> Found:
                 found.exports.append(Export(rel, manifest))
             elif manifest is not None:
                 found.notes.append(f"skipped {d / MANIFEST}: no artifacts, or malformed (not written by edgekd export)")
+        if (d / FIT).exists():
+            record = _read_json(d / FIT, found.notes)
+            if isinstance(record, dict) and _fit_ok(record):
+                found.fits.append(Fit(rel, record))
+            elif record is not None:
+                found.notes.append(f"skipped {d / FIT}: not the record of an edgekd fit")
         if (d / BENCH_JSON).exists():
             try:
                 found.benches.append(Bench(rel, read_rows(d / BENCH_JSON)))
@@ -190,6 +205,17 @@ def discover(root: Path) -> Found:
                 found.notes.append(f"skipped {d / 'demo-summary.json'}: not a list of rows")
     _label_runs(found.runs)
     return found
+
+
+def _fit_ok(record: dict[str, Any]) -> bool:
+    """The fields the frontier plot reads: a budget, a measured baseline and steps of measured candidates."""
+    def measured(c: Any) -> bool:
+        return isinstance(c, dict) and is_number(c.get("latency_ms"))
+
+    steps = record.get("steps")
+    return (is_number(record.get("budget_ms")) and measured(record.get("baseline")) and isinstance(steps, list)
+            and all(isinstance(s, dict) and measured(s.get("chosen")) and isinstance(s.get("candidates"), list)
+                    and all(measured(c) for c in s["candidates"]) for s in steps))
 
 
 def _read_recipe(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -468,6 +494,32 @@ def _scatter_plot(rows: Sequence[_BenchRow]) -> str:
     return _img(fig, "accuracy against p50 latency, one point per bench row")
 
 
+def _fit_plot(fit: Fit) -> str:
+    """Every candidate a fit measured (holdout accuracy after its short fine-tune against measured latency), the path
+    of the chosen ones from the unpruned model, the final export (held-out split) and the budget."""
+    record = fit.record
+    metric = (record.get("target") or {}).get("metric", "p50")
+    fig = _figure(9, 4.8)
+    ax = fig.subplots()
+    candidates = [c for s in record["steps"] for c in s["candidates"] if is_number(c.get("accuracy"))]
+    ax.scatter([c["latency_ms"] for c in candidates], [100 * c["accuracy"] for c in candidates], s=25,
+               color="tab:gray", alpha=0.5, label="candidates (holdout, short fine-tune)")
+    base = record["baseline"]
+    path = [base, *(s["chosen"] for s in record["steps"])]
+    points = [(c["latency_ms"], 100 * c["accuracy"]) for c in path if is_number(c.get("accuracy"))]
+    if points:
+        ax.plot(*zip(*points), "o-", color="tab:blue", label="unpruned, then each step's choice")
+    final = record.get("final") or {}
+    if is_number(final.get("latency_ms")) and is_number(final.get("accuracy")):
+        ax.scatter([final["latency_ms"]], [100 * final["accuracy"]], s=120, marker="*", color="tab:red", zorder=3,
+                   label="final export (held-out split)")
+    ax.axvline(record["budget_ms"], color="tab:red", linestyle="--", label=f"budget {record['budget_ms']:g} ms")
+    ax.set(xlabel=f"measured {metric} latency (ms)", ylabel="top-1 accuracy (%)", title=f"edgekd fit: {fit.rel}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _img(fig, "a fit's measured candidates: accuracy against latency, with the budget")
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -609,6 +661,9 @@ def render_html(found: Found, root: Path) -> str:
     parts.append(_latency_plot(measured) if measured else _empty("No measured bench rows (bench.json) found."))
     parts.append("<h2>Accuracy against latency</h2>")
     parts.append(_scatter_plot(with_acc) if with_acc else _empty("No measured bench rows with an accuracy found."))
+    if found.fits:  # only where a fit ran: other folders keep the page's usual sections
+        parts.append("<h2>Latency budget searches (edgekd fit)</h2>")
+        parts.extend(_fit_plot(f) for f in found.fits)
     parts.append("<h2>Runs</h2>")
     parts.append(_runs_table(found.runs) if found.runs else _empty("No run dirs found."))
     parts.append("<h2>Export artifacts</h2>")

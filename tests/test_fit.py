@@ -50,6 +50,13 @@ def test_the_search_cuts_the_group_that_keeps_most_accuracy_until_the_budget_is_
     assert (tmp_path / "fit" / "export" / "manifest.json").is_file() and (tmp_path / "fit" / "model.json").is_file()
     shapes = json.loads((tmp_path / "fit" / "model.json").read_text())["layer_shapes"]
     assert shapes, "the fitted model is pruned"
+    assert 0 < record["baseline"]["accuracy"] <= 1 and all(0 < s["chosen"]["accuracy"] <= 1 for s in record["steps"])
+
+    from edgekd.report import build_report
+
+    page = build_report(tmp_path / "fit").read_text()
+    section = page.split("<h2>Latency budget searches (edgekd fit)</h2>")[1].split("<h2>")[0]
+    assert section.count("<img") == 1 and "a fit&#x27;s measured candidates" in section
 
     # the same fit again: every shape it measured is in the device's cache
     before = len(calls)
