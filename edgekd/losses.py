@@ -21,6 +21,15 @@ _EPS = 1e-8  # denominator guard of the DIST and R2KD releases' cosine / Pearson
 _SOFT_RANK_BUDGET = 1 << 24
 
 
+def standardize_logits(z: torch.Tensor) -> torch.Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): each sample's logits z-scored over the classes,
+    (z − mean(z)) / σ(z) with σ the population standard deviation, before a loss softens them with its (base)
+    temperature. A shift or a positive scale of z leaves the result unchanged, so the student matches the shape of
+    the teacher's logits, not their range."""
+    centred = z - z.mean(dim=1, keepdim=True)
+    return centred / (centred.pow(2).mean(dim=1, keepdim=True).sqrt() + _EPS)
+
+
 def kd_loss(z_s: torch.Tensor, z_t: torch.Tensor, T: float) -> torch.Tensor:
     """Hinton KD: T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the batch."""
     return kd_loss_to_target(z_s, F.log_softmax(z_t / T, dim=1), T)

@@ -571,3 +571,39 @@ def test_drkd_ce_full_keeps_the_labels_whole_weight():
     assert terms["full"]["kd"].item() == pytest.approx(terms["complement"]["kd"].item(), rel=1e-5)
     with pytest.raises(EdgeKDError, match="ce must be one of complement, full"):
         build_method("drkd", tiny_cnn(), None, {"ce": "half"}, num_classes=C)
+
+
+def test_logit_standardization_is_the_papers_z_score_and_ignores_shift_and_scale():
+    from edgekd.losses import kd_loss, standardize_logits
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 10, generator=g, dtype=torch.float64) * 3 + 2
+    x = z.numpy()
+    expected = (x - x.mean(1, keepdims=True)) / np.sqrt(((x - x.mean(1, keepdims=True)) ** 2).mean(1, keepdims=True))
+    assert np.allclose(standardize_logits(z).numpy(), expected, atol=1e-6)
+    z_t = torch.randn(7, 10, generator=g, dtype=torch.float64)
+    plain = kd_loss(standardize_logits(z), standardize_logits(z_t), 2.0)
+    for scale, shift in ((0.1, -3.0), (5.0, 40.0)):  # the student's logits, shifted and rescaled: the same loss
+        assert torch.allclose(kd_loss(standardize_logits(scale * z + shift), standardize_logits(z_t), 2.0), plain)
+    assert not torch.allclose(kd_loss(5.0 * z, z_t, 2.0), kd_loss(z, z_t, 2.0))  # without it, the scale matters
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_whose_loss_softens_logits_takes_the_logit_std_plugin(name):
+    cls = method_class(name)
+    if not cls.softens_logits:
+        with pytest.raises(EdgeKDError, match="has no option.*logit_std"):
+            cls.check_args({"logit_std": True})
+        return
+    x, y = batch()
+    terms = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        method = make(name, {"logit_std": on})
+        method.train()
+        method.on_epoch_start(1)
+        _, terms[on] = method.forward_train(x, y, epoch=1)
+    assert set(terms[True]) == set(terms[False]) and all(torch.isfinite(v) for v in terms[True].values())
+    assert torch.equal(terms[True]["ce"], terms[False]["ce"])  # cross-entropy keeps the raw logits
+    distill = [k for k in terms[True] if k != "ce"]
+    assert any(not torch.allclose(terms[True][k], terms[False][k]) for k in distill)

@@ -287,7 +287,7 @@ print(cfg.method, method_class("plug-kd").defaults, "plug-kd" in list_methods())
     env = {**os.environ, "PYTHONPATH": str(site)}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "plug-kd {'alpha': 0.9, 'T': 2.0} True"
+    assert proc.stdout.strip() == "plug-kd {'alpha': 0.9, 'T': 2.0, 'logit_std': False} True"
 
 
 def test_a_registry_whose_entry_points_are_missing_says_to_install_edgekd() -> None:

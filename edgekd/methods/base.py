@@ -136,6 +136,13 @@ class Method(nn.Module):
     uses_teacher: ClassVar[bool] = False  # the method distils from a teacher (supplied or made by itself)
     defaults: ClassVar[dict[str, Any]] = {}
     rules: ClassVar[dict[str, Rule]] = {}  # option -> the values it accepts beyond its default's type
+    # its loss softens logits with a temperature: it takes the logit_std plug-in (applied through ``soft``)
+    softens_logits: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.softens_logits and "logit_std" not in cls.defaults:
+            cls.defaults = {**cls.defaults, "logit_std": False}
 
     @classmethod
     def check_args(cls, args: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +212,15 @@ class Method(nn.Module):
             from edgekd.losses import drkd_rectify
 
             z = drkd_rectify(z, y)
+        return z
+
+    def soft(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits a distillation term softens: standardized (``edgekd.losses.standardize_logits``) with the
+        ``logit_std`` option, as they are otherwise. Cross-entropy with the labels always takes the raw logits."""
+        if self.args.get("logit_std"):
+            from edgekd.losses import standardize_logits
+
+            return standardize_logits(z)
         return z
 
     def on_epoch_start(self, epoch: int) -> None:

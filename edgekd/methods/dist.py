@@ -22,6 +22,7 @@ from edgekd.methods.base import NON_NEGATIVE, POSITIVE, Method, linear_warmup, r
 class DIST(Method):
     needs_teacher = True
     uses_teacher = True
+    softens_logits = True
     defaults = {"beta": 1.0, "gamma": 1.0, "tau": 4.0, "ce_weight": 1.0, "kd_weight": 2.0, "warmup": 10}
     rules = {"beta": NON_NEGATIVE, "gamma": NON_NEGATIVE, "tau": POSITIVE, "ce_weight": NON_NEGATIVE,
              "kd_weight": NON_NEGATIVE, "warmup": NON_NEGATIVE}
@@ -33,5 +34,5 @@ class DIST(Method):
         return logits, {
             "ce": a["ce_weight"] * F.cross_entropy(logits, y),
             "kd": a["kd_weight"] * linear_warmup(epoch, a["warmup"])
-            * dist_loss(logits, z_t, a["tau"], a["beta"], a["gamma"]),
+            * dist_loss(self.soft(logits), self.soft(z_t), a["tau"], a["beta"], a["gamma"]),
         }

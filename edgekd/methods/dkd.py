@@ -13,6 +13,7 @@ from edgekd.methods.base import NON_NEGATIVE, POSITIVE, Method, linear_warmup, r
 class DKD(Method):
     needs_teacher = True
     uses_teacher = True
+    softens_logits = True
     defaults = {"alpha": 1.0, "beta": 8.0, "T": 4.0, "ce_weight": 1.0, "warmup": 20}
     rules = {"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "T": POSITIVE, "ce_weight": NON_NEGATIVE,
              "warmup": NON_NEGATIVE}
@@ -24,5 +25,5 @@ class DKD(Method):
         a = self.args
         logits = self.student(x)
         z_t = self.teacher_logits(x, y)
-        kd = dkd_loss(logits, z_t, y, a["alpha"], a["beta"], a["T"])
+        kd = dkd_loss(self.soft(logits), self.soft(z_t), y, a["alpha"], a["beta"], a["T"])
         return logits, {"ce": a["ce_weight"] * F.cross_entropy(logits, y), "kd": self.warmup_factor(epoch) * kd}

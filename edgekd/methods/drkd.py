@@ -69,6 +69,7 @@ CE_WEIGHTS = ("complement", "full")
 class DRKD(Method):
     needs_teacher = False  # depends on the mode; checked in __init__
     uses_teacher = True
+    softens_logits = True
     defaults = {"alpha": 0.9, "T": 4.0, "teacher": "online", "schedule": "linear", "start": 0.0, "ce": "full",
                 "decay": 0.999, "smoothing": 0.1, "target_T": 0.0}
     rules = {"alpha": FRACTION, "T": POSITIVE, "teacher": one_of(*TEACHER_MODES), "schedule": one_of(*SCHEDULES),
@@ -143,5 +144,5 @@ class DRKD(Method):
             return logits, {"ce": ce}
         c = 1.0 if self.args["ce"] == "full" else 1 - w
         T = self.args["T"]
-        target = drkd_target(z_t, y, self.args["target_T"] or T, self.args["smoothing"])
-        return logits, {"ce": c * ce, "kd": w * kd_loss_to_target(logits, target, T)}
+        target = drkd_target(self.soft(z_t), y, self.args["target_T"] or T, self.args["smoothing"])
+        return logits, {"ce": c * ce, "kd": w * kd_loss_to_target(self.soft(logits), target, T)}

@@ -13,6 +13,7 @@ from edgekd.methods.base import FRACTION, POSITIVE, Method, register_method
 class KD(Method):
     needs_teacher = True
     uses_teacher = True
+    softens_logits = True
     defaults = {"alpha": 0.9, "T": 4.0}
     rules = {"alpha": FRACTION, "T": POSITIVE}
 
@@ -20,4 +21,5 @@ class KD(Method):
         a, T = self.args["alpha"], self.args["T"]
         logits = self.student(x)
         z_t = self.teacher_logits(x, y)
-        return logits, {"ce": (1 - a) * F.cross_entropy(logits, y), "kd": a * kd_loss(logits, z_t, T)}
+        kd = kd_loss(self.soft(logits), self.soft(z_t), T)
+        return logits, {"ce": (1 - a) * F.cross_entropy(logits, y), "kd": a * kd}

@@ -42,6 +42,7 @@ PRESETS = {"release": {}, "edgekd": {"rank": "soft", "prune": "structured"}}  # 
 class R2KD(Method):
     needs_teacher = True
     uses_teacher = True
+    softens_logits = True
     defaults = {
         "teacher_weight": 0.7,  # w
         "T": 4.0,
@@ -95,12 +96,12 @@ class R2KD(Method):
         target = w * frozen_forward(self.teacher, views) + (1 - w) * frozen_forward(self.pruned_teacher, views)
         if self.rectify:  # only the clean half has a label to rectify against
             target[:b] = drkd_rectify(target[:b], y)
-        logp_t = F.log_softmax(target / T, dim=1)
+        logp_t = F.log_softmax(self.soft(target) / T, dim=1)
         p_t = logp_t.exp()
         # the student sees each view in its own call, as in the authors' release: its batch norm then normalises
         # (and keeps running statistics of) clean images apart from augmented ones; the eval-mode teachers can share one
         z = torch.cat([self.student(views[v : v + b]) for v in range(0, views.shape[0], b)])
-        logp_s = F.log_softmax(z / T, dim=1)
+        logp_s = F.log_softmax(self.soft(z) / T, dim=1)
         p_s = logp_s.exp()
         value = rank = z.new_zeros(())
         for v in range(0, z.shape[0], b):

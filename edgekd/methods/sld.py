@@ -29,6 +29,7 @@ from edgekd.methods.base import FRACTION, NON_NEGATIVE, Method, frozen_forward, 
 class SLD(Method):
     needs_teacher = True
     uses_teacher = True
+    softens_logits = True
     defaults = {
         "ce_weight": 0.1,
         "kd_weight": 0.9,
@@ -67,5 +68,6 @@ class SLD(Method):
             if v == 0:
                 logits = z_s
             ce = ce + F.cross_entropy(z_s, y)
-            kd = kd + sld_loss(z_s, z_t[v : v + b], y, self.temperatures, z_s if own else None)
+            soft = self.soft(z_s)
+            kd = kd + sld_loss(soft, self.soft(z_t[v : v + b]), y, self.temperatures, soft if own else None)
         return logits, {"ce": a["ce_weight"] * ce, "kd": a["kd_weight"] * kd}

@@ -42,6 +42,7 @@ def check_self_teacher(method: str, student: nn.Module, teacher: nn.Module) -> N
 class TfKDSelf(Method):
     needs_teacher = True
     uses_teacher = True
+    softens_logits = True
     defaults = {"alpha": 0.95, "T": 20.0, "multiplier": 1.0}
     rules = {"alpha": FRACTION, "T": POSITIVE, "multiplier": NON_NEGATIVE}
 
@@ -57,7 +58,7 @@ class TfKDSelf(Method):
         a = self.args
         logits = self.student(x)
         z_t = self.teacher_logits(x, y)
-        kd = kd_loss(logits, z_t, a["T"]) / logits.shape[1]
+        kd = kd_loss(self.soft(logits), self.soft(z_t), a["T"]) / logits.shape[1]
         return logits, {
             "ce": (1 - a["alpha"]) * F.cross_entropy(logits, y),
             "kd": a["alpha"] * a["multiplier"] * kd,
