@@ -374,29 +374,44 @@ def _recover(search: _Search, epochs: int) -> None:
     search.save()
 
 
+QAT_EPOCHS = 2  # when the INT8 artifact misses the accuracy bound: the exporter's own last remedy, this long
+MEASUREMENTS = 3  # an over-budget final measurement is taken this many times in all, and the median used
+
+
 def _export_and_check(search: _Search, model_dir: Path, budget_ms: float, log: Callable[[str], None]) -> dict:
-    """Export ``model_dir`` with the default accuracy bound, bench the artifact the target serves, and say whether
-    it meets the budget."""
+    """Export ``model_dir`` with the default accuracy bound (and, if INT8 misses it, again with the exporter's
+    quantization-aware fine-tune), bench the artifact the target serves, and say whether it meets the budget."""
     from edgekd.export import export_run
 
     target, export = search.target, search.out / FIT_EXPORT
-    if export.exists():  # a resumed fit re-exports: the earlier export may be partial
-        shutil.rmtree(export)
-    manifest = export_run(model_dir, export, formats=(target.format,), int8=target.precision == "int8",
-                          progress=False)
-    if f"{target.format}-{target.precision}" not in manifest["artifacts"]:
+    key = f"{target.format}-{target.precision}"
+    for qat_epochs in (0, QAT_EPOCHS) if target.precision == "int8" else (0,):
+        if export.exists():  # a resumed fit, or the second try, re-exports: the earlier export may be partial
+            shutil.rmtree(export)
+        manifest = export_run(model_dir, export, formats=(target.format,), int8=target.precision == "int8",
+                              qat_epochs=qat_epochs, progress=False)
+        if key in manifest["artifacts"]:
+            break
+        log(f"the {key} artifact missed the export's accuracy bound; exporting again with {QAT_EPOCHS} epochs of "
+            "quantization-aware fine-tuning")
+    else:
         why = "; ".join(manifest.get("notes") or []) or "it was not written"
-        raise EdgeKDError(f"the fitted model's {target.format} {target.precision} artifact missed the export's "
-                          f"accuracy bound ({why}); {export} holds the rest")
-    timing = target.measure(export)
+        raise EdgeKDError(f"the fitted model's {key} artifact missed the export's accuracy bound even after "
+                          f"quantization-aware fine-tuning ({why}); the fitted run dir is {model_dir}: export it with "
+                          "a looser `edgekd export --max-drop`, or fit to a larger budget")
+    measured = [target.measure(export)]
+    if measured[0][f"{target.metric}_ms"] > budget_ms:  # over budget: measured again before it is believed
+        measured += [target.measure(export) for _ in range(MEASUREMENTS - 1)]
+    measured.sort(key=lambda t: t[f"{target.metric}_ms"])
+    timing = measured[len(measured) // 2]
     latency = timing[f"{target.metric}_ms"]
     record = search.record
     record["final"] = {**timing, "latency_ms": latency, "meets_budget": latency <= budget_ms,
-                       "accuracy": manifest["artifacts"][f"{target.format}-{target.precision}"]["accuracy"],
-                       "export": str(export)}
+                       "measurements": [t[f"{target.metric}_ms"] for t in measured],
+                       "accuracy": manifest["artifacts"][key]["accuracy"], "export": str(export),
+                       "qat_epochs": qat_epochs}
     record["state"] = "done"
     search.save()
-    log(f"final {target.format} {target.precision}: {latency:.3f} ms {target.metric} "
-        f"({'within' if latency <= budget_ms else 'OVER'} the {budget_ms:g} ms budget), "
-        f"accuracy {record['final']['accuracy']:.4f}")
+    log(f"final {key}: {latency:.3f} ms {target.metric} ({'within' if latency <= budget_ms else 'OVER'} the "
+        f"{budget_ms:g} ms budget), accuracy {record['final']['accuracy']:.4f}")
     return record
