@@ -149,24 +149,15 @@ class _Search:
                     done += 1
                     if done == steps:
                         break
+        from edgekd.prune import accuracy
+
         student.eval()
-        return student, _accuracy(student, self.holdout_loader())
+        return student, accuracy(student, self.holdout_loader())
 
     def holdout_loader(self) -> Any:
         from edgekd.data import make_loader
 
         return make_loader(self.holdout_set, 256, shuffle=False, seed=0)
-
-
-def _accuracy(model: nn.Module, loader: Any) -> float:
-    import torch
-
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += y.numel()
-    return correct / max(total, 1)
 
 
 def _smallest(search: _Search, model: nn.Module, multiple: int) -> nn.Module:
@@ -295,13 +286,13 @@ def _previous(out: Path, resume: bool) -> dict[str, Any] | None:
 
 
 def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> None:
-    from edgekd.prune import layer_groups
+    from edgekd.prune import accuracy, layer_groups
     from edgekd.rundir import layer_shapes, load_model, save_model
 
     record = search.record
     if not record["steps"]:
         base = search.measure(search.teacher)
-        base.accuracy = _accuracy(search.teacher, search.holdout_loader())
+        base.accuracy = accuracy(search.teacher, search.holdout_loader())
         record["baseline"], record["machine"] = asdict(base), search.target.machine
         search.log(f"unpruned: {_ms(base)} (budget {budget_ms:g} ms)")
         if base.latency_ms <= budget_ms:
@@ -336,15 +327,16 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
             raise EdgeKDError(f"the budget of {budget_ms:g} ms cannot be met: no layer group can lose more channels "
                               f"and be faster; the best latency reached is {latency:.3f} ms {search.target.metric} "
                               f"({search.out / PRUNED} holds that model)")
+        tuned = []
         for candidate, pruned in found:
-            tuned, candidate.accuracy = search.finetune(pruned)
+            fine, candidate.accuracy = search.finetune(pruned)
             search.log(f"  {candidate.group} -> {candidate.keep}: holdout accuracy {candidate.accuracy:.4f}")
-            found[found.index((candidate, pruned))] = (candidate, tuned)
-        chosen, model = max(found, key=lambda f: (f[0].accuracy, -f[0].latency_ms))
+            tuned.append((candidate, fine))
+        chosen, model = max(tuned, key=lambda f: (f[0].accuracy, -f[0].latency_ms))
         latency = chosen.latency_ms
         save_model(search.out / PRUNED, model, {**search.desc, "layer_shapes": layer_shapes(model),
                                                 "pruned": {"method": "fit", "source": str(search.run_dir)}})
-        record["steps"].append({"goal_ms": goal, "goal_met": goal_met, "candidates": [asdict(c) for c, _ in found],
+        record["steps"].append({"goal_ms": goal, "goal_met": goal_met, "candidates": [asdict(c) for c, _ in tuned],
                                 "chosen": asdict(chosen)})
         search.log(f"  kept {chosen.group} at {chosen.keep} channels: {_ms(chosen)}, accuracy {chosen.accuracy:.4f}")
         search.save()
@@ -356,19 +348,19 @@ def _recover(search: _Search, epochs: int) -> None:
     """KD from the unpruned model into OUT, started from the searched model (OUT/pruned), as `prune` recovers; a
     recovery that was stopped after its first checkpoint resumes from it."""
     from edgekd.config import load_config
-    from edgekd.contracts.rundir import CHECKPOINT
+    from edgekd.contracts.rundir import CHECKPOINT, DESCRIPTION, WEIGHTS
+    from edgekd.recover import recovery_overrides
     from edgekd.train import run_training
 
-    desc, out = search.desc, search.out
+    out = search.out
     if epochs:
-        overrides = {"data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
-                     "image_size": desc["input_size"][-1], "teacher": str(search.run_dir),
-                     "init": str(out / PRUNED), "out": str(out), "method": "kd", "lr": search.options["lr"],
-                     "warmup_epochs": 0, "epochs": epochs, "batch_size": search.options["batch_size"],
-                     "seed": search.options["seed"], "resume": (out / CHECKPOINT).is_file() or None}
+        overrides = recovery_overrides(search.run_dir, search.desc, out, {
+            "method": "kd", "lr": search.options["lr"], "warmup_epochs": 0, "epochs": epochs,
+            "batch_size": search.options["batch_size"], "seed": search.options["seed"],
+            "resume": (out / CHECKPOINT).is_file() or None})
         run_training(load_config(None, overrides), show_progress=False)
     else:  # the searched model as it is
-        for name in ("model.safetensors", "model.json"):
+        for name in (WEIGHTS, DESCRIPTION):
             shutil.copy2(out / PRUNED / name, out / name)
     search.record["state"] = "exporting"
     search.save()

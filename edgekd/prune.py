@@ -215,7 +215,8 @@ def prune_model(
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, loader) -> float:
+def accuracy(model: nn.Module, loader) -> float:
+    """Top-1 accuracy of ``model`` over a loader's batches."""
     correct = total = 0
     for x, y in loader:
         correct += (model(x).argmax(1) == y).sum().item()
@@ -262,8 +263,8 @@ def prune_into(
             "params_before": int(params_before),
             "params_after": int(params_after),
             "zero_weight_fraction": _zero_fraction(pruned),
-            "acc_before": _accuracy(model, loader),
-            "acc_after": _accuracy(pruned, loader),
+            "acc_before": accuracy(model, loader),
+            "acc_after": accuracy(pruned, loader),
         }
         save_model(tmp, pruned, {**desc, "layer_shapes": layer_shapes(pruned), "pruned": info})
         # what `edgekd report` shows for a run: the pruned model's held-out accuracy and size

@@ -19,6 +19,14 @@ from edgekd.settings import PRUNE, PRUNE_METHODS
 RECOVERY_DEFAULTS = {"method": PRUNE.recover_method, "lr": PRUNE.lr, "warmup_epochs": 0}
 
 
+def recovery_overrides(run_dir: Path, desc: dict[str, Any], out_dir: Path, settings: dict[str, Any]) -> dict:
+    """The training config of a recovery into ``out_dir`` (`prune --recover-epochs`, `fit`): the unpruned run's
+    data at its size; the pruned model in ``out_dir/pruned`` starts, the unpruned run teaches; ``settings`` on top."""
+    return {"data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
+            "image_size": desc["input_size"][-1], "teacher": str(run_dir), "init": str(out_dir / PRUNED),
+            "out": str(out_dir), **settings}
+
+
 def prune_and_recover(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -48,11 +56,7 @@ def prune_and_recover(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise EdgeKDError(f"{out_dir} already exists and is not empty; choose another --out or remove it")
     settings = {**RECOVERY_DEFAULTS, **recover}
-    overrides = {  # the unpruned run's data at its size; the pruned model starts, the unpruned one teaches
-        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
-        "image_size": desc["input_size"][-1],
-        "teacher": str(run_dir), "init": str(out_dir / PRUNED), "out": str(out_dir), **settings,
-    }
+    overrides = recovery_overrides(run_dir, desc, out_dir, settings)
     load_config(None, {**overrides, "init": None})  # bad recovery settings are one line before minutes of pruning
     with CleanupOnFailure(out_dir):  # nothing to resume: leave no half-made run behind
         pruned = prune_into(run_dir, out_dir / PRUNED, ratio, method, target_macs, channel_multiple, batch_size)
