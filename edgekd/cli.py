@@ -575,8 +575,9 @@ def _print_export(rows: list[dict[str, str]], title: str) -> None:
 @app.command()
 def bench(
     ctx: typer.Context,
-    export_dir: Path = typer.Argument(
-        ..., help="Export dir from `edgekd export` (reads only its manifest and artifacts)."),
+    export_dirs: list[Path] = typer.Argument(
+        ..., help="Export dir from `edgekd export` (reads only its manifest and artifacts); several are timed in the "
+                  "same interleaved rounds, so they compare fairly on a busy machine."),
     runtimes: str = bench_options.RuntimesOpt,
     precisions: str = bench_options.PrecisionsOpt,
     batch: str = bench_options.BatchOpt,
@@ -607,18 +608,19 @@ def bench(
     options = with_recipe(bench_options.measurement_options(runtimes, precisions, batch, threads, warmup, iters,
                                                             seconds, ov_hint, ov_streams),
                           config, "bench", given_options(ctx, {"batch": "batches"}))
-    rows = run_bench(export_dir, **options)
+    rows = run_bench(export_dirs, **options)
     if remote:
         from edgekd.export.remote import run_remote
 
         console.print(f"benchmarking on {escape(remote)} ...")
-        remote_rows = run_remote(remote, export_dir, options, port=ssh_port, identity=identity,
+        remote_rows = run_remote(remote, export_dirs, options, port=ssh_port, identity=identity,
                                  remote_python=remote_python)
         rows = merge_reports(rows, remote_rows)
+    names = ", ".join(map(str, export_dirs))
     if not any(r["status"] == "ok" for r in rows):  # a report of failures only is no benchmark: say why, write nothing
         reasons = dict.fromkeys(r["status"] for r in rows)
-        raise EdgeKDError(f"nothing in {export_dir} could be measured: {'; '.join(reasons)}")
-    title = f"edgekd bench: {export_dir}"
+        raise EdgeKDError(f"nothing in {names} could be measured: {'; '.join(reasons)}")
+    title = f"edgekd bench: {names}"
     paths = write_report(rows, out, title)
     _print_bench(rows, title)
     console.print(f"[green]wrote[/] {escape(', '.join(str(paths[k]) for k in ('json', 'md', 'png')))}")

@@ -65,38 +65,53 @@ class Target:
 
         return RUNTIMES[self.runtime].formats[0]
 
-    def measure(self, export_dir: Path) -> dict[str, Any]:
-        """p50/p90 of this configuration of ``export_dir``'s artifact, measured as `edgekd bench` measures."""
+    def measure(self, export_dir: Path, reference: Path | None = None) -> dict[str, Any]:
+        """p50/p90 of this configuration of ``export_dir``'s artifact, measured as `edgekd bench` measures. With a
+        ``reference`` export, both are timed in the same interleaved rounds and ``ratio`` is the artifact's latency
+        over the reference's (in ``metric``): a figure that a machine slowing down during a long search leaves
+        alone, where the milliseconds move with it."""
+        dirs = [export_dir] if reference is None else [export_dir, reference]
         options = {"runtimes": [self.runtime], "precisions": [self.precision], "batches": [self.batch],
                    "threads": [self.threads], "seconds": self.seconds, "progress": False}
         if self.remote:
             from edgekd.export.remote import run_remote
 
-            rows = run_remote(self.remote, export_dir, options, port=self.ssh_port, identity=self.identity,
+            rows = run_remote(self.remote, dirs, options, port=self.ssh_port, identity=self.identity,
                               remote_python=self.remote_python, ssh_options=self.ssh_options)
         else:
             from edgekd.export.bench import run_bench
 
-            rows = run_bench(export_dir, **options)
-        [row] = [r for r in rows if (r["runtime"], r["precision"], r["batch"]) ==
-                 (self.runtime, self.precision, self.batch)]
+            rows = run_bench(dirs, **options)
+        found = [self._row(rows, None if reference is None else str(d)) for d in dirs]
+        timing = {"p50_ms": found[0]["p50_ms"], "p90_ms": found[0]["p90_ms"], "spread": found[0].get("spread"),
+                  "unstable": any(bool(r.get("unstable")) for r in found)}
+        if reference is not None:
+            ref = found[1]
+            timing.update(reference_p50_ms=ref["p50_ms"], reference_p90_ms=ref["p90_ms"],
+                          ratio=found[0][f"{self.metric}_ms"] / ref[f"{self.metric}_ms"])
+        return timing
+
+    def _row(self, rows: list[dict[str, Any]], export: str | None) -> dict[str, Any]:
+        [row] = [r for r in rows if (r["runtime"], r["precision"], r["batch"], r.get("export")) ==
+                 (self.runtime, self.precision, self.batch, export)]
         if row["status"] != "ok":
             raise EdgeKDError(f"{self.runtime} {self.precision} batch {self.batch} could not be measured: "
                               f"{row['status']}")
         self.machine = row["machine"]
-        return {"p50_ms": row["p50_ms"], "p90_ms": row["p90_ms"], "spread": row.get("spread"),
-                "unstable": bool(row.get("unstable"))}
+        return row
 
 
-def candidate_key(description: dict[str, Any], shapes: dict[str, Any], target: Target) -> str | None:
-    """What a latency depends on: the network's shape, the configuration and the machine with its runtime versions;
-    None while the machine is not known yet (a remote one, before its first measurement)."""
+def candidate_key(description: dict[str, Any], shapes: dict[str, Any], target: Target,
+                  reference: dict[str, Any] | None = None) -> str | None:
+    """What a latency depends on: the network's shape, the configuration and the machine with its runtime versions,
+    and for a ratio the shape of the reference it was timed against; None while the machine is not known yet (a
+    remote one, before its first measurement)."""
     if target.machine is None:
         return None
     what = {"arch": description["arch"], "input": description["input_size"], "classes": description["num_classes"],
             "shapes": shapes, "runtime": target.runtime, "precision": target.precision, "batch": target.batch,
             "threads": target.threads, "machine": list(machine_key(target.machine)),
-            "versions": target.machine.get("versions")}
+            "versions": target.machine.get("versions"), **({"reference": reference} if reference is not None else {})}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -183,7 +183,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Set ``speedup`` (baseline p50 / row p50) and ``baseline`` on each row, within one machine, batch and threads.
+    """Set ``speedup`` (baseline p50 / row p50) and ``baseline`` on each row, within one machine, export, batch and
+    threads.
 
     The baseline is the source-run runtime's FP32 (PyTorch eager) when it was measured, else the FP32 row of the
     first registered artifact runtime (ONNX Runtime).
@@ -191,7 +192,7 @@ def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = [name for name, cls in RUNTIMES.items() if cls.source_run] + artifact_runtimes()
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((machine_key(r["machine"]), r["batch"], r["threads"]), []).append(r)
+        groups.setdefault((machine_key(r["machine"]), r.get("export"), r["batch"], r["threads"]), []).append(r)
     for group in groups.values():
         ok = {(r["runtime"], r["precision"]): r for r in group if r["status"] == "ok"}
         bases = [ok[(name, "fp32")] for name in order if (name, "fp32") in ok]
@@ -289,7 +290,7 @@ def _check_options(runtimes, precisions, batches, threads, warmup, iters, second
 
 
 def run_bench(
-    export_dir: str | Path,
+    export_dir: str | Path | Sequence[str | Path],
     *,
     runtimes: Sequence[str] | None = None,
     precisions: Sequence[str] = BENCH.precisions,
@@ -308,16 +309,19 @@ def run_bench(
     Returns one row per (runtime, precision, threads, batch): latency percentiles, throughput, size, accuracy,
     speed-up over the baseline, the machine, and a status ("ok", "skipped: why", "error: what"). ``emulated``
     marks rows measured under an emulator (e.g. QEMU), which report that the artifact runs, not device speed.
+
+    Several export dirs (of the same input shape) are timed in the same interleaved rounds, so that their latencies
+    compare fairly on a busy machine; each row then names its ``export`` (as given), and its speed-up is over that
+    export's own baseline.
     """
     runtimes = list(RUNTIMES) if runtimes is None else list(runtimes)
     precisions, batches, threads = list(precisions), list(batches), list(threads)
     _check_options(runtimes, precisions, batches, threads, warmup, iters, seconds, ov_hint, ov_streams)
-    export_dir = Path(export_dir)
-    manifest = load_manifest(export_dir)
-    shape = manifest["input"]["shape"]
-    if any(not isinstance(d, int) for d in shape[1:]):
-        raise EdgeKDError(
-            f"{export_dir}/manifest.json input shape {shape} is not fixed apart from the batch; re-run `edgekd export`")
+    dirs = [Path(export_dir)] if isinstance(export_dir, (str, Path)) else [Path(d) for d in export_dir]
+    if not dirs:
+        raise EdgeKDError("no export dir to benchmark")
+    manifests = [load_manifest(d) for d in dirs]
+    shape = _input_shape(dirs, manifests)
     for b in batches:
         if b * math.prod(shape[1:]) * 4 > MAX_INPUT_BYTES:
             raise EdgeKDError(f"batch {b} of {'x'.join(map(str, shape[1:]))} inputs needs more than 2 GiB of input; "
@@ -326,38 +330,39 @@ def run_bench(
     options = {"hint": ov_hint.upper(), "streams": ov_streams}  # each runtime takes those it declares
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *shape[1:]), dtype=np.float32) for b in batches}
-    plan = _plan(manifest, runtimes, precisions)
-    configs = []  # (runtime, precision, key, skip reason, run dir, the row's fields), in plan order
-    for runtime, precision, key, skip in plan:
-        entry = manifest["artifacts"].get(key, {}) if key else {}
-        run_dir = None
-        cls = RUNTIMES[runtime]
-        if cls.source_run:
-            run_dir, skip = _source_run(export_dir, manifest)
-        fields = {
-            "artifact": key,
-            "size_mb": round(entry["size_bytes"] / 1e6, 6) if "size_bytes" in entry else None,
-            "accuracy": entry.get("accuracy"),
-            "options": {k: v for k, v in options.items() if k in cls.options},
-            "machine": machine,
-            "emulated": emulated,
-        }
-        if run_dir is not None:
-            fields["size_mb"] = round((run_dir / WEIGHTS).stat().st_size / 1e6, 6)
-            fields["accuracy"] = (manifest.get("eval") or {}).get("torch_accuracy")
-        configs.append((runtime, precision, key, skip, run_dir, fields))
+    configs = []  # (export dir, manifest, runtime, precision, key, skip reason, run dir, the row's fields)
+    for directory, manifest in zip(dirs, manifests):
+        for runtime, precision, key, skip in _plan(manifest, runtimes, precisions):
+            entry = manifest["artifacts"].get(key, {}) if key else {}
+            run_dir = None
+            cls = RUNTIMES[runtime]
+            if cls.source_run:
+                run_dir, skip = _source_run(directory, manifest)
+            fields = {
+                "artifact": key,
+                "size_mb": round(entry["size_bytes"] / 1e6, 6) if "size_bytes" in entry else None,
+                "accuracy": entry.get("accuracy"),
+                "options": {k: v for k, v in options.items() if k in cls.options},
+                "machine": machine,
+                "emulated": emulated,
+                "export": str(directory) if len(dirs) > 1 else None,
+            }
+            if run_dir is not None:
+                fields["size_mb"] = round((run_dir / WEIGHTS).stat().st_size / 1e6, 6)
+                fields["accuracy"] = (manifest.get("eval") or {}).get("torch_accuracy")
+            configs.append((directory, manifest, runtime, precision, key, skip, run_dir, fields))
     rows: dict[tuple[int, int, int], dict[str, Any]] = {}  # by (configuration, threads, batch): the report's order
-    verified: set[str] = set()
+    verified: set[tuple[Path, str | None]] = set()
     with progress_bar(progress) as bar:
         task = bar.add_task("bench", total=len(configs) * len(threads) * len(batches))
         for t, n_threads in enumerate(threads):
             with contextlib.ExitStack() as stack:  # every configuration of this thread count open at once
                 opened = []
-                for runtime, precision, key, skip, run_dir, fields in configs:
-                    rt, status = _open_config(stack, export_dir, manifest, runtime, key, run_dir, n_threads,
-                                              key not in verified, options, skip)
+                for directory, manifest, runtime, precision, key, skip, run_dir, fields in configs:
+                    rt, status = _open_config(stack, directory, manifest, runtime, key, run_dir, n_threads,
+                                              (directory, key) not in verified, options, skip)
                     if rt is not None:
-                        verified.add(key)
+                        verified.add((directory, key))
                         if run_dir is not None:
                             fields = {**fields, "machine": {**machine, "versions": {
                                 **machine["versions"], RUNTIMES[runtime].package: rt.version()}}}
@@ -379,6 +384,19 @@ def run_bench(
                     rows.update({(c, t, b): row for c, row in enumerate(group)})
                     bar.advance(task, len(group))
     return add_speedups([rows[k] for k in sorted(rows)])
+
+
+def _input_shape(dirs: Sequence[Path], manifests: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The input shape every export dir takes: fixed apart from the batch, and the same for all."""
+    for directory, manifest in zip(dirs, manifests):
+        shape = manifest["input"]["shape"]
+        if any(not isinstance(d, int) for d in shape[1:]):
+            raise EdgeKDError(f"{directory}/manifest.json input shape {shape} is not fixed apart from the batch; "
+                              "re-run `edgekd export`")
+        if shape[1:] != manifests[0]["input"]["shape"][1:]:
+            raise EdgeKDError(f"export dirs timed together must take the same input: {dirs[0]} takes "
+                              f"{manifests[0]['input']['shape'][1:]}, {directory} takes {shape[1:]}")
+    return manifests[0]["input"]["shape"]
 
 
 def _open_config(stack: contextlib.ExitStack, export_dir: Path, manifest: dict[str, Any], runtime: str,
@@ -462,7 +480,8 @@ def bench_argv(options: Mapping[str, Any]) -> list[str]:
 
 
 def device_bench(
-    export_dir: Path = typer.Argument(..., help="Export dir from `edgekd export`."),
+    export_dirs: list[Path] = typer.Argument(
+        ..., help="Export dir from `edgekd export`; several are timed in the same interleaved rounds."),
     out: Optional[Path] = typer.Option(None, help="Write bench.json, bench.md and bench.png into this folder."),
     json: Optional[Path] = typer.Option(None, help="Write only bench.json, at this path."),
     title: Optional[str] = typer.Option(None, help="The report's title (default: edgekd bench: EXPORT_DIR's name)."),
@@ -484,8 +503,8 @@ def device_bench(
     if (out is None) == (json is None):
         raise EdgeKDError("pass exactly one of --out (the whole report) and --json (bench.json only)")
     options = measurement_options(runtimes, precisions, batch, threads, warmup, iters, seconds, ov_hint, ov_streams)
-    rows = run_bench(export_dir, **options, progress=progress, emulated=emulated)
-    title = title or f"edgekd bench: {export_dir.resolve().name}"
+    rows = run_bench(export_dirs, **options, progress=progress, emulated=emulated)
+    title = title or f"edgekd bench: {', '.join(d.resolve().name for d in export_dirs)}"
     if out is not None:
         bench_report.write_report(rows, out, title)
     else:

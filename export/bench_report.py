@@ -40,9 +40,10 @@ UNSTABLE_NOTE = (
 
 
 def format_label(row: Mapping[str, Any]) -> str:
-    """'ONNX Runtime INT8', 'PyTorch FP32', …"""
+    """'ONNX Runtime INT8', 'PyTorch FP32', … (with the export dir's name when several were timed together)"""
     cls = RUNTIMES.get(row["runtime"])
-    return f"{cls.title if cls else row['runtime']} {row['precision'].upper()}"
+    label = f"{cls.title if cls else row['runtime']} {row['precision'].upper()}"
+    return f"{label} ({row['export']})" if row.get("export") else label
 
 
 def machine_name(machine: Mapping[str, Any]) -> str:
@@ -76,7 +77,7 @@ def fastest_entries(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             out.append({
                 "machine": machine_name(m), "batch": batch, "runtime": r["runtime"], "precision": r["precision"],
                 "threads": r["threads"], "artifact": r["artifact"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                "speedup": r["speedup"], "baseline": r["baseline"],
+                "speedup": r["speedup"], "baseline": r["baseline"], "export": r.get("export"),
             })
     return out
 

@@ -87,7 +87,7 @@ class _Ssh:
 
 def run_remote(
     target: str,
-    export_dir: str | Path,
+    export_dir: str | Path | Sequence[str | Path],
     bench_args: Mapping[str, Any] | None = None,
     *,
     port: int | None = None,
@@ -97,13 +97,16 @@ def run_remote(
 ) -> list[dict[str, Any]]:
     """Run the bench of ``export_dir`` on ``target`` (``user@host[:path]``) and return its rows.
 
-    ``bench_args`` are ``run_bench`` keyword arguments; ``ssh_options`` are ``-o Key=Value`` settings;
-    ``remote_python`` is the interpreter on the device that has edgekd (a shell word, e.g. ``~/venv/bin/python``).
-    Without a path the export is copied to a temporary folder that is removed afterwards. Each returned row's
-    machine is the device's, with ``target`` set to ``user@host``.
+    ``export_dir`` may be several export dirs, timed on the device in the same interleaved rounds (each row's
+    ``export`` is then the local dir as given). ``bench_args`` are ``run_bench`` keyword arguments;
+    ``ssh_options`` are ``-o Key=Value`` settings; ``remote_python`` is the interpreter on the device that has
+    edgekd (a shell word, e.g. ``~/venv/bin/python``). Without a path the exports are copied to a temporary folder
+    that is removed afterwards. Each returned row's machine is the device's, with ``target`` set to ``user@host``.
     """
-    export_dir = Path(export_dir).resolve()
-    load_manifest(export_dir)  # a bad export dir fails here, before anything is copied
+    given = [export_dir] if isinstance(export_dir, (str, Path)) else list(export_dir)
+    dirs = [Path(d).resolve() for d in given]
+    for d in dirs:  # a bad export dir fails here, before anything is copied
+        load_manifest(d)
     check_remote_options(target, port, identity)
     dest, path = parse_target(target)
     ssh = _Ssh(dest, port, identity, ssh_options)
@@ -117,11 +120,16 @@ def run_remote(
                 f"{remote_python} was not found on {ssh.host}; pass the Python that has edgekd ({INSTALL_HINT})")
         raise EdgeKDError(f"preparing {ssh.host} failed (exit {r.returncode}: {_last_line(r.stderr)})")
     workdir = _last_line(r.stdout)
-    remote_export = f"{workdir}/{export_dir.name}"
+    # one export keeps its name on the device; several (which may share a name) go into numbered folders
+    remote_exports = ([f"{workdir}/{dirs[0].name}"] if len(dirs) == 1 else
+                      [f"{workdir}/edgekd-export-{i}" for i in range(len(dirs))])
     remote_json = f"{workdir}/{BENCH_JSON}"
     try:
-        ssh.copy(str(export_dir), f"{dest}:{workdir}/")
-        argv = [remote_export, "--json", remote_json, *bench_argv({**(bench_args or {}), "progress": False})]
+        if len(dirs) > 1:  # scp copies into a folder that already exists: a kept --remote path's last ones go
+            ssh.run("rm -rf " + " ".join(shlex.quote(e) for e in remote_exports))
+        for local, remote in zip(dirs, remote_exports):
+            ssh.copy(str(local), f"{dest}:{remote}" if len(dirs) > 1 else f"{dest}:{workdir}/")
+        argv = [*remote_exports, "--json", remote_json, *bench_argv({**(bench_args or {}), "progress": False})]
         r = ssh.run(f"{remote_python} -m edgekd.export.bench " + " ".join(shlex.quote(a) for a in argv))
         if r.returncode != 0:
             raise EdgeKDError(f"the benchmark failed on {ssh.host} (exit {r.returncode}): {_last_line(r.stderr)}")
@@ -132,6 +140,10 @@ def run_remote(
         if not path:
             with contextlib.suppress(EdgeKDError):  # a failed clean-up must not hide the bench's own error
                 ssh.run(f"rm -rf {shlex.quote(workdir)}")
+    names = dict(zip(remote_exports, map(str, given)))
+    for row in rows:
+        if row.get("export") is not None:
+            row["export"] = names.get(row["export"], row["export"])
     for row in rows:
         row["machine"] = {**row["machine"], "target": dest}
     return rows

@@ -269,6 +269,36 @@ def test_not_an_export_dir(tmp_path):
         run_bench(tmp_path / "missing", progress=False)
 
 
+def test_several_exports_are_timed_together_and_each_row_names_its_own(tiny_export, tmp_path, monkeypatch, capsys):
+    other = shutil.copytree(tiny_export, tmp_path / "other" / "export")  # the same name, another folder
+    rows = run_bench([tiny_export, other], runtimes=("ort",), precisions=("fp32", "int8"), warmup=0, iters=6,
+                     progress=False)
+    assert [(r["export"], r["precision"]) for r in rows] == [
+        (str(tiny_export), "fp32"), (str(tiny_export), "int8"), (str(other), "fp32"), (str(other), "int8")]
+    assert all(r["status"] == "ok" and len(r["round_p50_ms"]) == 2 for r in rows)
+    for first, second in (rows[:2], rows[2:]):  # each export's speed-up is over its own FP32 row
+        assert second["speedup"] == pytest.approx(first["p50_ms"] / second["p50_ms"], rel=1e-2)
+    assert run_bench(tiny_export, runtimes=("ort",), precisions=("fp32",), iters=3, progress=False)[0]["export"] is None
+
+    from edgekd.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(tiny_export), str(other), "--runtimes", "ort",
+                                      "--precisions", "int8", "--iters", "3", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0, capsys.readouterr().err
+    md = (tmp_path / "r" / "bench.md").read_text()
+    assert f"ONNX Runtime INT8 ({tiny_export})" in md and f"ONNX Runtime INT8 ({other})" in md
+
+    smaller = shutil.copytree(tiny_export, tmp_path / "smaller")
+    manifest = json.loads((smaller / "manifest.json").read_text())
+    manifest["input"]["shape"] = [None, 3, 8, 8]
+    (smaller / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgeKDError, match=r"export dirs timed together must take the same input: .* takes "
+                                          r"\[3, 16, 16\], .*smaller takes \[3, 8, 8\]"):
+        run_bench([tiny_export, smaller], progress=False)
+
+
 def test_corrupt_artifact_is_an_error_row_and_the_rest_still_runs(tiny_export, tmp_path):
     broken = shutil.copytree(tiny_export, tmp_path / "broken")
     with open(broken / "model.onnx", "ab") as f:

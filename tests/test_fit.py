@@ -19,12 +19,14 @@ TINY = {"finetune_steps": 4, "recover_epochs": 0, "batch_size": 32, "seconds": 0
 
 def _by_macs(monkeypatch, calls: list) -> None:
     """Latency = MACs / 1e6 ms instead of an export and a bench: the search's logic, without timing noise."""
-    def measure(self, model):
+    def measure(self, model, relative):
         import torch_pruning as tp
 
         macs, _ = tp.utils.count_ops_and_params(model, self.example)
+        reference, _ = tp.utils.count_ops_and_params(self.teacher, self.example)
         calls.append(macs)
-        return {"p50_ms": macs / 1e6, "p90_ms": macs / 1e6, "spread": 0.0, "unstable": False}
+        timing = {"p50_ms": macs / 1e6, "p90_ms": macs / 1e6, "spread": 0.0, "unstable": False}
+        return {**timing, "ratio": macs / reference} if relative else timing
 
     monkeypatch.setattr("edgekd.fit._Search._measure_export", measure)
 
@@ -47,6 +49,7 @@ def test_the_search_cuts_the_group_that_keeps_most_accuracy_until_the_budget_is_
         assert s["chosen"]["accuracy"] == max(c["accuracy"] for c in s["candidates"])
         previous = s["chosen"]["latency_ms"]
     assert record["final"]["export"] == str(tmp_path / "fit" / "export")
+    assert 0 < record["final"]["ratio"] < 1.5 and record["final"]["reference_p50_ms"] > 0  # timed beside the unpruned
     assert (tmp_path / "fit" / "export" / "manifest.json").is_file() and (tmp_path / "fit" / "model.json").is_file()
     shapes = json.loads((tmp_path / "fit" / "model.json").read_text())["layer_shapes"]
     assert shapes, "the fitted model is pruned"
@@ -137,7 +140,7 @@ def test_an_over_budget_final_measurement_is_taken_again_and_the_median_used(mon
     """One slow reading (a busy machine) must neither fail a fit nor pass one: up to three, the median counts."""
     readings = iter([1.0, 3.0, 1.5, 1.6])  # the unpruned model (met as is), then the final export three times
 
-    def measure(self, export_dir):
+    def measure(self, export_dir, reference=None):
         ms = next(readings)
         self.machine = {"cpu": "test", "host": "test"}
         return {"p50_ms": ms, "p90_ms": ms, "spread": 0.0, "unstable": False}
@@ -146,3 +149,25 @@ def test_an_over_budget_final_measurement_is_taken_again_and_the_median_used(mon
     record = fit(digits_run_dir, tmp_path / "fit", 2.0, **TINY, cache_dir=tmp_path / "cache")
     assert record["final"]["measurements"] == [1.5, 1.6, 3.0] and record["final"]["latency_ms"] == 1.6
     assert record["final"]["meets_budget"] and record["final"]["qat_epochs"] == 0
+
+
+def test_a_final_miss_because_the_machine_slowed_is_told_apart_from_a_slow_model(monkeypatch, digits_run_dir, tmp_path):
+    """The budget is in ms, read at the start; the final reading is timed beside the unpruned model, and when the
+    ratio is within the budget's the log says the machine moved, not the model (the fit still reports the miss)."""
+    _by_macs(monkeypatch, [])
+
+    def measure(self, export_dir, reference=None):
+        assert reference is not None and (reference / "manifest.json").is_file()
+        self.machine = {"cpu": "test", "host": "test"}
+        return {"p50_ms": 9.0, "p90_ms": 9.0, "spread": 0.0, "unstable": False, "reference_p50_ms": 30.0,
+                "reference_p90_ms": 30.0, "ratio": 0.3}
+
+    monkeypatch.setattr("edgekd.latency.Target.measure", measure)
+    lines: list[str] = []
+    record = fit(digits_run_dir, tmp_path / "fit", 8.0, **TINY, step=0.2, cache_dir=tmp_path / "cache",
+                 log=lines.append)
+    base = record["baseline"]["latency_ms"]
+    assert record["final"]["measurements"] == [9.0] * 3 and not record["final"]["meets_budget"]
+    assert lines[-2] == (f"the unpruned model now measures 30.000 ms against {base:.3f} ms when the budget was set: "
+                         f"timed together, the fitted model is 0.300x of it, within the budget's {8 / base:.3f}x; the "
+                         "machine is slower, not the model")

@@ -121,6 +121,19 @@ def test_run_remote_into_a_given_folder_keeps_the_copy(sshd, export, tmp_path):
     assert (tmp_path / "device" / "bench.json").is_file()
 
 
+def test_several_exports_are_timed_together_on_the_device(sshd, export, tmp_path):
+    other = shutil.copytree(export, tmp_path / "other" / "export")  # two exports of the same name
+    target = f"{sshd['dest']}:{tmp_path / 'device'}"
+    for _ in range(2):  # the second time into the folder the first one kept
+        rows = run_remote(target, [export, other], {**BENCH, "precisions": ["int8"]}, remote_python=sys.executable,
+                          **connect(sshd))
+        assert [(r["export"], r["status"]) for r in rows] == [(str(export), "ok"), (str(other), "ok")]
+        assert all(r["machine"]["target"] == sshd["dest"] for r in rows)
+    assert sorted(p.name for p in (tmp_path / "device").iterdir()) == ["bench.json", "edgekd-export-0",
+                                                                       "edgekd-export-1"]
+    assert (tmp_path / "device" / "edgekd-export-1" / "manifest.json").is_file()
+
+
 def test_remote_without_edgekd_says_how_to_install(sshd, export):
     # -I -S: the same interpreter without site-packages, i.e. a Python where edgekd is not installed
     with pytest.raises(EdgeKDError, match=r"edgekd is not installed on 127\.0\.0\.1: pip install 'edgekd\[device\]'"):

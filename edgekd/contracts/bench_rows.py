@@ -36,6 +36,7 @@ def bench_row(runtime: str, precision: str, batch: int, threads: int | None, sta
         "artifact": None,
         "options": {},
         "machine": None,
+        "export": None,  # the export dir, when several were timed together
         "emulated": False,
         "round_p50_ms": None,  # the p50 of each interleaved round
         "spread": None,  # (max - min) / median of those
