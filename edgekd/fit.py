@@ -143,38 +143,33 @@ class _Search:
         self._tmp.cleanup()
 
     def finetune(self, student: nn.Module) -> tuple[nn.Module, float]:
-        """``student`` after ``finetune_steps`` of KD from the unpruned model, and its accuracy on the holdout."""
+        """``student`` after ``finetune_steps`` of the kd method from the unpruned model (the recovery's method,
+        with its defaults), and its accuracy on the holdout."""
         import torch
-        import torch.nn.functional as F
 
         from edgekd.data import make_loader
-        from edgekd.losses import kd_loss
-        from edgekd.methods import method_class
-
-        kd = method_class("kd").defaults  # the fine-tune is the kd method's loss, as the recovery's is
+        from edgekd.methods import build_method
+        from edgekd.prune import accuracy
 
         student = copy.deepcopy(student).train()
         steps = self.options["finetune_steps"]
         if steps:
-            optimizer = torch.optim.SGD(student.parameters(), lr=self.options["lr"], momentum=0.9, weight_decay=5e-4)
+            method = build_method("kd", student, self.teacher, num_classes=self.desc["num_classes"]).train()
+            optimizer = torch.optim.SGD(method.learnable_parameters(), lr=self.options["lr"], momentum=0.9,
+                                        weight_decay=5e-4)
             loader = make_loader(self.finetune_set, self.options["batch_size"], shuffle=True,
                                  seed=self.options["seed"], drop_last=True)
             torch.manual_seed(self.options["seed"])
             done = 0
             while done < steps:
                 for x, y in loader:
-                    with torch.no_grad():
-                        z_t = self.teacher(x)
-                    z_s = student(x)
-                    loss = (1 - kd["alpha"]) * F.cross_entropy(z_s, y) + kd["alpha"] * kd_loss(z_s, z_t, kd["T"])
+                    _, losses = method(x, y)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    sum(losses.values()).backward()
                     optimizer.step()
                     done += 1
                     if done == steps:
                         break
-        from edgekd.prune import accuracy
-
         student.eval()
         return student, accuracy(student, self.holdout_loader())
 

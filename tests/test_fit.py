@@ -14,7 +14,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.fit import fit
 from test_remote import connect, sshd  # noqa: F401  (the fixture: a real sshd on loopback)
 
-TINY = {"finetune_steps": 4, "recover_epochs": 0, "batch_size": 32, "seconds": 0.2, "calib_samples": 16}
+TINY = {"finetune_steps": 8, "recover_epochs": 0, "batch_size": 32, "seconds": 0.2, "calib_samples": 16}
 
 
 def _by_macs(monkeypatch, calls: list) -> None:
