@@ -485,9 +485,8 @@ def fit(
                        "recover_epochs": recover_epochs, "lr": lr, "batch_size": batch_size,
                        "channel_multiple": channel_multiple, "seconds": seconds, "calib_samples": calib_samples},
                       config, "fit", given_options(ctx))
-    log = Console(stderr=True, soft_wrap=True, highlight=False)
     record = run_fit(run, out, budget_ms, **how, seed=seed, remote=remote, remote_python=remote_python,
-                     ssh_port=ssh_port, identity=identity, resume=resume, log=lambda line: log.print(escape(line)))
+                     ssh_port=ssh_port, identity=identity, resume=resume, progress=True)
     table = Table(title=Text(f"fit {run} to {record['budget_ms']:g} ms {how['metric']} "
                              f"({how['runtime']} {how['precision']}, batch {how['batch']})"))
     for col in ("step", "layer group", "channels", "latency (ms)", "holdout acc"):

@@ -23,6 +23,7 @@ from edgekd.contracts.rundir import FIT, FIT_EXPORT, PRUNED, read_description
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import write_json
 from edgekd.latency import LatencyCache, Target, candidate_key
+from edgekd.progress import progress_bar
 from edgekd.settings import FIT as DEFAULTS
 
 if TYPE_CHECKING:
@@ -87,11 +88,18 @@ class _Search:
         self.finetune_set = torch.utils.data.Subset(bundle.train_set(), order[cut:])
         self.holdout_set = torch.utils.data.Subset(bundle.calib_set(), order[:cut])
         self.record: dict[str, Any] = {}
+        self.status: Callable[[str, str], None] = lambda _what, _figures: None  # the progress display's line
+        self.phase = ""
         self._tmp = tempfile.TemporaryDirectory(prefix="edgekd-fit-")
         self._reference: Path | None = None
 
     def save(self) -> None:
         write_json(self.out / FIT, self.record)
+
+    def show(self, figures: str, phase: str | None = None) -> None:
+        """Update the progress display: the phase (which step, from what latency to what goal) and what it does."""
+        self.phase = self.phase if phase is None else phase
+        self.status(self.phase, figures)
 
     def measure(self, model: nn.Module, relative: bool = True) -> Candidate:
         """The target's latency of ``model`` as exported, from the cache when this device measured that shape.
@@ -205,6 +213,7 @@ def _candidate(search: _Search, model: nn.Module, group: str, channels: int, goa
     while low <= high:
         mid = (low + high) // 2 if best is not None else 0  # the deepest cut first
         pruned = prune_group(model, search.example, group, options[mid])
+        search.show(f"measuring {group}: {channels} -> {options[mid]} channels")
         measured = search.measure(pruned)
         measured.group, measured.channels, measured.keep = group, channels, options[mid]
         search.log(f"  {group}: {channels} -> {options[mid]} channels: {_ms(measured)}")
@@ -249,9 +258,13 @@ def fit(
     cache_dir: str | Path | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Search, recover and export the most accurate pruned model of ``run_dir`` whose ``metric`` latency on the
-    target is within ``budget_ms``; returns what ``OUT/fit.json`` holds. See the module docstring for the method."""
+    target is within ``budget_ms``; returns what ``OUT/fit.json`` holds. See the module docstring for the method.
+
+    ``log`` receives a line per measurement and step; ``progress`` draws a status line on stderr (which step, which
+    candidate, the latency so far) and prints those lines above it."""
     run_dir, out = Path(run_dir), Path(out)
     _check(budget_ms, metric, step, finetune_steps, recover_epochs, channel_multiple, batch_size)
     read_description(run_dir)
@@ -270,28 +283,49 @@ def fit(
                            "ssh_options": tuple(previous["target"]["ssh_options"])})
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    search = _Search(run_dir, out, target, LatencyCache(cache_dir), options, log)
-    search.record = previous or {
-        "run": str(run_dir), "budget_ms": budget_ms, "target": {**asdict(target), "machine": None,
-                                                                 "identity": str(identity) if identity else None},
-        "options": {**options, "step": step, "recover_epochs": recover_epochs, "channel_multiple": channel_multiple},
-        "state": "searching", "steps": [],
-    }
-    try:
-        if search.record["state"] == "searching":
-            try:
-                _search(search, budget_ms, step, channel_multiple)
-            except EdgeKDError:
-                if created and not search.record["steps"]:  # nothing to resume: leave nothing behind
-                    shutil.rmtree(out, ignore_errors=True)
-                raise
-        if search.record["state"] == "met as is":
-            return _export_and_check(search, run_dir, budget_ms, log)
-        if search.record["state"] == "recovering":
-            _recover(search, recover_epochs)
-        return _export_and_check(search, out, budget_ms, log)
-    finally:
-        search.close()
+    with progress_bar(progress, stats=True, transient=True) as bar:
+        if progress:
+            log = _through(bar, log)
+        search = _Search(run_dir, out, target, LatencyCache(cache_dir), options, log)
+        task = bar.add_task("fit", total=None, stats="")
+        search.status = lambda what, figures: bar.update(task, description=what, stats=figures)
+        search.record = previous or {
+            "run": str(run_dir), "budget_ms": budget_ms, "target": {**asdict(target), "machine": None,
+                                                                     "identity": str(identity) if identity else None},
+            "options": {**options, "step": step, "recover_epochs": recover_epochs,
+                        "channel_multiple": channel_multiple},
+            "state": "searching", "steps": [],
+        }
+        try:
+            return _run(search, created, budget_ms, step, channel_multiple, recover_epochs)
+        finally:
+            search.close()
+
+
+def _through(bar: Any, log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log``, and each line printed above the progress display (a second console would tear it)."""
+    def both(line: str) -> None:
+        bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        log(line)
+    return both
+
+
+def _run(search: _Search, created: bool, budget_ms: float, step: float, channel_multiple: int,
+         recover_epochs: int) -> dict[str, Any]:
+    """The fit from the state ``fit.json`` is in: searching, then recovering, then exporting (or, for a budget the
+    unpruned model meets, exporting it as it is)."""
+    if search.record["state"] == "searching":
+        try:
+            _search(search, budget_ms, step, channel_multiple)
+        except EdgeKDError:
+            if created and not search.record["steps"]:  # nothing to resume: leave nothing behind
+                shutil.rmtree(search.out, ignore_errors=True)
+            raise
+    if search.record["state"] == "met as is":
+        return _export_and_check(search, search.run_dir, budget_ms, search.log)
+    if search.record["state"] == "recovering":
+        _recover(search, recover_epochs)
+    return _export_and_check(search, search.out, budget_ms, search.log)
 
 
 def _previous(out: Path, resume: bool) -> dict[str, Any] | None:
@@ -313,6 +347,7 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
 
     record = search.record
     if not record["steps"]:
+        search.show("", "measuring the unpruned model")
         base = search.measure(search.teacher, relative=False)
         base.accuracy = accuracy(search.teacher, search.holdout_loader())
         record["baseline"], record["machine"] = asdict(base), search.target.machine
@@ -321,6 +356,7 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
             record["state"] = "met as is"
             search.save()
             return
+        search.show("", "measuring the smallest model the search can reach")
         smallest = search.measure(_smallest(search, search.teacher, multiple))
         record["smallest"] = asdict(smallest)
         if smallest.latency_ms > budget_ms:
@@ -338,6 +374,7 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
         goal = max(budget_ms, latency * (1 - step))
         number = len(record["steps"]) + 1
         search.log(f"step {number}: from {latency:.3f} ms to {goal:.3f} ms")
+        search.show("", f"step {number}: {latency:.3f} -> {goal:.3f} ms (budget {budget_ms:g})")
         probed = [p for group, channels in layer_groups(model, search.example).items()
                   if (p := _candidate(search, model, group, channels, goal, multiple)) is not None]
         # no group reaching the goal alone (coarse channel multiples): the deepest cuts that are faster still count
@@ -351,6 +388,8 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
                               f"({search.out / PRUNED} holds that model)")
         tuned = []
         for candidate, pruned in found:
+            search.show(f"fine-tuning {candidate.group} -> {candidate.keep} channels "
+                        f"({candidate.latency_ms:.3f} ms)")
             fine, candidate.accuracy = search.finetune(pruned)
             search.log(f"  {candidate.group} -> {candidate.keep}: holdout accuracy {candidate.accuracy:.4f}")
             tuned.append((candidate, fine))
@@ -364,6 +403,18 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
         search.save()
     record["state"] = "recovering"
     search.save()
+
+
+def _epochs_shown(search: _Search, epochs: int) -> Any:
+    """A trainer callback that puts the recovery's epochs on the fit's progress display (the trainer's own bar
+    would be a second live display)."""
+    from edgekd.engine.callbacks import Callback
+
+    class Epochs(Callback):
+        def on_epoch_start(self, trainer: Any) -> None:
+            search.show(f"epoch {trainer.epoch + 1}/{epochs}", f"recovering with KD from {search.run_dir}")
+
+    return Epochs()
 
 
 def _recover(search: _Search, epochs: int) -> None:
@@ -380,7 +431,7 @@ def _recover(search: _Search, epochs: int) -> None:
             "method": "kd", "lr": search.options["lr"], "warmup_epochs": 0, "epochs": epochs,
             "batch_size": search.options["batch_size"], "seed": search.options["seed"],
             "resume": (out / CHECKPOINT).is_file() or None})
-        run_training(load_config(None, overrides), show_progress=False)
+        run_training(load_config(None, overrides), show_progress=False, callbacks=[_epochs_shown(search, epochs)])
     else:  # the searched model as it is
         for name in (WEIGHTS, DESCRIPTION):
             shutil.copy2(out / PRUNED / name, out / name)
@@ -402,6 +453,7 @@ def _export_and_check(search: _Search, model_dir: Path, budget_ms: float, log: C
     for qat_epochs in (0, QAT_EPOCHS) if target.precision == "int8" else (0,):
         if export.exists():  # a resumed fit, or the second try, re-exports: the earlier export may be partial
             shutil.rmtree(export)
+        search.show(f"{key}{f' with {qat_epochs} QAT epochs' if qat_epochs else ''}", f"exporting {model_dir}")
         manifest = export_run(model_dir, export, formats=(target.format,), int8=target.precision == "int8",
                               qat_epochs=qat_epochs, progress=False)
         if key in manifest["artifacts"]:
@@ -415,6 +467,7 @@ def _export_and_check(search: _Search, model_dir: Path, budget_ms: float, log: C
                           "a looser `edgekd export --max-drop`, or fit to a larger budget")
     # a pruned model is timed beside the unpruned one: the ratio says whether a miss is the model or the machine
     reference = None if model_dir == search.run_dir else search.reference()
+    search.show(str(export), "measuring the export")
     measured = [target.measure(export, reference)]
     if measured[0][f"{target.metric}_ms"] > budget_ms:  # over budget: measured again before it is believed
         measured += [target.measure(export, reference) for _ in range(MEASUREMENTS - 1)]

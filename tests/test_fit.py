@@ -171,3 +171,35 @@ def test_a_final_miss_because_the_machine_slowed_is_told_apart_from_a_slow_model
     assert lines[-2] == (f"the unpruned model now measures 30.000 ms against {base:.3f} ms when the budget was set: "
                          f"timed together, the fitted model is 0.300x of it, within the budget's {8 / base:.3f}x; the "
                          "machine is slower, not the model")
+
+
+def test_the_progress_display_names_the_step_the_candidate_and_the_latency(monkeypatch, capsys, digits_run_dir,
+                                                                           tmp_path):
+    _by_macs(monkeypatch, [])
+    import edgekd.fit as module
+
+    shown: list[tuple[str, str]] = []
+    real_status = module._Search.show
+
+    def spy(self, figures, phase=None):
+        real_status(self, figures, phase)
+        shown.append((self.phase, figures))
+
+    monkeypatch.setattr(module._Search, "show", spy)
+    record = fit(digits_run_dir, tmp_path / "fit", 8.0, **TINY, step=0.2, cache_dir=tmp_path / "cache",
+                 progress=True)
+    first = record["steps"][0]
+    base = record["baseline"]["latency_ms"]
+    assert shown[0] == ("measuring the unpruned model", "")
+    step_one = f"step 1: {base:.3f} -> {first['goal_ms']:.3f} ms (budget 8)"
+    assert any(phase == step_one and figures.startswith("measuring ") and " channels" in figures
+               for phase, figures in shown)
+    assert (step_one, f"fine-tuning {first['chosen']['group']} -> {first['chosen']['keep']} channels "
+                      f"({first['chosen']['latency_ms']:.3f} ms)") in shown
+    search = module._Search.__new__(module._Search)  # the recovery's trainer callback, on a search of its own
+    search.run_dir, search.phase, search.status = digits_run_dir, "", lambda *line: None
+    module._epochs_shown(search, 6).on_epoch_start(type("Trainer", (), {"epoch": 2})())
+    assert shown.pop() == (f"recovering with KD from {digits_run_dir}", "epoch 3/6")
+    assert shown[-1] == ("measuring the export", str(tmp_path / "fit" / "export"))
+    err = capsys.readouterr().err  # the log's lines, printed above the display
+    assert f"step 1: from {base:.3f} ms to {first['goal_ms']:.3f} ms" in err and "final onnx-int8:" in err
