@@ -40,6 +40,20 @@ def kd_loss_to_target(z_s: torch.Tensor, log_p_t: torch.Tensor, T: float) -> tor
     return F.kl_div(F.log_softmax(z_s / T, dim=1), log_p_t, reduction="batchmean", log_target=True) * T**2
 
 
+def ttm_loss(z_s: torch.Tensor, z_t: torch.Tensor, T: float, weighted: bool = False) -> torch.Tensor:
+    """Transformed teacher matching (Zheng & Yang, ICLR 2024): KL(softmax(z_t/T) ‖ softmax(z_s)), summed over
+    classes and averaged over the batch, with no temperature on the student's side and no T² (the release's
+    ``distiller_zoo/ttm.py``). The teacher's target is the power transform of its distribution, p^γ / Σ p^γ with
+    γ = 1/T, which is softmax(z_t/T). ``weighted`` (WTTM): each sample's term is multiplied by U = Σ_j p_j^γ, that
+    transform's normaliser, which is large where the teacher's distribution is smooth."""
+    gamma = 1.0 / T
+    log_target = F.log_softmax(gamma * z_t, dim=1)
+    kl = (log_target.exp() * (log_target - F.log_softmax(z_s, dim=1))).sum(dim=1)
+    if weighted:  # Σ_j softmax(z_t)_j^γ = exp(logsumexp(γ·z_t) − γ·logsumexp(z_t))
+        kl = kl * torch.exp(torch.logsumexp(gamma * z_t, dim=1) - gamma * torch.logsumexp(z_t, dim=1))
+    return kl.mean()
+
+
 def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + _EPS)
 

@@ -19,6 +19,7 @@ from edgekd.losses import (
     r2kd_rank_loss,
     r2kd_value_loss,
     sld_loss,
+    ttm_loss,
 )
 from edgekd.methods import build_method, list_methods, method_class
 from edgekd.methods.augment import AUGMENTATIONS, BatchAutoAugment, augmented_view
@@ -68,7 +69,7 @@ def same(a: dict, b: dict) -> bool:
 EXPECTED_TERMS = {  # the loss terms of the methods edgekd ships; a method registered later needs no edit here
     "ce": {"ce"}, "lsr": {"ce"}, "kd": {"ce", "kd"}, "dist": {"ce", "kd"}, "dkd": {"ce", "kd"},
     "tfkd-self": {"ce", "kd"}, "tfkd-reg": {"ce", "kd"}, "drkd": {"ce", "kd"}, "r2kd": {"ce", "value", "rank"},
-    "sld": {"ce", "kd"},
+    "sld": {"ce", "kd"}, "ttm": {"ce", "ttm"}, "wttm": {"ce", "wttm"},
 }
 
 
@@ -177,6 +178,42 @@ def test_tfkd_reg_matches_the_release_formula():
     kl_elementwise_mean = (p * (np.log(p) - np_log_softmax(z, axis=1))).sum() / (B * C)
     assert terms["kd"].item() == pytest.approx(0.95 * kl_elementwise_mean, rel=1e-5)
     assert terms["ce"].item() == pytest.approx(0.05 * F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def _ttm_reference(z_s: np.ndarray, z_t: np.ndarray, gamma: float, weighted: bool) -> float:
+    """The paper's definition, written out: the teacher's distribution raised to γ and renormalised (the power
+    transform), KL to the untempered student per sample, times Σ_j p_j^γ for WTTM, averaged over the batch."""
+    p = np_softmax(z_t, axis=1)
+    powered = p**gamma
+    target = powered / powered.sum(axis=1, keepdims=True)
+    kl = (target * (np.log(target) - np_log_softmax(z_s, axis=1))).sum(axis=1)
+    return float(np.mean(kl * powered.sum(axis=1) if weighted else kl))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ttm_and_wttm_match_the_papers_power_transform_on_random_logits(weighted):
+    g = torch.Generator().manual_seed(3)
+    z_s, z_t = torch.randn(7, 10, generator=g, dtype=torch.float64) * 3, torch.randn(7, 10, generator=g,
+                                                                                       dtype=torch.float64) * 3
+    for T in (1.0, 4.0, 10.0):
+        assert ttm_loss(z_s, z_t, T, weighted).item() == pytest.approx(
+            _ttm_reference(z_s.numpy(), z_t.numpy(), 1 / T, weighted), rel=1e-9)
+    # the student has no temperature: scaling its logits changes the loss, unlike KD's symmetric softening
+    assert ttm_loss(2 * z_s, z_t, 4.0).item() != pytest.approx(ttm_loss(z_s, z_t, 4.0).item(), rel=1e-3)
+    # at T = 1 TTM is KD at T = 1 and WTTM's weight is 1 for every sample
+    assert ttm_loss(z_s, z_t, 1.0, weighted).item() == pytest.approx(kd_loss(z_s, z_t, 1.0).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("name, beta, T", [("ttm", 45.0, 10.0), ("wttm", 4.0, 5.0)])
+def test_ttm_methods_are_ce_plus_beta_times_the_matching_term(name, beta, T):
+    method = make(name)
+    assert method.args == {"beta": beta, "T": T}  # the release README's examples
+    x, y = batch()
+    logits, terms = method.forward_train(x, y, epoch=0)
+    z_t = method.teacher(x)
+    expected = _ttm_reference(logits.detach().double().numpy(), z_t.detach().double().numpy(), 1 / T, name == "wttm")
+    assert terms[name].item() == pytest.approx(beta * expected, rel=1e-4)
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
 
 def test_tfkd_self_scales_kd_like_the_release():
