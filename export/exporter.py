@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ MORE_CALIB = 1024  # the most training images the INT8 search calibrates on
 
 
 def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop: Any, fp16: bool, int8: bool,
-                   qat_epochs: Any) -> tuple[str, ...]:
+                   qat_epochs: Any, fp32_nodes: Sequence[str] = ()) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = (formats,)
     formats = tuple(dict.fromkeys(str(f).strip().lower() for f in formats))
@@ -58,6 +58,9 @@ def _check_options(formats: Any, calib_samples: Any, calib_method: str, max_drop
     if qat_epochs and not (int8 and "onnx" in formats and max_drop is not None):
         raise EdgeKDError("qat_epochs fine-tunes the ONNX INT8 model when post-training quantization misses max_drop; "
                           "it needs int8, the onnx format and a max_drop")
+    if fp32_nodes and not (int8 and "onnx" in formats):
+        raise EdgeKDError("fp32_nodes keeps ONNX nodes in FP32 in the ONNX Runtime INT8 artifact; it needs int8 and "
+                          "the onnx format")
     return formats
 
 
@@ -106,6 +109,7 @@ def export_run(
     max_drop: float | None = EXPORT.max_drop,
     qat_epochs: int = EXPORT.qat_epochs,
     fp16: bool = False,
+    fp32_nodes: Sequence[str] = EXPORT.fp32_nodes,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -117,9 +121,12 @@ def export_run(
     manifest's ``dropped`` and ``notes`` say why). ``None``: plain post-training quantization, kept whatever it
     loses. Calibration uses ``calib_samples`` training images. ``qat_epochs`` > 0: when ONNX Runtime's search still
     misses ``max_drop``, the student is fine-tuned that many epochs fake-quantized, distilled from its teacher
-    (``edgekd.export.qat``), and exported again.
+    (``edgekd.export.qat``), and exported again. ``fp32_nodes``: ONNX node names the ONNX Runtime INT8 artifact
+    keeps in FP32 (ORT's nodes to exclude; `edgekd fit` chooses them where INT8 measured slower), recorded in the
+    manifest's ``quantization.fp32_nodes``.
     """
-    formats = _check_options(formats, calib_samples, calib_method, max_drop, fp16, int8, qat_epochs)
+    fp32_nodes = tuple(dict.fromkeys(fp32_nodes))
+    formats = _check_options(formats, calib_samples, calib_method, max_drop, fp16, int8, qat_epochs, fp32_nodes)
     # atomic_dir refuses an existing export dir before any work; a full disk at any step is one line that says so
     # (measured before atomic_dir removes the partial folder, which frees the space again)
     with atomic_dir(out, overwrite=overwrite) as tmp, full_disk_as_error(Path(out).parent):
@@ -129,7 +136,7 @@ def export_run(
         scratch.mkdir()
         with progress_bar(progress) as bar:
             job = ExportJob.prepare(run_dir, Path(tmp), scratch, bar, int8, calib_samples, calib_method, max_drop,
-                                    qat_epochs)
+                                    qat_epochs, fp32_nodes)
             precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
             for key in formats:
                 fmt = FORMATS[key]()
@@ -196,8 +203,9 @@ class ExportJob:
 
     def __init__(self, model, val_images, val_labels, reference, torch_acc, calib_pool, calib_samples, calib_method,
                  max_drop, metadata, manifest, out: Path, scratch: Path, bar: Progress, *, description=None,
-                 bundle=None, qat_epochs: int = 0) -> None:
+                 bundle=None, qat_epochs: int = 0, fp32_nodes: tuple[str, ...] = ()) -> None:
         self.model = model
+        self.fp32_nodes = fp32_nodes  # kept in FP32 in the ONNX Runtime INT8 artifact, whatever the search adds
         self.description, self.bundle, self.qat_epochs = description or {}, bundle, qat_epochs  # what QAT trains on
         self.val_images, self.val_labels, self.reference, self.torch_acc = val_images, val_labels, reference, torch_acc
         self.calib_pool, self.calib_method, self.max_drop = calib_pool, calib_method, max_drop
@@ -209,7 +217,8 @@ class ExportJob:
 
     @classmethod
     def prepare(cls, run_dir: str | Path, out: Path, scratch: Path, bar: Progress, int8: bool, calib_samples: int,
-                calib_method: str, max_drop: float | None, qat_epochs: int = 0) -> ExportJob:
+                calib_method: str, max_drop: float | None, qat_epochs: int = 0,
+                fp32_nodes: tuple[str, ...] = ()) -> ExportJob:
         """Load the run's model and data once: held-out images, PyTorch reference logits, calibration images."""
         from edgekd.data import run_data
         from edgekd.rundir import load_model
@@ -229,7 +238,8 @@ class ExportJob:
         pool = bundle.calib_set() if int8 else None
         manifest, metadata = _describe(run_dir, desc, bundle, len(val_labels), torch_acc)
         return cls(model, val_images, val_labels, reference, torch_acc, pool, calib_samples, calib_method, max_drop,
-                   metadata, manifest, out, scratch, bar, description=desc, bundle=bundle, qat_epochs=qat_epochs)
+                   metadata, manifest, out, scratch, bar, description=desc, bundle=bundle, qat_epochs=qat_epochs,
+                   fp32_nodes=fp32_nodes)
 
     def graph(self, path: Path | None = None) -> Path:
         """The FP32 ONNX graph every artifact descends from, exported once: at ``path`` when the ONNX format asks

@@ -458,3 +458,30 @@ def test_an_export_onto_a_full_disk_is_one_line_saying_so_and_leaves_nothing(dig
         assert code == 2 and last.startswith(f"error: the disk is full: no space left under {disk} ("), err
         assert "Traceback" not in err and err.count("error:") == 1, err
         assert list(disk.iterdir()) == []  # the partial export is gone
+
+
+def test_named_layers_stay_fp32_in_the_onnx_int8_artifact(digits_run_dir, tmp_path):
+    import onnx
+
+    from edgekd.export import export_run
+    from edgekd.export.formats.onnx import quantizable_nodes
+
+    plain = export_run(digits_run_dir, tmp_path / "plain", formats=("onnx",), int8=True, max_drop=None,
+                       calib_samples=32, progress=False)
+    assert plain["artifacts"]["onnx-int8"]["quantization"]["fp32_nodes"] == []
+    layers = quantizable_nodes(onnx.load(str(tmp_path / "plain" / "model.int8.onnx")).graph.node)
+    keep = [layers[2]]
+    manifest = export_run(digits_run_dir, tmp_path / "mixed", formats=("onnx",), int8=True, max_drop=None,
+                          calib_samples=32, fp32_nodes=keep, progress=False)
+    assert manifest["artifacts"]["onnx-int8"]["quantization"]["fp32_nodes"] == keep
+    graph = onnx.load(str(tmp_path / "mixed" / "model.int8.onnx")).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert [n.name for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] not in dequantized] == keep
+
+    with pytest.raises(EdgeKDError, match=r"fp32_nodes: no quantizable node 'conv9' in the ONNX graph; its nodes "
+                                          r"are /"):
+        export_run(digits_run_dir, tmp_path / "bad", formats=("onnx",), int8=True, fp32_nodes=["conv9"],
+                   progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(EdgeKDError, match="fp32_nodes keeps ONNX nodes in FP32 .* needs int8 and the onnx format"):
+        export_run(digits_run_dir, tmp_path / "fp32", formats=("onnx",), fp32_nodes=keep, progress=False)

@@ -14,13 +14,14 @@ import contextlib
 import io
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekd.errors import EdgeKDError
 from edgekd.export.formats.base import ExportFormat, register_format
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ class OnnxFormat(ExportFormat):
         quantization = {"tool": "onnxruntime", "format": "QDQ", "per_channel": True, "weights": "int8",
                         "activations": "uint8", "reduce_range": True}
         if job.max_drop is None:
-            self._quantize(job, path, Attempt(job.calib_method, len(job.calib)))
-            return {"opset": OPSET, "quantization": {**quantization, "calibration": job.calibration(job.calib_method)}}
+            fp32_nodes = self._quantize(job, path, Attempt(job.calib_method, len(job.calib)))
+            return {"opset": OPSET, "quantization": {**quantization, "calibration": job.calibration(job.calib_method),
+                                                     "fp32_nodes": fp32_nodes}}
         tried = self._search(job, path)
         kept = tried[-1]
         if kept["drop_points"] > job.max_drop and job.qat_epochs:
@@ -73,7 +75,7 @@ class OnnxFormat(ExportFormat):
         advance = job.task(f"ONNX INT8 calibration ({attempt.label})", len(calib))
         with job.stage("ONNX Runtime INT8 quantization"):
             return quantize_onnx(job.graph(), path, calib, attempt.method, job.metadata, advance, job.scratch,
-                                 keep_sensitive=attempt.keep_sensitive)
+                                 keep_sensitive=attempt.keep_sensitive, fp32_nodes=job.fp32_nodes)
 
     def _qat(self, job: ExportJob, path: Path) -> dict[str, Any]:
         """Distillation-aware QAT (``edgekd.export.qat``) in place of the INT8 file the search left at ``path``."""
@@ -220,6 +222,15 @@ class Attempt:
         return f"{self.method}, {self.samples} images" + (", first conv and classifier in FP32" * self.keep_sensitive)
 
 
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # the layers whose weights INT8 quantizes
+
+
+def quantizable_nodes(nodes: Any) -> list[str]:
+    """The names of an ONNX graph's Conv, Gemm and MatMul nodes, in graph order: the layers an INT8 artifact may
+    keep in FP32."""
+    return [n.name for n in nodes if n.op_type in QUANTIZED_OPS]
+
+
 def sensitive_nodes(nodes: Any) -> list[str]:
     """The first convolution (raw pixels in) and the last Gemm/MatMul/Conv (logits out) of an ONNX graph."""
     first = next((n.name for n in nodes if n.op_type == "Conv"), None)
@@ -236,8 +247,11 @@ def quantize_onnx(
     advance: Callable[[int], None],
     scratch: Path,
     keep_sensitive: bool = False,
+    fp32_nodes: Sequence[str] = (),
 ) -> list[str]:
-    """Static INT8 (QDQ, per-channel weights) of an FP32 ONNX file, calibrated on ``calib`` images.
+    """Static INT8 (QDQ, per-channel weights) of an FP32 ONNX file, calibrated on ``calib`` images; the nodes named in
+    ``fp32_nodes`` (and with ``keep_sensitive`` the first convolution and the classifier) stay FP32. Returns the
+    nodes kept in FP32.
 
     ``quant_pre_process`` first folds and shape-infers the graph so the quantizer sees fused Conv+Relu
     patterns; ORT's calibrator for ``method`` then measures activation ranges with our bin settings, which
@@ -254,7 +268,13 @@ def quantize_onnx(
                         "percentile": CalibrationMethod.Percentile}[method]
     prepared, ranges = scratch / "prepared.onnx", scratch / "calibration.json"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    fp32_nodes = sensitive_nodes(onnx.load(str(prepared)).graph.node) if keep_sensitive else []
+    nodes = onnx.load(str(prepared)).graph.node
+    layers = quantizable_nodes(nodes)
+    unknown = [name for name in fp32_nodes if name not in layers]
+    if unknown:
+        raise EdgeKDError(f"fp32_nodes: no quantizable node {unknown[0]!r} in the ONNX graph; its nodes are "
+                          f"{', '.join(layers[:6])}{', ...' if len(layers) > 6 else ''}")
+    fp32_nodes = list(dict.fromkeys([*fp32_nodes, *(sensitive_nodes(nodes) if keep_sensitive else [])]))
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
         calibrator = create_calibrator(
             prepared, augmented_model_path=str(scratch / "augmented.onnx"), calibrate_method=calibrate_method,
