@@ -92,8 +92,12 @@ class Target:
         return timing
 
     def _row(self, rows: list[dict[str, Any]], export: str | None) -> dict[str, Any]:
-        [row] = [r for r in rows if (r["runtime"], r["precision"], r["batch"], r.get("export")) ==
+        found = [r for r in rows if (r["runtime"], r["precision"], r["batch"], r.get("export")) ==
                  (self.runtime, self.precision, self.batch, export)]
+        if len(found) != 1:
+            raise EdgeKDError(f"the bench of {export or 'the export'} returned {len(found)} rows for {self.runtime} "
+                              f"{self.precision} batch {self.batch}, not one")
+        [row] = found
         if row["status"] != "ok":
             raise EdgeKDError(f"{self.runtime} {self.precision} batch {self.batch} could not be measured: "
                               f"{row['status']}")

@@ -8,6 +8,7 @@ user's ``~/.ssh/config``, jump hosts and agents work as they do in a terminal. T
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import shlex
 import subprocess
 import tempfile
@@ -140,10 +141,10 @@ def run_remote(
         if not path:
             with contextlib.suppress(EdgeKDError):  # a failed clean-up must not hide the bench's own error
                 ssh.run(f"rm -rf {shlex.quote(workdir)}")
-    names = dict(zip(remote_exports, map(str, given)))
+    names = {posixpath.normpath(r): str(g) for r, g in zip(remote_exports, given)}  # the device writes them normalised
     for row in rows:
         if row.get("export") is not None:
-            row["export"] = names.get(row["export"], row["export"])
+            row["export"] = names.get(posixpath.normpath(row["export"]), row["export"])
     for row in rows:
         row["machine"] = {**row["machine"], "target": dest}
     return rows

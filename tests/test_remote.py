@@ -123,8 +123,8 @@ def test_run_remote_into_a_given_folder_keeps_the_copy(sshd, export, tmp_path):
 
 def test_several_exports_are_timed_together_on_the_device(sshd, export, tmp_path):
     other = shutil.copytree(export, tmp_path / "other" / "export")  # two exports of the same name
-    target = f"{sshd['dest']}:{tmp_path / 'device'}"
-    for _ in range(2):  # the second time into the folder the first one kept
+    for suffix in ("", "/"):  # the second time into the folder the first one kept, written with a trailing slash
+        target = f"{sshd['dest']}:{tmp_path / 'device'}{suffix}"
         rows = run_remote(target, [export, other], {**BENCH, "precisions": ["int8"]}, remote_python=sys.executable,
                           **connect(sshd))
         assert [(r["export"], r["status"]) for r in rows] == [(str(export), "ok"), (str(other), "ok")]
