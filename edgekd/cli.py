@@ -468,6 +468,19 @@ def fit(
         FIT.channel_multiple, help="Channel counts stay multiples of this (see `edgekd prune --help`)."),
     seconds: float = typer.Option(FIT.seconds, help="Timing per candidate, in interleaved rounds as bench times."),
     calib_samples: int = typer.Option(FIT.calib_samples, help="INT8 calibration images of each timed candidate."),
+    students: str = typer.Option(
+        ",".join(FIT.students), help="Comma-separated registered models (`edgekd models`) to choose from "
+        "instead of RUN's own: each is measured at full and smallest width, those that cannot meet the budget are "
+        "dropped, the rest distilled from RUN for --student-epochs, and the most accurate is fitted."),
+    student_epochs: int = typer.Option(FIT.student_epochs, help="KD epochs of each student before they are ranked."),
+    layer_precision: bool = typer.Option(
+        FIT.layer_precision, "--layer-precision",
+        help="Before the final export, try each layer of the ONNX Runtime INT8 model in FP32 and keep it so where "
+             "the whole model measures faster (thin and depthwise layers can be slower in INT8)."),
+    compare_uniform: bool = typer.Option(
+        FIT.compare_uniform, "--uniform/--no-uniform",
+        help="Each step also measures and fine-tunes the --target-macs prune at the MACs of its choice, which "
+             "`edgekd report` draws beside the search."),
     seed: int = typer.Option(0, help="Seed of the holdout split and the fine-tunes."),
     remote: Optional[str] = typer.Option(
         None, help="Measure on user@host[:path] over SSH, as `edgekd bench --remote` does (edgekd\\[device] there)."),
@@ -483,12 +496,23 @@ def fit(
     how = with_recipe({"metric": metric, "batch": batch, "threads": threads, "runtime": runtime,
                        "precision": precision, "step": step, "finetune_steps": finetune_steps,
                        "recover_epochs": recover_epochs, "lr": lr, "batch_size": batch_size,
-                       "channel_multiple": channel_multiple, "seconds": seconds, "calib_samples": calib_samples},
+                       "channel_multiple": channel_multiple, "seconds": seconds, "calib_samples": calib_samples,
+                       "students": tuple(csv_list(students)), "student_epochs": student_epochs,
+                       "layer_precision": layer_precision, "compare_uniform": compare_uniform},
                       config, "fit", given_options(ctx))
     record = run_fit(run, out, budget_ms, **how, seed=seed, remote=remote, remote_python=remote_python,
                      ssh_port=ssh_port, identity=identity, resume=resume, progress=True)
     table = Table(title=Text(f"fit {run} to {record['budget_ms']:g} ms {how['metric']} "
                              f"({how['runtime']} {how['precision']}, batch {how['batch']})"))
+    if record.get("students"):
+        chosen = Table(title=Text(f"students (KD from {run}, {record['options']['student_epochs']} epochs)"))
+        for col in ("student", "full width (ms)", "smallest (ms)", "accuracy", "why"):
+            chosen.add_column(col, justify="left" if col in ("student", "why") else "right", overflow="fold")
+        for r in record["students"]["candidates"]:
+            chosen.add_row(r["name"], "" if r["full_ms"] is None else f"{r['full_ms']:.3f}",
+                           "" if r["smallest_ms"] is None else f"{r['smallest_ms']:.3f}",
+                           "" if r["accuracy"] is None else f"{r['accuracy']:.4f}", r["why"])
+        console.print(chosen)
     for col in ("step", "layer group", "channels", "latency (ms)", "holdout acc"):
         table.add_column(col, justify="right", overflow="fold")
     table.add_row("unpruned", "", "", f"{record['baseline']['latency_ms']:.3f}", "")
@@ -533,6 +557,9 @@ def export(
         EXPORT.qat_epochs,
         help="When ONNX Runtime's INT8 still misses --max-drop, fine-tune the fake-quantized model this many epochs, "
              "distilled from the run's teacher (else from the FP32 model), and export that instead (0: never)."),
+    fp32_nodes: str = typer.Option(
+        ",".join(EXPORT.fp32_nodes), help="Comma-separated ONNX node names the ONNX Runtime INT8 artifact keeps in "
+        "FP32 (its Conv, Gemm and MatMul nodes; `edgekd fit` picks those that measured slower in INT8)."),
     config: Optional[Path] = StageConfigOpt,
 ) -> None:
     """Export a run to verified ONNX / OpenVINO artifacts (and INT8) with a manifest."""
@@ -542,7 +569,8 @@ def export(
         raise EdgeKDError("--max-drop bounds the INT8 artifacts' accuracy drop; add --int8 or drop --max-drop")
     bound = EXPORT.max_drop if max_drop is None else None if max_drop.strip().lower() == "none" else _points(max_drop)
     how = with_recipe({"int8": int8, "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": bound,
-                       "qat_epochs": qat_epochs, "fp16": fp16}, config, "export", given_options(ctx))
+                       "qat_epochs": qat_epochs, "fp16": fp16, "fp32_nodes": tuple(csv_list(fp32_nodes))},
+                      config, "export", given_options(ctx))
     manifest = export_run(run, out, formats=tuple(csv_list(formats)), **how)
     _print_export(manifest_table_rows(manifest), f"export of {run} -> {out}")
 

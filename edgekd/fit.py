@@ -14,16 +14,18 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.contracts.rundir import FIT, FIT_EXPORT, PRUNED, read_description
-from edgekd.errors import EdgeKDError
+from edgekd.contracts.values import csv_list
+from edgekd.errors import EdgeKDError, one_line
 from edgekd.fsutil import write_json
 from edgekd.latency import LatencyCache, Target, candidate_key
 from edgekd.progress import progress_bar
+from edgekd.registries import MODELS
 from edgekd.settings import FIT as DEFAULTS
 
 if TYPE_CHECKING:
@@ -101,24 +103,26 @@ class _Search:
         self.phase = self.phase if phase is None else phase
         self.status(self.phase, figures)
 
-    def measure(self, model: nn.Module, relative: bool = True) -> Candidate:
+    def measure(self, model: nn.Module, relative: bool = True, arch: str | None = None) -> Candidate:
         """The target's latency of ``model`` as exported, from the cache when this device measured that shape.
 
         ``relative``: timed in the same interleaved rounds as the unpruned model, and its latency is that ratio
         times the unpruned model's first reading, so that drift of the machine during the search does not decide
-        which candidate wins (the unpruned model itself is timed alone, once)."""
+        which candidate wins (the unpruned model itself is timed alone, once). ``arch``: a model of another
+        architecture than the run's (a student `--students` measures)."""
         import torch_pruning as tp
 
         from edgekd.rundir import layer_shapes
 
         macs, params = tp.utils.count_ops_and_params(model, self.example)
+        desc = self.desc if arch is None else {**self.desc, "arch": arch}
         shapes, reference = layer_shapes(model), layer_shapes(self.teacher) if relative else None
-        timing = self.cache.get(candidate_key(self.desc, shapes, self.target, reference))
+        timing = self.cache.get(candidate_key(desc, shapes, self.target, reference))
         cached = timing is not None
         if timing is None:
-            timing = self._measure_export(model, relative)
+            timing = self._measure_export(model, relative, desc)
             if not timing["unstable"]:  # keyed again: a remote machine is known from its first measurement on
-                self.cache.put(candidate_key(self.desc, shapes, self.target, reference), timing)
+                self.cache.put(candidate_key(desc, shapes, self.target, reference), timing)
         latency = timing[f"{self.target.metric}_ms"]
         if relative:
             latency = timing["ratio"] * self.record["baseline"]["latency_ms"]
@@ -136,13 +140,13 @@ class _Search:
                        max_drop=None, progress=False)
         return self._reference
 
-    def _measure_export(self, model: nn.Module, relative: bool) -> dict[str, Any]:
+    def _measure_export(self, model: nn.Module, relative: bool, desc: dict[str, Any]) -> dict[str, Any]:
         from edgekd.export import export_run
         from edgekd.rundir import layer_shapes, save_model
 
         with tempfile.TemporaryDirectory(prefix="edgekd-fit-") as tmp:
             run, export = Path(tmp) / "run", Path(tmp) / "export"
-            save_model(run, model, {**self.desc, "layer_shapes": layer_shapes(model)})
+            save_model(run, model, {**desc, "layer_shapes": layer_shapes(model)})
             export_run(run, export, formats=(self.target.format,), int8=self.target.precision == "int8",
                        calib_samples=self.options["calib_samples"], max_drop=None, progress=False)
             return self.target.measure(export, self.reference() if relative else None)
@@ -150,9 +154,9 @@ class _Search:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def finetune(self, student: nn.Module) -> tuple[nn.Module, float]:
-        """``student`` after ``finetune_steps`` of the kd method from the unpruned model (the recovery's method,
-        with its defaults), and its accuracy on the holdout."""
+    def finetune(self, student: nn.Module, steps: int | None = None) -> tuple[nn.Module, float]:
+        """``student`` after ``steps`` (default ``finetune_steps``) of the kd method from the unpruned model (the
+        recovery's method, with its defaults), and its accuracy on the holdout."""
         import torch
 
         from edgekd.data import make_loader
@@ -160,7 +164,7 @@ class _Search:
         from edgekd.prune import accuracy
 
         student = copy.deepcopy(student).train()
-        steps = self.options["finetune_steps"]
+        steps = self.options["finetune_steps"] if steps is None else steps
         if steps:
             method = build_method("kd", student, self.teacher, num_classes=self.desc["num_classes"]).train()
             optimizer = torch.optim.SGD(method.learnable_parameters(), lr=self.options["lr"], momentum=0.9,
@@ -249,6 +253,10 @@ def fit(
     channel_multiple: int = DEFAULTS.channel_multiple,
     seconds: float = DEFAULTS.seconds,
     calib_samples: int = DEFAULTS.calib_samples,
+    students: Sequence[str] = DEFAULTS.students,
+    student_epochs: int = DEFAULTS.student_epochs,
+    layer_precision: bool = DEFAULTS.layer_precision,
+    compare_uniform: bool = DEFAULTS.compare_uniform,
     seed: int = 0,
     remote: str | None = None,
     remote_python: str = "python3",
@@ -263,22 +271,42 @@ def fit(
     """Search, recover and export the most accurate pruned model of ``run_dir`` whose ``metric`` latency on the
     target is within ``budget_ms``; returns what ``OUT/fit.json`` holds. See the module docstring for the method.
 
+    ``students``: registered architectures to choose from first, instead of the run's own model: each is measured at
+    full width and at the smallest width the search could reach, those that cannot meet the budget are dropped, the
+    rest are distilled from the run for ``student_epochs``, and the most accurate is fitted.
+
+    ``compare_uniform``: each step also measures and fine-tunes the MACs-target prune of the unpruned model at the
+    MACs of the step's choice, which the report draws beside the search's path.
+
+    ``layer_precision``: before the final export, each layer of the recovered model is tried in FP32 in its ONNX
+    Runtime INT8 artifact and kept so where the whole model measures faster (``_layer_precision``).
+
     ``log`` receives a line per measurement and step; ``progress`` draws a status line on stderr (which step, which
     candidate, the latency so far) and prints those lines above it."""
     run_dir, out = Path(run_dir), Path(out)
     _check(budget_ms, metric, step, finetune_steps, recover_epochs, channel_multiple, batch_size)
+    if student_epochs < 1:
+        raise EdgeKDError(f"--student-epochs must be >= 1, got {student_epochs}")
+    if layer_precision and (runtime, precision) != ("ort", "int8"):
+        raise EdgeKDError("--layer-precision chooses which layers of the ONNX Runtime INT8 artifact stay FP32; it "
+                          "needs --runtime ort --precision int8")
+    students = list(dict.fromkeys(csv_list(students) if isinstance(students, str) else students))
+    for name in students:
+        MODELS.check(name)
     read_description(run_dir)
     target = Target(runtime, precision, batch, threads, metric, seconds, remote, remote_python, ssh_port, identity,
                     tuple(ssh_options))
     previous = _previous(out, resume)
     log = log or (lambda _line: None)
     options = {"finetune_steps": finetune_steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-               "calib_samples": calib_samples}
+               "calib_samples": calib_samples, "layer_precision": layer_precision, "compare_uniform": compare_uniform}
     if previous is not None:  # the resumed fit's own settings, whatever was passed now
         budget_ms, step, channel_multiple = (previous["budget_ms"], previous["options"]["step"],
                                              previous["options"]["channel_multiple"])
         recover_epochs = previous["options"]["recover_epochs"]
-        options = {k: previous["options"][k] for k in options}
+        options = {k: previous["options"].get(k, v) for k, v in options.items()}  # an older fit: today's defaults
+        students = previous["options"].get("students", [])
+        student_epochs = previous["options"].get("student_epochs", student_epochs)
         target = Target(**{**{k: v for k, v in previous["target"].items() if k != "machine"},
                            "ssh_options": tuple(previous["target"]["ssh_options"])})
     created = not out.exists()
@@ -286,20 +314,119 @@ def fit(
     with progress_bar(progress, stats=True, transient=True) as bar:
         if progress:
             log = _through(bar, log)
-        search = _Search(run_dir, out, target, LatencyCache(cache_dir), options, log)
         task = bar.add_task("fit", total=None, stats="")
-        search.status = lambda what, figures: bar.update(task, description=what, stats=figures)
-        search.record = previous or {
+        record = previous or {
             "run": str(run_dir), "budget_ms": budget_ms, "target": {**asdict(target), "machine": None,
                                                                      "identity": str(identity) if identity else None},
-            "options": {**options, "step": step, "recover_epochs": recover_epochs,
-                        "channel_multiple": channel_multiple},
-            "state": "searching", "steps": [],
+            "options": {**options, "step": step, "recover_epochs": recover_epochs, "channel_multiple": channel_multiple,
+                        "students": students, "student_epochs": student_epochs},
+            "state": "choosing" if students else "searching", "steps": [],
         }
+        write_json(out / FIT, record)  # from here on, a stopped fit resumes with --resume
+
+        def search_of(directory: Path) -> _Search:
+            search = _Search(directory, out, target, LatencyCache(cache_dir), options, log)
+            search.status = lambda what, figures: bar.update(task, description=what, stats=figures)
+            return search
+
         try:
-            return _run(search, created, budget_ms, step, channel_multiple, recover_epochs)
+            if record["state"] == "choosing":
+                chooser = search_of(run_dir)
+                try:
+                    _choose(chooser, record, budget_ms, channel_multiple)
+                finally:
+                    chooser.close()
+            search = search_of(Path(record["students"]["run"]) if students else run_dir)
+        except EdgeKDError:
+            if created:  # nothing was fitted yet: leave nothing behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        search.record = record
+        try:
+            return _run(search, created and not students, budget_ms, step, channel_multiple, recover_epochs)
         finally:
             search.close()
+
+
+def _choose(chooser: _Search, record: dict[str, Any], budget_ms: float, multiple: int) -> None:
+    """Measure each student at full width and at the smallest width the search could reach (beside the run's
+    model), drop those that cannot meet the budget, distil the rest from the run for a short schedule, and record the
+    most accurate as the model the search fits."""
+    from edgekd.contracts.rundir import FIT_STUDENTS, SUMMARY
+    from edgekd.models import create_model
+
+    options = record["options"]
+    chooser.record = {}  # the run's own measurement, which the students' ratios are taken against
+    chooser.show("measuring the run's model")
+    base = chooser.measure(chooser.teacher, relative=False)
+    chooser.record["baseline"], record["machine"] = asdict(base), chooser.target.machine
+    chooser.log(f"{chooser.desc['arch']} (the run): {_ms(base)}")
+    rows = []
+    for name in options["students"]:
+        chooser.show(f"measuring {name}", "choosing a student")
+        try:
+            model = create_model(name, chooser.desc["num_classes"]).eval()
+            full = chooser.measure(model, arch=name)
+            smallest = chooser.measure(_smallest(chooser, model, multiple), arch=name)
+        except Exception as e:  # a student that cannot be built, pruned or exported at this input is one dropped
+            rows.append({"name": name, "full_ms": None, "smallest_ms": None, "macs": None, "params": None,
+                         "accuracy": None, "why": "dropped: it could not be measured ("
+                         + (one_line(e) if isinstance(e, EdgeKDError) else f"{type(e).__name__}: {one_line(e)}") + ")"})
+            chooser.log(f"{name}: {rows[-1]['why']}")
+            continue
+        row = {"name": name, "full_ms": full.latency_ms, "smallest_ms": smallest.latency_ms, "macs": full.macs,
+               "params": full.params, "accuracy": None}
+        if smallest.latency_ms > budget_ms:
+            row["why"] = (f"dropped: even with every layer group at {multiple} channels it measures "
+                          f"{smallest.latency_ms:.3f} ms")
+        else:
+            row["why"] = "kept: " + ("meets the budget at full width" if full.latency_ms <= budget_ms else
+                                     f"pruned it can reach {smallest.latency_ms:.3f} ms")
+        chooser.log(f"{name}: {_ms(full)} at full width, {smallest.latency_ms:.3f} ms at its smallest; {row['why']}")
+        rows.append(row)
+    kept = [r for r in rows if r["why"].startswith("kept")]
+    if not kept:
+        raise EdgeKDError(f"the budget of {budget_ms:g} ms cannot be met by any of the students: "
+                          + "; ".join(f"{r['name']} {r['smallest_ms']:.3f} ms at its smallest" if r["smallest_ms"]
+                                      else f"{r['name']} {r['why'].removeprefix('dropped: ')}" for r in rows)
+                          + "; raise the budget or name smaller students")
+    for row in kept:
+        run = chooser.out / FIT_STUDENTS / row["name"]
+        if not (run / SUMMARY).is_file():  # distilled already by a fit that was stopped later
+            shutil.rmtree(run, ignore_errors=True)
+            _distil(chooser, row["name"], run, options)
+        row["accuracy"] = _final_accuracy(run)
+        chooser.log(f"{row['name']}: accuracy {row['accuracy']:.4f} after {options['student_epochs']} epochs of KD")
+    chosen = max(kept, key=lambda r: (r["accuracy"], -r["full_ms"]))
+    for row in kept:
+        row["why"] += "; the most accurate: fitted" if row is chosen else f"; less accurate than {chosen['name']}"
+    record["students"] = {"reference": asdict(base), "candidates": rows, "chosen": chosen["name"],
+                          "run": str(chooser.out / FIT_STUDENTS / chosen["name"])}
+    record["state"] = "searching"
+    chooser.log(f"fitting {chosen['name']} (accuracy {chosen['accuracy']:.4f})")
+    write_json(chooser.out / FIT, record)
+
+
+def _distil(chooser: _Search, name: str, run: Path, options: dict[str, Any]) -> None:
+    """``name`` distilled (kd, the method's defaults) from the run's model on the run's data into ``run``."""
+    from edgekd.config import load_config
+    from edgekd.train import run_training
+
+    desc = chooser.desc
+    run_training(load_config(None, {
+        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
+        "image_size": desc["input_size"][-1], "model": name, "method": "kd", "teacher": str(chooser.run_dir),
+        "epochs": options["student_epochs"], "batch_size": options["batch_size"], "seed": options["seed"],
+        "out": str(run)}), show_progress=False,
+        callbacks=[_epochs_shown(chooser, options["student_epochs"], f"distilling {name} from {chooser.run_dir}")])
+
+
+def _final_accuracy(run: Path) -> float:
+    import json
+
+    from edgekd.contracts.rundir import SUMMARY
+
+    return float(json.loads((run / SUMMARY).read_text(encoding="utf-8"))["final_acc"])
 
 
 def _through(bar: Any, log: Callable[[str], None]) -> Callable[[str], None]:
@@ -314,6 +441,9 @@ def _run(search: _Search, created: bool, budget_ms: float, step: float, channel_
          recover_epochs: int) -> dict[str, Any]:
     """The fit from the state ``fit.json`` is in: searching, then recovering, then exporting (or, for a budget the
     unpruned model meets, exporting it as it is)."""
+    if search.record["state"] == "done":
+        search.log(f"the fit in {search.out} is done already: {search.record['final']['export']}")
+        return search.record
     if search.record["state"] == "searching":
         try:
             _search(search, budget_ms, step, channel_multiple)
@@ -325,6 +455,8 @@ def _run(search: _Search, created: bool, budget_ms: float, step: float, channel_
         return _export_and_check(search, search.run_dir, budget_ms, search.log)
     if search.record["state"] == "recovering":
         _recover(search, recover_epochs)
+    if search.record["state"] == "layer precision":
+        _layer_precision(search)
     return _export_and_check(search, search.out, budget_ms, search.log)
 
 
@@ -395,24 +527,44 @@ def _search(search: _Search, budget_ms: float, step: float, multiple: int) -> No
             tuned.append((candidate, fine))
         chosen, model = max(tuned, key=lambda f: (f[0].accuracy, -f[0].latency_ms))
         latency = chosen.latency_ms
+        search.log(f"  kept {chosen.group} at {chosen.keep} channels: {_ms(chosen)}, accuracy {chosen.accuracy:.4f}")
+        this = {"goal_ms": goal, "goal_met": goal_met, "candidates": [asdict(c) for c, _ in tuned],
+                "chosen": asdict(chosen)}
+        if search.options["compare_uniform"]:  # before the step is saved: a stopped fit redoes the whole step
+            this["uniform"] = asdict(_uniform(search, chosen, multiple, number))
         save_model(search.out / PRUNED, model, {**search.desc, "layer_shapes": layer_shapes(model),
                                                 "pruned": {"method": "fit", "source": str(search.run_dir)}})
-        record["steps"].append({"goal_ms": goal, "goal_met": goal_met, "candidates": [asdict(c) for c, _ in tuned],
-                                "chosen": asdict(chosen)})
-        search.log(f"  kept {chosen.group} at {chosen.keep} channels: {_ms(chosen)}, accuracy {chosen.accuracy:.4f}")
+        record["steps"].append(this)
         search.save()
     record["state"] = "recovering"
     search.save()
 
 
-def _epochs_shown(search: _Search, epochs: int) -> Any:
-    """A trainer callback that puts the recovery's epochs on the fit's progress display (the trainer's own bar
+def _uniform(search: _Search, chosen: Candidate, multiple: int, number: int) -> Candidate:
+    """What `edgekd prune --target-macs` (torch-pruning's global ranking, one importance for every group) makes of
+    the unpruned model at the MACs of step ``number``'s choice, measured the same way and fine-tuned as long as the
+    choice has been (``number`` fine-tunes, one per step): the comparison the report draws beside the search."""
+    from edgekd.prune import prune_model
+
+    fraction = chosen.macs / search.record["baseline"]["macs"]
+    search.show(f"the --target-macs prune at {fraction:.2f} of the MACs, for comparison")
+    model = prune_model(search.teacher, method="structured", example_input=search.example, target_macs=fraction,
+                        channel_multiple=multiple)
+    uniform = search.measure(model)
+    uniform.group = f"--target-macs {fraction:.3f}"
+    _, uniform.accuracy = search.finetune(model, number * search.options["finetune_steps"])
+    search.log(f"  for comparison, {uniform.group}: {_ms(uniform)}, accuracy {uniform.accuracy:.4f}")
+    return uniform
+
+
+def _epochs_shown(search: _Search, epochs: int, phase: str) -> Any:
+    """A trainer callback that puts a training's epochs on the fit's progress display (the trainer's own bar
     would be a second live display)."""
     from edgekd.engine.callbacks import Callback
 
     class Epochs(Callback):
         def on_epoch_start(self, trainer: Any) -> None:
-            search.show(f"epoch {trainer.epoch + 1}/{epochs}", f"recovering with KD from {search.run_dir}")
+            search.show(f"epoch {trainer.epoch + 1}/{epochs}", phase)
 
     return Epochs()
 
@@ -431,10 +583,56 @@ def _recover(search: _Search, epochs: int) -> None:
             "method": "kd", "lr": search.options["lr"], "warmup_epochs": 0, "epochs": epochs,
             "batch_size": search.options["batch_size"], "seed": search.options["seed"],
             "resume": (out / CHECKPOINT).is_file() or None})
-        run_training(load_config(None, overrides), show_progress=False, callbacks=[_epochs_shown(search, epochs)])
+        shown = _epochs_shown(search, epochs, f"recovering with KD from {search.run_dir}")
+        run_training(load_config(None, overrides), show_progress=False, callbacks=[shown])
     else:  # the searched model as it is
         for name in (WEIGHTS, DESCRIPTION):
             shutil.copy2(out / PRUNED / name, out / name)
+    search.record["state"] = "layer precision" if search.options["layer_precision"] else "exporting"
+    search.save()
+
+
+PRECISION_GAIN = 0.03  # a layer stays FP32 only when the whole model then measures at least this much faster
+
+
+def _layer_precision(search: _Search) -> None:
+    """For each Conv/Gemm/MatMul of the recovered model in graph order: its ONNX Runtime INT8 artifact with that
+    layer (and those kept before it) in FP32, timed beside the artifact without it; the layer stays FP32 when the
+    model is ``PRECISION_GAIN`` faster and the reading is stable. INT8 layers with few channels, or depthwise
+    ones, can be slower than FP32 (their quantize and dequantize cost more than the integer arithmetic saves)."""
+    import onnx
+
+    from edgekd.export import export_run
+    from edgekd.export.formats.onnx import OnnxFormat, quantizable_nodes
+
+    work = Path(search._tmp.name)
+
+    def artifact(nodes: list[str], name: str) -> Path:
+        path = work / f"precision-{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        export_run(search.out, path, formats=("onnx",), int8=True, calib_samples=search.options["calib_samples"],
+                   max_drop=None, fp32_nodes=nodes, progress=False)
+        return path
+
+    search.show("every layer INT8", "choosing each layer's precision")
+    current = artifact([], "int8")
+    layers = quantizable_nodes(onnx.load(str(current / OnnxFormat.files["int8"][0])).graph.node)
+    kept: list[str] = []
+    tried = []
+    for number, node in enumerate(layers, 1):
+        search.show(f"{node} in FP32 ({number}/{len(layers)})")
+        candidate = artifact([*kept, node], str(number))
+        timing = search.target.measure(candidate, current)
+        faster = timing["ratio"] <= 1 - PRECISION_GAIN and not timing["unstable"]
+        tried.append({"node": node, "ratio": timing["ratio"], "unstable": timing["unstable"], "fp32": faster})
+        search.log(f"  {node} in FP32: {'~' if timing['unstable'] else ''}{timing['ratio']:.3f}x the model's "
+                   f"latency{': kept in FP32' if faster else ''}")
+        if faster:
+            kept.append(node)
+            current, candidate = candidate, current
+        shutil.rmtree(candidate)
+    search.record["layer_precision"] = {"tried": tried, "fp32_nodes": kept}
+    search.log(f"layers kept in FP32 for speed: {', '.join(kept) or 'none'}")
     search.record["state"] = "exporting"
     search.save()
 
@@ -455,7 +653,8 @@ def _export_and_check(search: _Search, model_dir: Path, budget_ms: float, log: C
             shutil.rmtree(export)
         search.show(f"{key}{f' with {qat_epochs} QAT epochs' if qat_epochs else ''}", f"exporting {model_dir}")
         manifest = export_run(model_dir, export, formats=(target.format,), int8=target.precision == "int8",
-                              qat_epochs=qat_epochs, progress=False)
+                              qat_epochs=qat_epochs, progress=False,
+                              fp32_nodes=(search.record.get("layer_precision") or {}).get("fp32_nodes", ()))
         if key in manifest["artifacts"]:
             break
         log(f"the {key} artifact missed the export's accuracy bound; exporting again with {QAT_EPOCHS} epochs of "
@@ -478,7 +677,8 @@ def _export_and_check(search: _Search, model_dir: Path, budget_ms: float, log: C
     record["final"] = {**timing, "latency_ms": latency, "meets_budget": latency <= budget_ms,
                        "measurements": [t[f"{target.metric}_ms"] for t in measured],
                        "accuracy": manifest["artifacts"][key]["accuracy"], "export": str(export),
-                       "qat_epochs": qat_epochs}
+                       "qat_epochs": qat_epochs,
+                       "fp32_nodes": (manifest["artifacts"][key].get("quantization") or {}).get("fp32_nodes", [])}
     if reference is not None and latency > budget_ms:
         base, now = record["baseline"]["latency_ms"], timing[f"reference_{target.metric}_ms"]
         if timing["ratio"] * base <= budget_ms:

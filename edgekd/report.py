@@ -496,7 +496,8 @@ def _scatter_plot(rows: Sequence[_BenchRow]) -> str:
 
 def _fit_plot(fit: Fit) -> str:
     """Every candidate a fit measured (holdout accuracy after its short fine-tune against measured latency), the path
-    of the chosen ones from the unpruned model, the final export (held-out split) and the budget."""
+    of the chosen ones from the unpruned model, the MACs-target prunes at the same MACs (what a MACs target gives
+    instead), the final export (held-out split) and the budget."""
     record = fit.record
     metric = (record.get("target") or {}).get("metric", "p50")
     fig = _figure(9, 4.8)
@@ -509,6 +510,11 @@ def _fit_plot(fit: Fit) -> str:
     points = [(c["latency_ms"], 100 * c["accuracy"]) for c in path if is_number(c.get("accuracy"))]
     if points:
         ax.plot(*zip(*points), "o-", color="tab:blue", label="unpruned, then each step's choice")
+    uniform = [s["uniform"] for s in record["steps"] if isinstance(s.get("uniform"), dict)
+               and is_number(s["uniform"].get("accuracy")) and is_number(s["uniform"].get("latency_ms"))]
+    if uniform:
+        ax.plot([u["latency_ms"] for u in uniform], [100 * u["accuracy"] for u in uniform], "s--", color="tab:orange",
+                label="--target-macs prune at each choice's MACs")
     final = record.get("final") or {}
     if is_number(final.get("latency_ms")) and is_number(final.get("accuracy")):
         ax.scatter([final["latency_ms"]], [100 * final["accuracy"]], s=120, marker="*", color="tab:red", zorder=3,

@@ -39,6 +39,7 @@ class ExportSettings:
     max_drop: float | None = 0.5  # top-1 points an INT8 artifact may lose on the held-out split
     fp16: bool = False
     qat_epochs: int = 0
+    fp32_nodes: tuple[str, ...] = ()  # ONNX nodes the ONNX Runtime INT8 artifact keeps in FP32 (fit's speed choice)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class FitSettings:
     channel_multiple: int = PruneSettings.channel_multiple
     seconds: float = 1.0  # timing per candidate, in interleaved rounds as `edgekd bench` times
     calib_samples: int = 64  # a candidate's INT8 calibration: its latency, not its accuracy, is measured
+    students: tuple[str, ...] = ()  # other architectures to try first (none: the run's own model is fitted)
+    student_epochs: int = 3  # the short KD schedule each student that can meet the budget is ranked after
+    layer_precision: bool = False  # try each layer in FP32 before the final export (off until a benchmark shows it)
+    compare_uniform: bool = True  # each step also times the --target-macs prune at its MACs, for the report
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def _cli_value(command: str, name: str, value):
         return tuple(csv_list(value))
     if command == "bench" and name == "batch":
         return tuple(int_list(value, "--batch"))
+    if command in ("fit", "export") and name in ("students", "fp32_nodes"):
+        return tuple(csv_list(value))
     return value
 
 

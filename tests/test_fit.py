@@ -19,7 +19,7 @@ TINY = {"finetune_steps": 8, "recover_epochs": 0, "batch_size": 32, "seconds": 0
 
 def _by_macs(monkeypatch, calls: list) -> None:
     """Latency = MACs / 1e6 ms instead of an export and a bench: the search's logic, without timing noise."""
-    def measure(self, model, relative):
+    def measure(self, model, relative, desc):
         import torch_pruning as tp
 
         macs, _ = tp.utils.count_ops_and_params(model, self.example)
@@ -47,6 +47,9 @@ def test_the_search_cuts_the_group_that_keeps_most_accuracy_until_the_budget_is_
         reached = s["goal_ms"] if s["goal_met"] else previous - 1e-9
         assert all(c["latency_ms"] <= reached and c["keep"] % 16 == 0 for c in s["candidates"])
         assert s["chosen"]["accuracy"] == max(c["accuracy"] for c in s["candidates"])
+        uniform = s["uniform"]  # the MACs target's model at the choice's MACs, for the report's comparison
+        assert uniform["group"].startswith("--target-macs ") and uniform["macs"] <= s["chosen"]["macs"]
+        assert 0 < uniform["accuracy"] <= 1 and uniform["latency_ms"] == pytest.approx(uniform["macs"] / 1e6)
         previous = s["chosen"]["latency_ms"]
     assert record["final"]["export"] == str(tmp_path / "fit" / "export")
     assert 0 < record["final"]["ratio"] < 1.5 and record["final"]["reference_p50_ms"] > 0  # timed beside the unpruned
@@ -198,8 +201,114 @@ def test_the_progress_display_names_the_step_the_candidate_and_the_latency(monke
                       f"({first['chosen']['latency_ms']:.3f} ms)") in shown
     search = module._Search.__new__(module._Search)  # the recovery's trainer callback, on a search of its own
     search.run_dir, search.phase, search.status = digits_run_dir, "", lambda *line: None
-    module._epochs_shown(search, 6).on_epoch_start(type("Trainer", (), {"epoch": 2})())
+    module._epochs_shown(search, 6, f"recovering with KD from {digits_run_dir}").on_epoch_start(
+        type("Trainer", (), {"epoch": 2})())
     assert shown.pop() == (f"recovering with KD from {digits_run_dir}", "epoch 3/6")
     assert shown[-1] == ("measuring the export", str(tmp_path / "fit" / "export"))
     err = capsys.readouterr().err  # the log's lines, printed above the display
     assert f"step 1: from {base:.3f} ms to {first['goal_ms']:.3f} ms" in err and "final onnx-int8:" in err
+
+
+def test_students_that_cannot_meet_the_budget_are_dropped_and_the_most_accurate_of_the_rest_is_fitted(
+        monkeypatch, digits_run_dir, tmp_path):
+    import torch
+    import torch_pruning as tp
+
+    from edgekd.models import create_model
+    from edgekd.prune import layer_groups, prune_group
+    from edgekd.rundir import load_model
+
+    _by_macs(monkeypatch, [])
+    _, desc = load_model(digits_run_dir)
+    example = torch.zeros(1, *desc["input_size"])
+
+    def smallest_ms(name: str) -> float:  # every group at 16 channels, in the stub's ms (MACs / 1e6)
+        model = create_model(name, desc["num_classes"])
+        for group, channels in layer_groups(model, example).items():
+            model = prune_group(model, example, group, 16) if channels > 16 else model
+        return tp.utils.count_ops_and_params(model, example)[0] / 1e6
+
+    assert smallest_ms("resnet14") < smallest_ms("resnet20")
+    budget = (smallest_ms("resnet14") + smallest_ms("resnet20")) / 2  # resnet20 cannot meet it, even pruned
+    record = fit(digits_run_dir, tmp_path / "fit", budget, **TINY, step=0.2,
+                 students=("resnet20", "resnet14", "resnet8"), student_epochs=1, cache_dir=tmp_path / "cache")
+    students = record["students"]
+    rows = {r["name"]: r for r in students["candidates"]}
+    assert list(rows) == ["resnet20", "resnet14", "resnet8"]
+    for r in rows.values():  # measured beside the run's model; dropped exactly when even its smallest misses
+        assert r["full_ms"] >= r["smallest_ms"] > 0
+        assert r["why"].startswith("dropped" if r["smallest_ms"] > budget else "kept")
+        assert (r["accuracy"] is None) == r["why"].startswith("dropped")
+    assert rows["resnet20"]["why"].startswith("dropped: even with every layer group at 16 channels it measures")
+    kept = [r for r in rows.values() if r["accuracy"] is not None]
+    assert len(kept) == 2 and students["chosen"] == max(kept, key=lambda r: r["accuracy"])["name"]
+    assert rows[students["chosen"]]["why"].endswith("; the most accurate: fitted")
+    chosen_run = tmp_path / "fit" / "students" / students["chosen"]
+    assert students["run"] == str(chosen_run) and (chosen_run / "summary.json").is_file()
+    # the search then fits the chosen student: its own unpruned model is the baseline and the recovery's teacher
+    assert json.loads((tmp_path / "fit" / "model.json").read_text())["arch"] == students["chosen"]
+    assert record["state"] == "done" and record["baseline"]["macs"] == rows[students["chosen"]]["macs"]
+
+    import edgekd.models
+
+    real_create = edgekd.models.create_model
+
+    def create(name, num_classes):  # a student that cannot be built at this input is dropped, not the fit's end
+        if name == "resnet14":
+            raise RuntimeError("no such input")
+        return real_create(name, num_classes)
+
+    monkeypatch.setattr(edgekd.models, "create_model", create)
+    with pytest.raises(EdgeKDError, match=r"the budget of 0\.001 ms cannot be met by any of the students: resnet14 "
+                                          r"it could not be measured \(RuntimeError: no such input\); resnet8 "
+                                          r"\d+\.\d{3} ms at its smallest; raise the budget or name smaller students"):
+        fit(digits_run_dir, tmp_path / "none", 0.001, **TINY, students="resnet14,resnet8", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(EdgeKDError, match="did you mean resnet8x4"):
+        fit(digits_run_dir, tmp_path / "typo", 8.0, students=("resnet8x5",))
+    assert not (tmp_path / "typo").exists()
+
+
+def test_layer_precision_keeps_in_fp32_the_layers_that_make_the_model_faster(monkeypatch, digits_run_dir, tmp_path):
+    """Timing stubbed by layer: the model is 10 % faster with its second layer in FP32 and no faster with any other,
+    so that layer, and only it, stays FP32 in the exported artifact and in the manifest."""
+    import onnx
+
+    from edgekd.export.formats.onnx import quantizable_nodes
+
+    _by_macs(monkeypatch, [])
+    slow: list[str] = []
+
+    def measure(self, export_dir, reference=None):
+        self.machine = {"cpu": "test", "host": "test"}
+        timing = {"p50_ms": 5.0, "p90_ms": 5.0, "spread": 0.0, "unstable": False}
+        if reference is None or not (export_dir / "manifest.json").is_file():
+            return timing
+        quantized = json.loads((export_dir / "manifest.json").read_text())["artifacts"]["onnx-int8"]["quantization"]
+        if not slow:
+            graph = onnx.load(str(export_dir / "model.int8.onnx")).graph.node
+            slow.append(quantizable_nodes(graph)[1])
+        new = set(quantized["fp32_nodes"]) - set(
+            json.loads((reference / "manifest.json").read_text())["artifacts"]["onnx-int8"]["quantization"]
+            ["fp32_nodes"])
+        return {**timing, "reference_p50_ms": 5.0, "reference_p90_ms": 5.0, "ratio": 0.9 if new == set(slow) else 1.0}
+
+    monkeypatch.setattr("edgekd.latency.Target.measure", measure)
+    lines: list[str] = []
+    record = fit(digits_run_dir, tmp_path / "fit", 8.0, **TINY, step=0.2, cache_dir=tmp_path / "cache",
+                 layer_precision=True, log=lines.append)
+    tried = record["layer_precision"]["tried"]
+    assert len(tried) >= 4 and [t["node"] for t in tried if t["fp32"]] == slow
+    assert record["layer_precision"]["fp32_nodes"] == slow
+    manifest = json.loads((tmp_path / "fit" / "export" / "manifest.json").read_text())
+    fp32 = manifest["artifacts"]["onnx-int8"]["quantization"]["fp32_nodes"]  # (and any the accuracy bound added)
+    assert fp32[: len(slow)] == slow and record["final"]["fp32_nodes"] == fp32
+    graph = onnx.load(str(tmp_path / "fit" / "export" / "model.int8.onnx")).graph
+    weights = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    by_name = {n.name: n for n in graph.node}
+    assert by_name[slow[0]].input[1] not in weights  # its weight is read in FP32, not dequantized
+    assert all(by_name[t["node"]].input[1] in weights for t in tried if t["node"] not in fp32)
+    assert f"  {slow[0]} in FP32: 0.900x the model's latency: kept in FP32" in lines
+
+    with pytest.raises(EdgeKDError, match="--layer-precision .* needs --runtime ort --precision int8"):
+        fit(digits_run_dir, tmp_path / "ov", 8.0, runtime="openvino", layer_precision=True)

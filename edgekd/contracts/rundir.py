@@ -27,6 +27,7 @@ TEACHER = "teacher"  # the self-teacher a self-distillation run trains first
 PRUNED = "pruned"  # prune --recover-epochs and fit: the pruned model the run recovers from
 FIT = "fit.json"  # edgekd fit: the search's every step, measured (and its state, for --resume)
 FIT_EXPORT = "export"  # edgekd fit: the export dir of the fitted model
+FIT_STUDENTS = "students"  # edgekd fit --students: a run dir per student distilled to choose among them
 REQUIRED = ("arch", "num_classes", "input_size", "mean", "std", "class_names", "dataset")
 
 

@@ -23,6 +23,7 @@ from edgekd.contracts.rundir import (
     DESCRIPTION,
     FIT,
     FIT_EXPORT,
+    FIT_STUDENTS,
     METRICS,
     PRUNED,
     SUMMARY,
@@ -36,7 +37,8 @@ from edgekd.fsutil import check_can_create
 # what a run writes before its first checkpoint; a folder holding only these is a run that stopped early (its
 # self-trained teacher is kept and reused; `prune --recover-epochs` puts its pruned start beside), anything else
 # in --out belongs to someone else
-RUN_ENTRIES = {CONFIG, METRICS, TEACHER, PRUNED, CURVES, SUMMARY, DESCRIPTION, TENSORBOARD, FIT, FIT_EXPORT}
+RUN_ENTRIES = {CONFIG, METRICS, TEACHER, PRUNED, CURVES, SUMMARY, DESCRIPTION, TENSORBOARD, FIT, FIT_EXPORT,
+               FIT_STUDENTS}
 
 
 def resolve_device(name: str) -> torch.device:
