@@ -26,7 +26,9 @@ class PruneSettings:
     channel_multiple: int = 16
     recover_epochs: int = 0
     recover_method: str = "kd"
-    lr: float = 0.01  # recovery fine-tunes trained weights: a fifth of a fresh run's peak
+    # recovery fine-tunes trained weights: 0.02 brought a half-width cut back better than 0.01 in 4 epochs
+    # (benchmarks/results/prune-recovery.md)
+    lr: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class FitSettings:
     step: float = 0.1  # each search step cuts the measured latency by this fraction (NetAdapt's schedule, constant)
     finetune_steps: int = 20  # the short KD fine-tune that ranks a step's candidates (cost, not yet measured)
     recover_epochs: int = 6  # the final KD recovery of the chosen model from the unpruned one
-    lr: float = PruneSettings.lr
+    lr: float = 0.01  # the short fine-tunes and the recovery, as benchmarks/results/fit.md measured them
     batch_size: int = 64  # training images per step (fine-tune and recovery)
     channel_multiple: int = PruneSettings.channel_multiple
     seconds: float = 1.0  # timing per candidate, in interleaved rounds as `edgekd bench` times
