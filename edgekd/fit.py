@@ -77,11 +77,12 @@ class _Search:
         import torch
 
         from edgekd.data import run_data
-        from edgekd.rundir import load_model
+        from edgekd.rundir import layer_shapes, load_model
 
         self.run_dir, self.out, self.target, self.cache, self.options, self.log = \
             run_dir, out, target, cache, options, log
         self.teacher, self.desc = load_model(run_dir)
+        self.reference_shapes = layer_shapes(self.teacher)  # what a relative measurement is keyed by besides its own
         self.example = torch.zeros(1, *self.desc["input_size"])
         bundle = run_data(self.desc)
         generator = torch.Generator().manual_seed(options["seed"])
@@ -116,7 +117,7 @@ class _Search:
 
         macs, params = tp.utils.count_ops_and_params(model, self.example)
         desc = self.desc if arch is None else {**self.desc, "arch": arch}
-        shapes, reference = layer_shapes(model), layer_shapes(self.teacher) if relative else None
+        shapes, reference = layer_shapes(model), self.reference_shapes if relative else None
         timing = self.cache.get(candidate_key(desc, shapes, self.target, reference))
         cached = timing is not None
         if timing is None:
@@ -129,27 +130,30 @@ class _Search:
         return Candidate("", 0, 0, latency, timing["p50_ms"], timing["p90_ms"], timing["unstable"], cached,
                          int(macs), int(params), ratio=timing.get("ratio"))
 
-    def reference(self) -> Path:
-        """The unpruned model's export, which relative measurements are timed against (made once per fit)."""
+    def export(self, run_dir: Path, out: Path, fp32_nodes: Sequence[str] = ()) -> Path:
+        """``run_dir``'s artifact as the target serves it, to be timed: plain post-training quantization on
+        ``calib_samples`` images (its latency, not its accuracy, is measured)."""
         from edgekd.export import export_run
 
+        export_run(run_dir, out, formats=(self.target.format,), int8=self.target.precision == "int8",
+                   calib_samples=self.options["calib_samples"], max_drop=None, fp32_nodes=fp32_nodes,
+                   progress=False)
+        return out
+
+    def reference(self) -> Path:
+        """The unpruned model's export, which relative measurements are timed against (made once per fit)."""
         if self._reference is None:
-            self._reference = Path(self._tmp.name) / "reference"
-            export_run(self.run_dir, self._reference, formats=(self.target.format,),
-                       int8=self.target.precision == "int8", calib_samples=self.options["calib_samples"],
-                       max_drop=None, progress=False)
+            self._reference = self.export(self.run_dir, Path(self._tmp.name) / "reference")
         return self._reference
 
     def _measure_export(self, model: nn.Module, relative: bool, desc: dict[str, Any]) -> dict[str, Any]:
-        from edgekd.export import export_run
         from edgekd.rundir import layer_shapes, save_model
 
         with tempfile.TemporaryDirectory(prefix="edgekd-fit-") as tmp:
-            run, export = Path(tmp) / "run", Path(tmp) / "export"
+            run = Path(tmp) / "run"
             save_model(run, model, {**desc, "layer_shapes": layer_shapes(model)})
-            export_run(run, export, formats=(self.target.format,), int8=self.target.precision == "int8",
-                       calib_samples=self.options["calib_samples"], max_drop=None, progress=False)
-            return self.target.measure(export, self.reference() if relative else None)
+            return self.target.measure(self.export(run, Path(tmp) / "export"),
+                                       self.reference() if relative else None)
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -370,13 +374,13 @@ def _choose(chooser: _Search, record: dict[str, Any], budget_ms: float, multiple
             smallest = chooser.measure(_smallest(chooser, model, multiple), arch=name)
         except Exception as e:  # a student that cannot be built, pruned or exported at this input is one dropped
             rows.append({"name": name, "full_ms": None, "smallest_ms": None, "macs": None, "params": None,
-                         "accuracy": None, "why": "dropped: it could not be measured ("
+                         "accuracy": None, "kept": False, "why": "dropped: it could not be measured ("
                          + (one_line(e) if isinstance(e, EdgeKDError) else f"{type(e).__name__}: {one_line(e)}") + ")"})
             chooser.log(f"{name}: {rows[-1]['why']}")
             continue
         row = {"name": name, "full_ms": full.latency_ms, "smallest_ms": smallest.latency_ms, "macs": full.macs,
-               "params": full.params, "accuracy": None}
-        if smallest.latency_ms > budget_ms:
+               "params": full.params, "accuracy": None, "kept": smallest.latency_ms <= budget_ms}
+        if not row["kept"]:
             row["why"] = (f"dropped: even with every layer group at {multiple} channels it measures "
                           f"{smallest.latency_ms:.3f} ms")
         else:
@@ -384,10 +388,11 @@ def _choose(chooser: _Search, record: dict[str, Any], budget_ms: float, multiple
                                      f"pruned it can reach {smallest.latency_ms:.3f} ms")
         chooser.log(f"{name}: {_ms(full)} at full width, {smallest.latency_ms:.3f} ms at its smallest; {row['why']}")
         rows.append(row)
-    kept = [r for r in rows if r["why"].startswith("kept")]
+    kept = [r for r in rows if r["kept"]]
     if not kept:
         raise EdgeKDError(f"the budget of {budget_ms:g} ms cannot be met by any of the students: "
-                          + "; ".join(f"{r['name']} {r['smallest_ms']:.3f} ms at its smallest" if r["smallest_ms"]
+                          + "; ".join(f"{r['name']} {r['smallest_ms']:.3f} ms at its smallest"
+                                      if r["smallest_ms"] is not None
                                       else f"{r['name']} {r['why'].removeprefix('dropped: ')}" for r in rows)
                           + "; raise the budget or name smaller students")
     for row in kept:
@@ -410,14 +415,12 @@ def _choose(chooser: _Search, record: dict[str, Any], budget_ms: float, multiple
 def _distil(chooser: _Search, name: str, run: Path, options: dict[str, Any]) -> None:
     """``name`` distilled (kd, the method's defaults) from the run's model on the run's data into ``run``."""
     from edgekd.config import load_config
+    from edgekd.recover import taught_by
     from edgekd.train import run_training
 
-    desc = chooser.desc
-    run_training(load_config(None, {
-        "data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
-        "image_size": desc["input_size"][-1], "model": name, "method": "kd", "teacher": str(chooser.run_dir),
-        "epochs": options["student_epochs"], "batch_size": options["batch_size"], "seed": options["seed"],
-        "out": str(run)}), show_progress=False,
+    run_training(load_config(None, taught_by(chooser.run_dir, chooser.desc, run, {
+        "model": name, "method": "kd", "epochs": options["student_epochs"], "batch_size": options["batch_size"],
+        "seed": options["seed"]})), show_progress=False,
         callbacks=[_epochs_shown(chooser, options["student_epochs"], f"distilling {name} from {chooser.run_dir}")])
 
 
@@ -602,17 +605,13 @@ def _layer_precision(search: _Search) -> None:
     ones, can be slower than FP32 (their quantize and dequantize cost more than the integer arithmetic saves)."""
     import onnx
 
-    from edgekd.export import export_run
     from edgekd.export.formats.onnx import OnnxFormat, quantizable_nodes
 
     work = Path(search._tmp.name)
 
     def artifact(nodes: list[str], name: str) -> Path:
-        path = work / f"precision-{name}"
-        shutil.rmtree(path, ignore_errors=True)
-        export_run(search.out, path, formats=("onnx",), int8=True, calib_samples=search.options["calib_samples"],
-                   max_drop=None, fp32_nodes=nodes, progress=False)
-        return path
+        shutil.rmtree(work / f"precision-{name}", ignore_errors=True)
+        return search.export(search.out, work / f"precision-{name}", nodes)
 
     search.show("every layer INT8", "choosing each layer's precision")
     current = artifact([], "int8")

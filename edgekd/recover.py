@@ -19,12 +19,17 @@ from edgekd.settings import PRUNE, PRUNE_METHODS
 RECOVERY_DEFAULTS = {"method": PRUNE.recover_method, "lr": PRUNE.lr, "warmup_epochs": 0}
 
 
-def recovery_overrides(run_dir: Path, desc: dict[str, Any], out_dir: Path, settings: dict[str, Any]) -> dict:
-    """The training config of a recovery into ``out_dir`` (`prune --recover-epochs`, `fit`): the unpruned run's
-    data at its size; the pruned model in ``out_dir/pruned`` starts, the unpruned run teaches; ``settings`` on top."""
+def taught_by(run_dir: Path, desc: dict[str, Any], out_dir: Path, settings: dict[str, Any]) -> dict:
+    """The training config of a run into ``out_dir`` that ``run_dir``'s model teaches on its data at its size
+    (``desc``: its model.json); ``settings`` on top."""
     return {"data": desc["dataset"], "data_options": desc.get("dataset_options") or {},
-            "image_size": desc["input_size"][-1], "teacher": str(run_dir), "init": str(out_dir / PRUNED),
-            "out": str(out_dir), **settings}
+            "image_size": desc["input_size"][-1], "teacher": str(run_dir), "out": str(out_dir), **settings}
+
+
+def recovery_overrides(run_dir: Path, desc: dict[str, Any], out_dir: Path, settings: dict[str, Any]) -> dict:
+    """The training config of a recovery into ``out_dir`` (`prune --recover-epochs`, `fit`): the unpruned run
+    teaches, and the pruned model in ``out_dir/pruned`` starts."""
+    return taught_by(run_dir, desc, out_dir, {"init": str(out_dir / PRUNED), **settings})
 
 
 def prune_and_recover(

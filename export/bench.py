@@ -317,7 +317,7 @@ def run_bench(
     runtimes = list(RUNTIMES) if runtimes is None else list(runtimes)
     precisions, batches, threads = list(precisions), list(batches), list(threads)
     _check_options(runtimes, precisions, batches, threads, warmup, iters, seconds, ov_hint, ov_streams)
-    dirs = [Path(export_dir)] if isinstance(export_dir, (str, Path)) else [Path(d) for d in export_dir]
+    dirs = [Path(d) for d in dir_list(export_dir)]
     if not dirs:
         raise EdgeKDError("no export dir to benchmark")
     manifests = [load_manifest(d) for d in dirs]
@@ -384,6 +384,11 @@ def run_bench(
                     rows.update({(c, t, b): row for c, row in enumerate(group)})
                     bar.advance(task, len(group))
     return add_speedups([rows[k] for k in sorted(rows)])
+
+
+def dir_list(given: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """One export dir or several, as a list (what ``run_bench`` and ``run_remote`` take)."""
+    return [given] if isinstance(given, (str, Path)) else list(given)
 
 
 def _input_shape(dirs: Sequence[Path], manifests: Sequence[Mapping[str, Any]]) -> list[Any]:

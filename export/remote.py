@@ -19,7 +19,7 @@ from typing import Any
 from edgekd.contracts.bench_rows import BENCH_JSON, read_rows
 from edgekd.contracts.manifest import load_manifest
 from edgekd.errors import EdgeKDError
-from edgekd.export.bench import bench_argv
+from edgekd.export.bench import bench_argv, dir_list
 
 INSTALL_HINT = "pip install 'edgekd[device]'"
 
@@ -104,7 +104,7 @@ def run_remote(
     edgekd (a shell word, e.g. ``~/venv/bin/python``). Without a path the exports are copied to a temporary folder
     that is removed afterwards. Each returned row's machine is the device's, with ``target`` set to ``user@host``.
     """
-    given = [export_dir] if isinstance(export_dir, (str, Path)) else list(export_dir)
+    given = dir_list(export_dir)
     dirs = [Path(d).resolve() for d in given]
     for d in dirs:  # a bad export dir fails here, before anything is copied
         load_manifest(d)
